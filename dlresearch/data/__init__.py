@@ -1,0 +1,1 @@
+"""Datasets (TFDS by name, offline builders) and input pipelines."""

@@ -1,0 +1,1 @@
+"""Offline TFDS builders that prepare locally with no network access."""

@@ -1,0 +1,308 @@
+"""Input pipelines: global batches that depend only on (seed, step).
+
+The global batch at step ``s`` is a fixed function of the seed and ``s``:
+epoch ``e = s // steps_per_epoch`` is a seeded permutation of the split, and
+step ``s`` takes the next ``batch_size`` indices of it (the epoch's remainder
+is dropped). Each process reads only its own contiguous slice of the global
+batch. Per-example augmentation draws from ``rng(seed, step, position)``.
+So the iterator state is just the next step: a resumed run, or a run with a
+different number of processes, sees exactly the same global batches.
+
+Two ways to read examples, same batches either way:
+- ``ArrayDataset``: the split lives in memory as NumPy arrays and a batch is a
+  fancy index (fast on 2 cores; see shared/PERF_NOTES.md).
+- ``SourceDataset``: examples are read one by one from a random-access source
+  (``tfds.data_source`` over ArrayRecord), decoded and augmented in grain
+  threads or worker processes; for data that does not fit in memory.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import os
+
+import grain
+import numpy as np
+
+from dlresearch.data import transforms
+
+Example = dict[str, np.ndarray]
+# (example, rng or None) -> example. rng is None at eval time.
+ExampleFn = Callable[[Example, np.random.Generator | None], Example]
+# batch -> batch, vectorised (e.g. normalisation).
+BatchFn = Callable[[Example], Example]
+
+
+class Dataset(Protocol):
+  num_examples: int
+
+  def get(self, indices: np.ndarray, rngs: list | None) -> Example:
+    """The examples at ``indices`` stacked into a batch."""
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  """A split held in memory as a dict of equal-length NumPy arrays."""
+
+  arrays: Mapping[str, np.ndarray]
+  example_fn: ExampleFn | None = None
+  batch_fn: BatchFn | None = None
+
+  @property
+  def num_examples(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  def get(self, indices, rngs):
+    batch = {k: v[indices] for k, v in self.arrays.items()}
+    if self.example_fn is not None:
+      examples = [self.example_fn({k: v[i] for k, v in batch.items()},
+                                  None if rngs is None else rngs[i])
+                  for i in range(len(indices))]
+      batch = _stack(examples)
+    return self.batch_fn(batch) if self.batch_fn else batch
+
+
+@dataclasses.dataclass
+class SourceDataset:
+  """A split read example by example from a random-access source."""
+
+  source: Any  # len() and __getitem__ -> dict of numpy
+  example_fn: ExampleFn | None = None
+  batch_fn: BatchFn | None = None
+  keys: tuple[str, ...] | None = None  # the features to keep
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.source)
+
+  def get(self, indices, rngs):
+    examples = []
+    for i, index in enumerate(indices):
+      ex = self.source[int(index)]
+      if self.keys is not None:
+        ex = {k: ex[k] for k in self.keys}
+      if self.example_fn is not None:
+        ex = self.example_fn(ex, None if rngs is None else rngs[i])
+      examples.append(ex)
+    batch = _stack(examples)
+    return self.batch_fn(batch) if self.batch_fn else batch
+
+
+def _stack(examples: list[Example]) -> Example:
+  return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
+
+
+@functools.lru_cache(maxsize=2)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch, n]).permutation(n)
+
+
+def global_indices(step: int, *, num_examples: int, batch_size: int,
+                   seed: int) -> np.ndarray:
+  """The example indices of the global batch at ``step``."""
+  per_epoch = num_examples // batch_size
+  if per_epoch == 0:
+    raise ValueError(
+        f'the batch size {batch_size} is larger than the split '
+        f'({num_examples} examples); use a smaller --batch_size')
+  epoch, k = divmod(step, per_epoch)
+  return _permutation(seed, epoch, num_examples)[k * batch_size:(k + 1) * batch_size]
+
+
+def local_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+  if global_batch % process_count:
+    raise ValueError(f'global batch {global_batch} does not split over '
+                     f'{process_count} processes')
+  per = global_batch // process_count
+  return slice(process_index * per, (process_index + 1) * per)
+
+
+@dataclasses.dataclass
+class TrainIterator:
+  """Yields this process's slice of the global batch, step after step.
+
+  ``state()``/the constructor's ``step`` are all it takes to resume.
+  """
+
+  dataset: Dataset
+  batch_size: int  # global
+  seed: int
+  step: int = 0  # the next step to produce
+  process_index: int = 0
+  process_count: int = 1
+  threads: int = 0  # grain read threads; 0 = read in the calling thread
+  workers: int = 0  # grain worker processes
+
+  def __post_init__(self):
+    self._slice = local_slice(self.batch_size, self.process_index, self.process_count)
+    self._iter: Iterator[Example] | None = None
+
+  def batch_at(self, step: int) -> Example:
+    """This process's slice of the global batch at ``step`` (pure)."""
+    idx = global_indices(step, num_examples=self.dataset.num_examples,
+                         batch_size=self.batch_size, seed=self.seed)
+    positions = range(self._slice.start, self._slice.stop)
+    rngs = [np.random.default_rng([self.seed, step, p]) for p in positions]
+    return self.dataset.get(idx[self._slice], rngs)
+
+  def _start(self) -> Iterator[Example]:
+    if not self.threads and not self.workers:
+      return (self.batch_at(s) for s in _count(self.step))
+    ds = grain.MapDataset.range(self.step, 2**62).map(self.batch_at)
+    it = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=max(self.threads, 1), prefetch_buffer_size=4))
+    if self.workers:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+    return iter(it)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Example:
+    if self._iter is None:
+      self._iter = self._start()
+    batch = next(self._iter)
+    self.step += 1
+    return batch
+
+  def state(self) -> dict:
+    return {'step': self.step, 'seed': self.seed, 'batch_size': self.batch_size}
+
+
+def _count(start: int):
+  while True:
+    yield start
+    start += 1
+
+
+def eval_batches(dataset: Dataset, batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Example]:
+  """Every example exactly once, in order; the last global batch is padded.
+
+  Each batch carries ``_valid`` (1.0 for real examples, 0.0 for padding), so
+  masked sums count each example exactly once.
+  """
+  sl = local_slice(batch_size, process_index, process_count)
+  n = dataset.num_examples
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)[sl]
+    valid = idx < n
+    batch = dataset.get(np.where(valid, idx, 0), None)
+    batch['_valid'] = valid.astype(np.float32)
+    yield batch
+
+
+# ---------------------------------------------------------------------------
+# Image preprocessing chosen by the config.
+
+
+def image_batch_fn(normalize: str, input_key: str = 'image') -> BatchFn:
+  """uint8 images -> float32 ('scale': [0, 1]; 'imagenet': mean/std)."""
+
+  def fn(batch):
+    x = batch[input_key]
+    if normalize == 'none':
+      x = x.astype(np.float32)
+    elif normalize == 'scale':
+      x = x.astype(np.float32) / 255.0
+    else:
+      x = transforms.normalize(x, transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+    return {**batch, input_key: x}
+
+  return fn
+
+
+def image_example_fn(augment: str, image_size: int, train: bool,
+                     input_key: str = 'image') -> ExampleFn | None:
+  """Per-example crops/flips for training, resize + centre crop for eval.
+
+  Returns None when nothing per-example is needed (the fast, vectorised path).
+  """
+  if not train:
+    if not image_size:
+      return None
+    return lambda ex, rng: {**ex, input_key: transforms.resize_center_crop(
+        ex[input_key], image_size)}
+  if augment == 'none' and not image_size:
+    return None
+
+  def fn(ex, rng):
+    img = ex[input_key]
+    if augment == 'crop_flip':
+      img = transforms.random_resized_crop(img, rng, image_size or img.shape[0])
+    elif image_size:
+      img = transforms.resize_center_crop(img, image_size)
+    if augment == 'pad_crop_flip':
+      img = transforms.pad_random_crop(img, rng, pad=max(img.shape[0] // 8, 1))
+    if augment in ('flip', 'crop_flip', 'pad_crop_flip'):
+      img = transforms.random_flip(img, rng)
+    return {**ex, input_key: img}
+
+  return fn
+
+
+# ---------------------------------------------------------------------------
+# From a config to datasets.
+
+# Splits up to this size (decoded) are loaded into memory by pipeline='auto'.
+MEMORY_LIMIT_BYTES = 4 << 30
+
+
+@dataclasses.dataclass
+class Data:
+  """What ``train.run`` trains and evaluates on."""
+
+  train: Dataset
+  eval: Dataset
+  task: Any  # see dlresearch/tasks.py
+  model_kwargs: dict  # e.g. {'num_classes': 10}; merged under --model_kwargs
+  use_grain: bool = False  # read through grain threads/workers
+
+
+def from_config(cfg) -> Data:
+  """Image/feature classification from a TFDS dataset named by ``cfg``."""
+  from dlresearch import tasks
+  from dlresearch.config import ConfigError
+  from dlresearch.data import datasets
+
+  data_dir = os.path.expanduser(cfg.data_dir)
+  manual_dir = os.path.expanduser(cfg.manual_dir) if cfg.manual_dir else None
+  info = datasets.dataset_info(cfg.dataset, data_dir, manual_dir)
+  splits = {'train': cfg.train_split or info.train_split,
+            'eval': cfg.eval_split or info.eval_split}
+  for flag, split in (('train_split', splits['train']), ('eval_split', splits['eval'])):
+    if split not in info.splits:
+      raise ConfigError(flag, f'{cfg.dataset} has no split {split!r}; it has '
+                        f'{", ".join(sorted(info.splits))}')
+  key = info.input_key
+  is_image = key == 'image'
+  if is_image and info.input_shape is None and not cfg.image_size:
+    raise ConfigError('image_size', f'{cfg.dataset} has images of varying size: '
+                      'set --image_size (e.g. 224)')
+  if cfg.pipeline == 'auto':
+    nbytes = (np.prod(info.input_shape) * info.splits[splits['train']]
+              if info.input_shape is not None else np.inf)
+    in_memory = nbytes <= MEMORY_LIMIT_BYTES
+  else:
+    in_memory = cfg.pipeline == 'memory'
+  if in_memory and info.input_shape is None:
+    raise ConfigError('pipeline', f'{cfg.dataset} has images of varying size '
+                      'and cannot be held in memory; use --pipeline=grain')
+  keys = (key, info.label_key)
+
+  def make(split, train):
+    example_fn = (image_example_fn(cfg.augment, cfg.image_size, train, key)
+                  if is_image else None)
+    batch_fn = (image_batch_fn(cfg.normalize, key) if is_image else
+                (lambda b: {**b, key: b[key].astype(np.float32)}))
+    if in_memory:
+      arrays = datasets.load_in_memory(cfg.dataset, split, data_dir, manual_dir)
+      return ArrayDataset({k: arrays[k] for k in keys}, example_fn, batch_fn)
+    source = datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
+    return SourceDataset(source, example_fn, batch_fn, keys)
+
+  task = tasks.Classification(input_key=key, label_key=info.label_key,
+                              loss=cfg.loss, label_smoothing=cfg.label_smoothing)
+  return Data(make(splits['train'], True), make(splits['eval'], False), task,
+              {'num_classes': info.num_classes}, use_grain=not in_memory)

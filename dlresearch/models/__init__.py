@@ -1,0 +1,1 @@
+"""Model families; build them by name with ``dlresearch.models.registry.build``."""

@@ -1,0 +1,86 @@
+"""Optimizer factory: optax chains built from the config.
+
+Order of the chain: clip by global norm -> (freeze mask) -> optimizer with
+weight decay on kernels only (biases and norm scales/offsets are skipped).
+"""
+
+import re
+
+import flax
+import jax
+import optax
+
+from dlresearch.config import Config, ConfigError
+
+
+def schedule(cfg: Config, num_steps: int) -> optax.Schedule:
+  """Linear warmup, then constant, cosine to zero, or step decay."""
+  base, warmup = cfg.learning_rate, min(cfg.warmup_steps, num_steps)
+  decay_steps = max(num_steps - warmup, 1)
+  if cfg.schedule == 'constant':
+    main = optax.constant_schedule(base)
+  elif cfg.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(base, decay_steps)
+  else:  # step
+    boundaries = {int(f * num_steps) - warmup: cfg.step_decay
+                  for f in cfg.step_boundaries if int(f * num_steps) > warmup}
+    main = optax.piecewise_constant_schedule(base, boundaries)
+  if not warmup:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay: kernels and embeddings."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def path_names(params) -> dict:
+  """The same tree with each leaf replaced by its '/'-joined path."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  return flax.traverse_util.unflatten_dict({k: k for k in flat}, sep='/')
+
+
+def trainable_mask(params, freeze: str):
+  """False for parameters whose path matches the ``freeze`` regex."""
+  try:
+    pattern = re.compile(freeze)
+  except re.error as e:
+    raise ConfigError('freeze', f'not a valid regular expression: {e}') from None
+  names = path_names(params)
+  mask = jax.tree.map(lambda n: not pattern.search(n), names)
+  if all(jax.tree.leaves(mask)):
+    raise ConfigError('freeze', f'{freeze!r} matches no parameter')
+  return mask
+
+
+def make(cfg: Config, num_steps: int, params=None) -> tuple[
+    optax.GradientTransformation, optax.Schedule]:
+  """Returns (transformation, learning-rate schedule)."""
+  lr = schedule(cfg, num_steps)
+  parts = []
+  if cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.optimizer in ('sgd', 'nesterov'):
+    if cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, decay_mask))
+    parts.append(optax.sgd(lr, momentum=cfg.momentum or None,
+                           nesterov=cfg.optimizer == 'nesterov'))
+  elif cfg.optimizer == 'adam':
+    if cfg.weight_decay:  # L2 regularisation, as in classic Adam
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, decay_mask))
+    parts.append(optax.adam(lr, b1=cfg.momentum))
+  else:  # adamw: decoupled weight decay
+    parts.append(optax.adamw(lr, b1=cfg.momentum, weight_decay=cfg.weight_decay,
+                             mask=decay_mask))
+  tx = optax.chain(*parts)
+  if cfg.freeze:
+    if params is None:
+      raise ValueError('freezing parameters needs the params tree')
+    mask = trainable_mask(params, cfg.freeze)
+    labels = jax.tree.map(lambda t: 'train' if t else 'freeze', mask)
+    tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
+  return tx, lr
+
+

@@ -1,0 +1,87 @@
+"""Device meshes, sharding rules and global batches.
+
+The mesh has a ``data`` axis and an optional ``fsdp`` axis. Batches are split
+over both (every device sees different examples). Parameters and optimizer
+state follow a rule, not per-model annotations:
+
+- replicated (no ``fsdp`` axis): every device holds everything;
+- fsdp: each array's largest dimension divisible by the fsdp size is split
+  over the ``fsdp`` axis; small or indivisible arrays stay replicated.
+
+Under ``jax.jit`` XLA inserts the collectives: gradients and batch-norm
+statistics are reduced over the batch axes because the batch is one global
+array.
+"""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dlresearch.config import ConfigError
+
+AXES = ('data', 'fsdp')
+BATCH_AXES = ('data', 'fsdp')
+
+
+def make_mesh(spec: str = '', devices=None) -> Mesh:
+  """A mesh from ``'data:8'`` / ``'data:4,fsdp:2'``; '' = all devices on data.
+
+  One axis size may be -1 (whatever the other axes leave).
+  """
+  devices = jax.devices() if devices is None else devices
+  sizes = {'data': -1, 'fsdp': 1}
+  for part in filter(None, spec.split(',')):
+    name, _, size = (t.strip() for t in part.partition(':'))
+    if name not in AXES or not size.lstrip('-').isdigit():
+      raise ConfigError('mesh', f'expected axes like data:4,fsdp:2 (axes '
+                        f'{", ".join(AXES)}), got {spec!r}')
+    sizes[name] = int(size)
+  if list(sizes.values()).count(-1) > 1:
+    raise ConfigError('mesh', f'at most one axis may be -1, got {spec!r}')
+  known = int(np.prod([s for s in sizes.values() if s != -1]))
+  sizes = {k: (len(devices) // known if s == -1 else s) for k, s in sizes.items()}
+  if int(np.prod(list(sizes.values()))) != len(devices):
+    raise ConfigError('mesh', f'{spec!r} asks for {np.prod(list(sizes.values()))} '
+                      f'devices but {len(devices)} are present')
+  # Auto axes: shardings are propagated by the compiler, not carried in types.
+  return jax.make_mesh(tuple(sizes.values()), AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = 2**10) -> P:
+  """Split the largest divisible dimension over ``fsdp``; else replicate."""
+  if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh):
+  """Shardings for every leaf of a state pytree, chosen by the rule above."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, fsdp_spec(tuple(x.shape), fsdp)),
+      abstract_state)
+
+
+def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
+  """This process's slice of the batch -> global jax.Arrays."""
+  n = jax.process_count()
+  return {
+      k: jax.make_array_from_process_local_data(
+          sharding, v, (v.shape[0] * n,) + v.shape[1:])
+      for k, v in local_batch.items()
+  }

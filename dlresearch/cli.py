@@ -29,33 +29,67 @@ class Preset:
   tiny: dict = dataclasses.field(default_factory=dict)
 
 
-def define_flags(presets: dict[str, Preset], default_preset: str) -> None:
+def define_flags(presets: dict[str, Preset], default_preset: str,
+                 flag_values: flags.FlagValues = FLAGS) -> None:
+  fv = dict(flag_values=flag_values)
   flags.DEFINE_string('workdir', None,
                       'Output directory (checkpoints, metrics.jsonl, TensorBoard); '
                       'rerunning with the same one resumes. '
-                      'Default: runs/<experiment>_<preset>.')
-  flags.DEFINE_enum('preset', default_preset, sorted(presets), 'Experiment preset.')
-  flags.DEFINE_bool('tiny', False, "Use the preset's tiny form (a few steps; CI).")
+                      'Default: runs/<experiment>_<preset>.', **fv)
+  flags.DEFINE_enum('preset', default_preset, sorted(presets), 'Experiment preset.',
+                    **fv)
+  flags.DEFINE_bool('tiny', False, "Use the preset's tiny form (a few steps; CI).",
+                    **fv)
   for name, kind in config_lib.field_types().items():
     default = getattr(Config, name, None)
     help_ = f'Overrides the preset ({kind.__name__}; Config default {default!r}).'
     if name in config_lib.CHOICES:
       help_ += f' One of: {", ".join(config_lib.CHOICES[name])}.'
     if kind is bool:
-      flags.DEFINE_bool(name, None, help_)
+      flags.DEFINE_bool(name, None, help_, **fv)
     else:
-      flags.DEFINE_string(name, None, help_)
+      flags.DEFINE_string(name, None, help_, **fv)
 
 
-def resolve(presets: dict[str, Preset]) -> Config:
-  """The preset, its tiny form if ``--tiny``, then the flags given."""
-  preset = presets[FLAGS.preset]
-  overrides = dict(preset.tiny) if FLAGS.tiny else {}
-  for name, kind in config_lib.field_types().items():
-    value = FLAGS[name].value
+def resolve(presets: dict[str, Preset], flag_values: flags.FlagValues = FLAGS,
+            model_selects_preset: bool = False) -> Config:
+  """The preset, its tiny form if ``--tiny``, then the flags given.
+
+  With ``model_selects_preset``, ``--model=NAME`` naming a preset picks that
+  preset (experiments whose presets are per-model published setups).
+  """
+  name = preset_name(presets, flag_values, model_selects_preset)
+  preset = presets[name]
+  given = flag_overrides(flag_values)
+  if model_selects_preset and given.get('model') == name:
+    del given['model']
+  tiny = dict(preset.tiny) if flag_values.tiny else {}
+  return config_lib.override(preset.config, {**tiny, **given})
+
+
+def flag_overrides(flag_values: flags.FlagValues = FLAGS) -> dict:
+  """The Config fields given on the command line, parsed to their types."""
+  out = {}
+  for field, kind in config_lib.field_types().items():
+    value = flag_values[field].value
     if value is not None:
-      overrides[name] = value if kind is bool else config_lib.parse_value(name, value)
-  return config_lib.override(preset.config, overrides)
+      out[field] = value if kind is bool else config_lib.parse_value(field, value)
+  return out
+
+
+def preset_name(presets, flag_values=FLAGS, model_selects_preset=False) -> str:
+  if model_selects_preset and flag_values.model in presets:
+    return flag_values.model
+  return flag_values.preset
+
+
+class _QuietLibraries:
+  """Drops INFO chatter of orbax/tfds from the console; warnings still show."""
+
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
 
 
 def fail(message: str, code: int = 2):
@@ -64,7 +98,7 @@ def fail(message: str, code: int = 2):
 
 
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
-         run: Callable | None = None) -> None:
+         run: Callable | None = None, model_selects_preset: bool = False) -> None:
   """Defines the flags and runs ``run(config, workdir) -> dict`` under absl.
 
   ``run`` defaults to ``dlresearch.train.run`` (image/feature classification
@@ -74,14 +108,19 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
   define_flags(presets, default_preset)
 
   def _main(argv):
+    import logging as std_logging
+    from absl import logging
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    std_logging.getLogger('absl').addFilter(_QuietLibraries())
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
     from dlresearch import train
     from dlresearch.data import datasets
     try:
-      cfg = resolve(presets)
+      cfg = resolve(presets, model_selects_preset=model_selects_preset)
+      name = preset_name(presets, FLAGS, model_selects_preset)
       workdir = FLAGS.workdir or os.path.join(
-          'runs', f'{experiment}_{FLAGS.preset}{"_tiny" if FLAGS.tiny else ""}')
+          'runs', f'{experiment}_{name}{"_tiny" if FLAGS.tiny else ""}')
       result = (run or train.run)(cfg, workdir)
     except ConfigError as e:
       fail(str(e))

@@ -13,6 +13,8 @@ statistics are reduced over the batch axes because the batch is one global
 array.
 """
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -26,7 +28,9 @@ BATCH_AXES = ('data', 'fsdp')
 def make_mesh(spec: str = '', devices=None) -> Mesh:
   """A mesh from ``'data:8'`` / ``'data:4,fsdp:2'``; '' = all devices on data.
 
-  One axis size may be -1 (whatever the other axes leave).
+  One axis size may be -1 (whatever the other axes leave). A mesh smaller
+  than the device count uses the first devices (single-process runs only,
+  e.g. ``data:1`` to compare against one device).
   """
   devices = jax.devices() if devices is None else devices
   sizes = {'data': -1, 'fsdp': 1}
@@ -40,9 +44,13 @@ def make_mesh(spec: str = '', devices=None) -> Mesh:
     raise ConfigError('mesh', f'at most one axis may be -1, got {spec!r}')
   known = int(np.prod([s for s in sizes.values() if s != -1]))
   sizes = {k: (len(devices) // known if s == -1 else s) for k, s in sizes.items()}
-  if int(np.prod(list(sizes.values()))) != len(devices):
-    raise ConfigError('mesh', f'{spec!r} asks for {np.prod(list(sizes.values()))} '
-                      f'devices but {len(devices)} are present')
+  total = int(np.prod(list(sizes.values())))
+  if total > len(devices) or (total < len(devices) and jax.process_count() > 1):
+    raise ConfigError('mesh', f'{spec!r} asks for {total} devices but '
+                      f'{len(devices)} are present'
+                      + (' (across processes a mesh must use them all)'
+                         if total < len(devices) else ''))
+  devices = devices[:total]
   # Auto axes: shardings are propagated by the compiler, not carried in types.
   return jax.make_mesh(tuple(sizes.values()), AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
@@ -85,3 +93,90 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
           sharding, v, (v.shape[0] * n,) + v.shape[1:])
       for k, v in local_batch.items()
   }
+
+
+# ---------------------------------------------------------------------------
+# How steps are compiled and how state/batches are laid out. The loop in
+# train.py talks only to these two small classes.
+
+
+class JitStrategy:
+  """``jax.jit`` with explicit in/out shardings over the mesh (the default)."""
+
+  def __init__(self, mesh: Mesh, shardings):
+    self.mesh, self.shardings = mesh, shardings
+    self._batch = batch_sharding(mesh)
+
+  def train_step(self, fn):
+    return jax.jit(fn, in_shardings=(self.shardings, self._batch),
+                   out_shardings=(self.shardings, replicated(self.mesh)),
+                   donate_argnums=0)
+
+  def eval_step(self, fn):
+    return jax.jit(fn, in_shardings=(self.shardings, self._batch),
+                   out_shardings=replicated(self.mesh))
+
+  def batch(self, local_batch: dict) -> dict:
+    return global_batch(local_batch, self._batch)
+
+  def to_saved(self, state):
+    """The state as checkpointed: global arrays with ``self.shardings``."""
+    return state
+
+  def from_saved(self, state):
+    """The state as the steps take it, from global arrays."""
+    return state
+
+  def host(self, tree):
+    return jax.device_get(tree)
+
+
+class PmapStrategy:
+  """``jax.pmap`` over this process's devices, ``lax.pmean`` across them.
+
+  The state is replicated with a leading device axis; checkpoints hold the
+  same unreplicated global arrays as the jit path, so either strategy can
+  resume the other's runs. Batch-norm statistics are computed per device in
+  the forward pass and averaged across devices after each step.
+  """
+
+  axis_name = 'batch'
+
+  def __init__(self, mesh: Mesh, shardings):
+    if mesh.shape['fsdp'] != 1:
+      raise ConfigError('parallelism', 'pmap replicates the state; it cannot '
+                        'be combined with an fsdp mesh axis')
+    self.mesh, self.shardings = mesh, shardings
+    self.devices = [d for d in mesh.devices.flat
+                    if d.process_index == jax.process_index()]
+
+  def train_step(self, fn):
+    return jax.pmap(functools.partial(fn, axis_name=self.axis_name),
+                    axis_name=self.axis_name, donate_argnums=0)
+
+  def eval_step(self, fn):
+    return jax.pmap(functools.partial(fn, axis_name=self.axis_name),
+                    axis_name=self.axis_name)
+
+  def batch(self, local_batch: dict) -> dict:
+    n = len(self.devices)
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:])
+            for k, v in local_batch.items()}
+
+  def to_saved(self, state):
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_process_local_data(
+            s, np.asarray(x.addressable_data(0))), state, self.shardings)
+
+  def from_saved(self, state):
+    n = len(self.devices)
+    stacked = NamedSharding(Mesh(np.array(self.devices), ('d',)), P('d'))
+    return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(
+        np.asarray(x.addressable_data(0)), (n,) + x.shape), stacked), state)
+
+  def host(self, tree):
+    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def strategy(name: str, mesh: Mesh, shardings):
+  return {'jit': JitStrategy, 'pmap': PmapStrategy}[name](mesh, shardings)

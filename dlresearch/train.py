@@ -40,14 +40,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_step(state: state_lib.TrainState, batch, *, model, task,
-               tx: optax.GradientTransformation, accum_steps: int = 1):
+               tx: optax.GradientTransformation, accum_steps: int = 1,
+               axis_name: str | None = None):
   """One update. ``(state, batch) -> (state, metrics)``.
 
   With ``accum_steps > 1`` the batch is split into that many micro-batches
   (strided, so each device keeps its share of every micro-batch) whose
-  gradients are averaged before the single update.
+  gradients are averaged before the single update. ``axis_name`` is set
+  under ``pmap``: gradients, batch statistics and metrics are then averaged
+  over that axis (under ``jit`` the compiler does it: the batch is global).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params, model_state, micro, rng):
     variables = {'params': params, **model_state}
@@ -79,6 +84,10 @@ def train_step(state: state_lib.TrainState, batch, *, model, task,
         body, (zeros, sums0, state.model_state),
         (micro, jnp.arange(accum_steps)))
     grads = jax.tree.map(lambda g: g / accum_steps, grads)
+  if axis_name:
+    grads = jax.lax.pmean(grads, axis_name)
+    model_state = jax.lax.pmean(model_state, axis_name)
+    sums = jax.lax.psum(sums, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
@@ -88,10 +97,11 @@ def train_step(state: state_lib.TrainState, batch, *, model, task,
   return new_state, out
 
 
-def eval_step(state: state_lib.TrainState, batch, *, model, task):
+def eval_step(state: state_lib.TrainState, batch, *, model, task,
+              axis_name: str | None = None):
   """Masked metric sums for one eval batch (padding examples count 0)."""
   sums, _ = task(model, state.variables(), batch, train=False)
-  return sums
+  return jax.lax.psum(sums, axis_name) if axis_name else sums
 
 
 # ---------------------------------------------------------------------------
@@ -135,9 +145,9 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _fetch_finite(step: int, step_metrics) -> dict[str, float]:
-  """Host copy of a step's metrics; NonFiniteLossError if loss/grads blew up."""
-  host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+def _fetch_finite(step: int, host_metrics) -> dict[str, float]:
+  """A step's metrics as floats; NonFiniteLossError if loss/grads blew up."""
+  host = {k: float(v) for k, v in host_metrics.items()}
   bad = [k for k in ('loss', 'grad_norm') if k in host and not math.isfinite(host[k])]
   if bad:
     raise NonFiniteLossError(
@@ -220,8 +230,8 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
       cfg.process_id if cfg.process_id >= 0 else None,
       heartbeat_timeout_s=cfg.heartbeat_timeout_s,
       init_timeout_s=cfg.init_timeout_s)
-  config_lib.check_devices(cfg, jax.device_count())
   mesh = parallel.make_mesh(cfg.mesh)
+  config_lib.check_devices(cfg, mesh.size)
   data = data or pipeline.from_config(cfg)
   task = data.task
   num_steps = num_train_steps(cfg, data.train.num_examples)
@@ -246,18 +256,13 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
+  strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
   state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state)
-
-  batch_sharding = parallel.batch_sharding(mesh)
-  replicated = parallel.replicated(mesh)
-  p_train = jax.jit(
-      functools.partial(train_step, model=model, task=task, tx=tx,
-                        accum_steps=cfg.grad_accum_steps),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, replicated), donate_argnums=0)
-  p_eval = jax.jit(functools.partial(eval_step, model=model, task=task),
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=replicated)
+  state = strategy.from_saved(state)
+  p_train = strategy.train_step(functools.partial(
+      train_step, model=model, task=task, tx=tx,
+      accum_steps=cfg.grad_accum_steps))
+  p_eval = strategy.eval_step(functools.partial(eval_step, model=model, task=task))
   eval_batch_size = cfg.eval_batch_size or cfg.batch_size
   writer = writer or log_lib.default_writer(workdir, num_steps, cfg.batch_size,
                                             is_chief)
@@ -266,22 +271,21 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     sums = None
     for local in pipeline.eval_batches(data.eval, eval_batch_size,
                                        jax.process_index(), jax.process_count()):
-      sums = metrics.add(sums, p_eval(state, parallel.global_batch(
-          local, batch_sharding)))
-    result = task.finalize(metrics.finalize(sums))
+      sums = metrics.add(sums, p_eval(state, strategy.batch(local)))
+    result = task.finalize(metrics.finalize(strategy.host(sums)))
     for hook in eval_hooks:
       result.update(hook(model, state))
     writer.write(step, 'eval', result)
     return result
 
   def log_train(step, state, step_metrics):
-    host = _fetch_finite(step, step_metrics)
+    host = _fetch_finite(step, strategy.host(step_metrics))
     host['learning_rate'] = float(lr_schedule(step - 1))
     writer.write(step, 'train', host)
 
   def save(step, state, step_metrics):
-    _fetch_finite(step, step_metrics)
-    ckpt.save(step, state, train_iter.state())
+    _fetch_finite(step, strategy.host(step_metrics))
+    ckpt.save(step, strategy.to_saved(state), train_iter.state())
 
   try:
     if cfg.eval_only:
@@ -299,7 +303,7 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     preemption = Preemption()
     try:
       for step in range(start, num_steps):
-        batch = parallel.global_batch(next(train_iter), batch_sharding)
+        batch = strategy.batch(next(train_iter))
         state, step_metrics = p_train(state, batch)
         for hook in hooks:
           hook(step + 1, num_steps, state, step_metrics)
@@ -317,7 +321,10 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
 
 
 def _initial_state(cfg, ckpt, create, shardings, abstract_state):
-  """Resume order: workdir checkpoint, then --init_from params, then fresh."""
+  """Resume order: workdir checkpoint, then --init_from params, then fresh.
+
+  Returns the state as global arrays laid out by ``shardings``.
+  """
   if ckpt.latest_step() is not None:
     state, data_state = ckpt.restore(abstract_state)
     for key in ('seed', 'batch_size'):

@@ -264,8 +264,9 @@ def test_mesh_from_flag():
   assert dict(mesh.shape) == {'data': 4, 'fsdp': 2}
   assert dict(parallel.make_mesh('').shape) == {'data': 8, 'fsdp': 1}
   assert dict(parallel.make_mesh('fsdp:2').shape) == {'data': 4, 'fsdp': 2}
+  assert parallel.make_mesh('data:2').devices.size == 2  # the first two
   with pytest.raises(ConfigError, match='--mesh'):
-    parallel.make_mesh('data:3')
+    parallel.make_mesh('data:16')
   with pytest.raises(ConfigError, match='--mesh'):
     parallel.make_mesh('model:8')
   assert parallel.fsdp_spec((4096, 1000), 2) == jax.sharding.PartitionSpec('fsdp', None)

@@ -1,0 +1,81 @@
+"""Data parallel, FSDP and pmap give the same training as one device."""
+
+import jax
+import numpy as np
+import pytest
+
+from dlresearch import logging as log_lib, parallel, state as state_lib, tasks, train
+from dlresearch.config import Config, ConfigError
+from dlresearch.data import pipeline
+from dlresearch.models import registry
+
+
+def _image_data(n=96, size=8, channels=1, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {'image': rng.normal(size=(n, size, size, channels)).astype(np.float32),
+            'label': rng.integers(0, 10, n).astype(np.int32)}
+  return pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),
+                       tasks.Classification(), {'num_classes': 10})
+
+
+def _losses(tmp_path, name, cfg, data):
+  train.run(cfg, str(tmp_path / name), data=data)
+  return np.array([l['loss'] for l in log_lib.read_metrics(str(tmp_path / name), 'train')])
+
+
+MODELS = {
+    # A small CNN without batch norm or dropout, and a small Transformer.
+    'cnn': (dict(model='lenet5'), dict(size=8, channels=1)),
+    'transformer': (dict(model='vit_tiny', model_kwargs={
+        'patch_size': 4, 'dropout_rate': 0.0}), dict(size=8, channels=3)),
+}
+
+
+@pytest.mark.parametrize('family', sorted(MODELS))
+def test_data_parallel_fsdp_and_pmap_match_one_device(tmp_path, family):
+  model_cfg, data_kw = MODELS[family]
+  data = _image_data(**data_kw)
+  base = Config(batch_size=32, num_steps=6, log_every=1, checkpoint_every=100,
+                optimizer='adam', learning_rate=1e-3, **model_cfg)
+  curves = {
+      'one': _losses(tmp_path, 'one', base.replace(mesh='data:1'), data),
+      'dp8': _losses(tmp_path, 'dp8', base.replace(mesh='data:8'), data),
+      'fsdp': _losses(tmp_path, 'fsdp', base.replace(mesh='data:4,fsdp:2'), data),
+      'pmap': _losses(tmp_path, 'pmap', base.replace(parallelism='pmap'), data),
+  }
+  assert len(curves['one']) == 6 and curves['one'][-1] < curves['one'][0]
+  for name in ('dp8', 'fsdp', 'pmap'):
+    np.testing.assert_allclose(curves[name], curves['one'], rtol=2e-4,
+                               err_msg=name)
+
+
+def test_fsdp_shards_parameters():
+  mesh = parallel.make_mesh('data:4,fsdp:2')
+  model = registry.build('mlp', num_classes=10, features=[256])
+  import optax
+  create = lambda: state_lib.create(model, optax.adam(1e-3),
+                                    (np.zeros((1, 16, 16, 1), np.float32),), {}, 0)
+  shardings = parallel.state_shardings(jax.eval_shape(create), mesh)
+  state = jax.jit(create, out_shardings=shardings)()
+  kernel = state.params['hidden_0']['kernel']  # [256, 256]
+  assert kernel.addressable_shards[0].data.size == kernel.size // 2
+  assert state.opt_state[0].mu['hidden_0']['kernel'].addressable_shards[0].data.size \
+      == kernel.size // 2
+  bias = state.params['hidden_0']['bias']  # small: replicated
+  assert bias.addressable_shards[0].data.size == bias.size
+
+
+def test_pmap_cannot_combine_with_fsdp(tmp_path):
+  with pytest.raises(ConfigError, match='--parallelism: pmap'):
+    train.run(Config(model='mlp', batch_size=32, num_steps=1, mesh='data:4,fsdp:2',
+                     parallelism='pmap'), str(tmp_path), data=_image_data())
+
+
+def test_resume_with_a_different_device_count_keeps_the_data_order(tmp_path):
+  data = _image_data()
+  base = Config(model='mlp', model_kwargs={'features': [32]}, batch_size=32,
+                log_every=1, checkpoint_every=3, optimizer='sgd', learning_rate=0.1)
+  straight = _losses(tmp_path, 'straight', base.replace(num_steps=6, mesh='data:8'), data)
+  train.run(base.replace(num_steps=3, mesh='data:8'), str(tmp_path / 'moved'), data=data)
+  resumed = _losses(tmp_path, 'moved', base.replace(num_steps=6, mesh='data:2'), data)
+  np.testing.assert_allclose(resumed, straight, rtol=2e-5)

@@ -1,0 +1,186 @@
+"""End-to-end tests of the training loop and the cnn_imagenet entrypoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlresearch import checkpoint, cli, config as config_lib, train
+from dlresearch import logging as log_lib
+from experiments.cnn_imagenet import PRESETS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def tiny_quickstart(data_dir, **overrides):
+  preset = PRESETS['quickstart']
+  return config_lib.override(preset.config,
+                             {**preset.tiny, 'data_dir': data_dir, **overrides})
+
+
+def experiment(*args, timeout=180):
+  """Runs the cnn_imagenet entrypoint in a subprocess."""
+  return subprocess.run(
+      [sys.executable, '-m', 'experiments.cnn_imagenet', *args], cwd=ROOT,
+      capture_output=True, text=True, timeout=timeout)
+
+
+def test_quickstart_tiny_trains_and_writes_everything(tmp_path, data_dir):
+  cfg = tiny_quickstart(data_dir, num_steps=40, log_every=5)
+  result = train.run(cfg, str(tmp_path))
+  train_lines = log_lib.read_metrics(str(tmp_path), 'train')
+  eval_lines = log_lib.read_metrics(str(tmp_path), 'eval')
+  assert [l['step'] for l in train_lines] == list(range(5, 41, 5))
+  assert train_lines[-1]['loss'] < 0.8 * train_lines[0]['loss']  # it learns
+  assert eval_lines[-1]['step'] == 40
+  assert 0.5 < eval_lines[-1]['accuracy'] <= 1.0
+  assert 0.0 <= eval_lines[-1]['top5_accuracy'] <= 1.0
+  assert result['accuracy'] == eval_lines[-1]['accuracy']
+  record = json.load(open(tmp_path / 'config.json'))
+  assert record['config']['num_steps'] == 40
+  assert record['device_count'] == 8 and record['process_count'] == 1
+  assert 'jax' in record['versions'] and 'git_commit' in record
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(tmp_path / 'tensorboard'))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'))
+  assert ckpt.latest_step() == 40
+  ckpt.close()
+  # The metrics file is line-flushed JSON with full float precision.
+  raw = open(tmp_path / 'metrics.jsonl').read().splitlines()
+  assert all(json.loads(line)['split'] in ('train', 'eval') for line in raw)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_dir):
+  driver = os.path.join(ROOT, 'tests', '_train_driver.py')
+
+  def drive(workdir, kill_at):
+    return subprocess.run([sys.executable, driver, str(workdir), data_dir, '40',
+                           str(kill_at)], capture_output=True, text=True,
+                          timeout=240)
+
+  straight = drive(tmp_path / 'straight', 0)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  killed = drive(tmp_path / 'resumed', 25)
+  assert killed.returncode == -signal.SIGKILL
+  steps = checkpoint.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints'))
+  assert steps.latest_step() in (10, 20)  # died after step 25, before 30
+  steps.close()
+  resumed = drive(tmp_path / 'resumed', 0)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+  a = checkpoint.load_variables(str(tmp_path / 'straight'))
+  b = checkpoint.load_variables(str(tmp_path / 'resumed'))
+  for x, y in zip(np.asarray(list(_leaves(a))), np.asarray(list(_leaves(b)))):
+    np.testing.assert_array_equal(x, y)
+  ma = log_lib.read_metrics(str(tmp_path / 'straight'))
+  mb = log_lib.read_metrics(str(tmp_path / 'resumed'))
+  assert ma == mb  # every train and eval line, after the resume too
+
+
+def _leaves(tree):
+  import jax
+  return [np.asarray(l) for l in jax.tree.leaves(tree)]
+
+
+def test_sigterm_checkpoints_at_next_step_and_exits_zero(tmp_path, data_dir):
+  workdir = tmp_path / 'w'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.cnn_imagenet', '--preset=quickstart',
+       '--tiny', f'--data_dir={data_dir}', f'--workdir={workdir}',
+       '--num_steps=1000000', '--log_every=10', '--checkpoint_every=100000'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    while not (workdir / 'metrics.jsonl').exists() or not open(
+        workdir / 'metrics.jsonl').read().strip():
+      assert time.time() < deadline and proc.poll() is None, 'never started'
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err[-2000:]
+  assert 'stopped by SIGTERM at step' in out
+  ckpt = checkpoint.Checkpointer(str(workdir / 'checkpoints'))
+  step = ckpt.latest_step()
+  ckpt.close()
+  assert step is not None and 10 <= step < 1000000
+  assert f'stopped by SIGTERM at step {step}' in out
+
+
+def test_nan_loss_stops_with_step_and_saves_nothing_non_finite(tmp_path, data_dir):
+  r = experiment('--preset=quickstart', '--tiny', f'--data_dir={data_dir}',
+                 f'--workdir={tmp_path}', '--optimizer=sgd',
+                 '--learning_rate=1e30', '--num_steps=20', '--log_every=1',
+                 '--checkpoint_every=1')
+  assert r.returncode == 3
+  assert 'Traceback' not in r.stderr
+  line = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+  assert len(line) == 1 and 'non-finite loss' in line[0] and 'at step ' in line[0]
+  bad_step = int(line[0].split('at step ')[1].split(':')[0])
+  ckpt_dir = tmp_path / 'checkpoints'
+  saved = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit()) if ckpt_dir.exists() else []
+  assert all(s < bad_step for s in saved)
+  for s in saved:
+    for leaf in _leaves(checkpoint.load_variables(str(ckpt_dir / str(s)))):
+      assert np.isfinite(leaf).all()
+
+
+@pytest.mark.parametrize('args,needle', [
+    (['--bogus_flag=1'], "Unknown command line flag 'bogus_flag'"),
+    (['--num_steps=abc'], '--num_steps: expected int'),
+    (['--batch_size=-8'], '--batch_size: must be > 0'),
+    (['--learning_rate=0'], '--learning_rate: must be > 0'),
+    (['--batch_size=12'], '--batch_size: 12 does not divide evenly over 8 devices'),
+    (['--dataset=imagenet2012'], 'imagenet2012'),
+])
+def test_bad_input_gives_one_clear_error(tmp_path, data_dir, args, needle):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'keep.txt').write_text('precious')
+  r = experiment('--preset=quickstart', '--tiny', f'--data_dir={data_dir}',
+                 f'--workdir={workdir}', *args, timeout=120)
+  assert r.returncode != 0
+  assert needle in r.stderr, r.stderr[-3000:]
+  assert 'Traceback' not in r.stderr
+  assert (workdir / 'keep.txt').read_text() == 'precious'
+  assert not (workdir / 'metrics.jsonl').exists()
+
+
+def test_eval_only_and_init_from(tmp_path, data_dir):
+  first = tmp_path / 'first'
+  trained = train.run(tiny_quickstart(data_dir, num_steps=30), str(first))
+  again = train.run(tiny_quickstart(data_dir, eval_only=True), str(first))
+  assert again['step'] == 30 and again['accuracy'] == trained['accuracy']
+  with pytest.raises(config_lib.ConfigError, match='--eval_only: no checkpoint'):
+    train.run(tiny_quickstart(data_dir, eval_only=True), str(tmp_path / 'empty'))
+  # Fine-tune with a new head size: the conv trunk is loaded, the head is fresh.
+  cfg = tiny_quickstart(data_dir, num_steps=1, init_from=str(first),
+                        learning_rate=1e-9, model_kwargs={'num_classes': 12})
+  train.run(cfg, str(tmp_path / 'second'))
+  a = checkpoint.load_variables(str(first))['params']
+  b = checkpoint.load_variables(str(tmp_path / 'second'))['params']
+  np.testing.assert_allclose(b['conv1']['kernel'], a['conv1']['kernel'], atol=1e-6)
+  head = [k for k in a if a[k]['kernel'].shape[-1] == 10][-1]
+  assert b[head]['kernel'].shape[-1] == 12
+
+
+def test_cli_resolves_tiny_and_overrides():
+  from absl import flags
+  fv = flags.FlagValues()
+  cli.define_flags(PRESETS, 'quickstart', flag_values=fv)
+  fv(['prog', '--tiny', '--num_steps=7', '--eval_only', '--model_kwargs={"x": 1}'])
+  cfg = cli.resolve(PRESETS, flag_values=fv)
+  assert cfg.num_steps == 7 and cfg.eval_only and cfg.model_kwargs == {'x': 1}
+  assert cfg.checkpoint_every == PRESETS['quickstart'].tiny['checkpoint_every']
+  assert cfg.dataset == 'digits'

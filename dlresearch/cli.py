@@ -93,6 +93,11 @@ class _QuietLibraries:
 
 
 def fail(message: str, code: int = 2):
+  """One line on stderr and a non-zero exit (every host stops, not just one)."""
+  import jax
+  from dlresearch import distributed
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    distributed.abort(f'error: {message}', code)
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(code)
 

@@ -122,12 +122,18 @@ class Periodic:
 
 
 class Preemption:
-  """SIGTERM -> checkpoint at the next step and stop (exit code 0)."""
+  """SIGTERM -> checkpoint at the next step and stop (exit code 0).
+
+  One process: our own SIGTERM handler. Several: JAX's preemption notifier
+  (installed by ``jax.distributed``) and a sync point, so that every host
+  stops at the same step.
+  """
 
   def __init__(self):
     self.requested = False
     self._old = None
-    if threading.current_thread() is threading.main_thread():
+    if (jax.process_count() == 1 and
+        threading.current_thread() is threading.main_thread()):
       self._old = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
@@ -137,7 +143,7 @@ class Preemption:
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:  # every host must agree on the step
-      return multihost_utils.reached_preemption_sync_point(step) or self.requested
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
   def close(self):
@@ -240,8 +246,7 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     os.makedirs(workdir, exist_ok=True)
     write_config(cfg, workdir, num_steps)
 
-  model = registry.build(cfg.model, **{**data.model_kwargs, **cfg.model_kwargs},
-                         dtype=jnp.dtype(cfg.dtype))
+  model = build_model(cfg, data.model_kwargs)
   example = data.eval.get(np.arange(1), None)
   args, kwargs = task.model_inputs(example)
   abstract_params = jax.eval_shape(
@@ -318,6 +323,22 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
   finally:
     ckpt.close()
     writer.close()
+
+
+def build_model(cfg: Config, data_kwargs: dict):
+  """The registry model with the data's sizes, --model_kwargs, dtype, remat."""
+  kwargs = {**data_kwargs, **cfg.model_kwargs, 'dtype': jnp.dtype(cfg.dtype)}
+  if cfg.remat:
+    kwargs['remat'] = True
+  try:
+    return registry.build(cfg.model, **kwargs)
+  except KeyError as e:
+    raise ConfigError('model', str(e).strip('"')) from None
+  except TypeError as e:
+    if cfg.remat and 'remat' in str(e):
+      raise ConfigError('remat', f'model {cfg.model!r} does not support '
+                        'rematerialization') from None
+    raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
 
 
 def _initial_state(cfg, ckpt, create, shardings, abstract_state):

@@ -271,3 +271,29 @@ def test_mesh_from_flag():
     parallel.make_mesh('model:8')
   assert parallel.fsdp_spec((4096, 1000), 2) == jax.sharding.PartitionSpec('fsdp', None)
   assert parallel.fsdp_spec((10,), 2) == jax.sharding.PartitionSpec()
+
+
+def test_jsonl_writer_appends_and_drops_a_partial_last_line(tmp_path):
+  from dlresearch import logging as log_lib
+  w = log_lib.JsonlWriter(str(tmp_path / 'metrics.jsonl'))
+  w.write(1, 'train', {'loss': 0.1234567890123})
+  w.close()
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 2, "split": "tr')  # a crash mid-line
+  w = log_lib.JsonlWriter(str(tmp_path / 'metrics.jsonl'))
+  w.write(2, 'eval', {'accuracy': 0.5, 'loss': float('nan')})
+  w.close()
+  lines = log_lib.read_metrics(str(tmp_path))
+  assert lines == [{'step': 1, 'split': 'train', 'loss': 0.1234567890123},
+                   {'step': 2, 'split': 'eval', 'accuracy': 0.5, 'loss': 'nan'}]
+
+
+def test_console_progress_reports_rates_and_eta(caplog):
+  from dlresearch import logging as log_lib
+  times = iter([0.0, 2.0])
+  w = log_lib.ConsoleWriter(total_steps=30, batch_size=8, clock=lambda: next(times))
+  with caplog.at_level('INFO'):
+    w.write(10, 'train', {'loss': 1.0})
+    w.write(20, 'train', {'loss': 0.5})
+  text = caplog.text
+  assert '5.00 steps/s' in text and '40 ex/s' in text and 'ETA 00:00:02' in text

@@ -79,3 +79,19 @@ def test_resume_with_a_different_device_count_keeps_the_data_order(tmp_path):
   train.run(base.replace(num_steps=3, mesh='data:8'), str(tmp_path / 'moved'), data=data)
   resumed = _losses(tmp_path, 'moved', base.replace(num_steps=6, mesh='data:2'), data)
   np.testing.assert_allclose(resumed, straight, rtol=2e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_remat_matches(tmp_path):
+  data = _image_data(n=64, size=8, channels=3)
+  base = Config(model='resnet_tiny', batch_size=32, num_steps=3, log_every=1,
+                checkpoint_every=100, optimizer='sgd', learning_rate=0.1)
+  plain = _losses(tmp_path, 'plain', base, data)
+  remat = _losses(tmp_path, 'remat', base.replace(remat=True), data)
+  np.testing.assert_allclose(remat, plain, rtol=1e-5)
+  bf16 = _losses(tmp_path, 'bf16', base.replace(dtype='bfloat16'), data)
+  np.testing.assert_allclose(bf16, plain, rtol=5e-2)  # bf16 rounding only
+  from dlresearch import checkpoint
+  params = checkpoint.load_variables(str(tmp_path / 'bf16'))['params']
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
+  with pytest.raises(ConfigError, match='--remat: model .mlp. does not support'):
+    train.run(base.replace(model='mlp', remat=True), str(tmp_path / 'x'), data=data)

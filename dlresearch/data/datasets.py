@@ -37,11 +37,18 @@ from tensorflow_datasets.core import decode as tfds_decode
 from tensorflow_datasets.core import example_parser
 
 # Importing the builder modules registers them with TFDS.
-from dlresearch.data.builders import digits  # pylint: disable=unused-import
+# pylint: disable=unused-import
+from dlresearch.data.builders import digits
 from dlresearch.data.builders import fashion_mnist_local
-from dlresearch.data.builders import mnist1d  # pylint: disable=unused-import
+from dlresearch.data.builders import mnist1d
+from dlresearch.data.builders import number_words
+from dlresearch.data.builders import rotten_tomatoes
+from dlresearch.data.builders import shakespeare
+from dlresearch.data.builders import text_files
+# pylint: enable=unused-import
 
-OFFLINE_BUILDERS = ('digits', 'mnist1d', 'fashion_mnist_local')
+OFFLINE_BUILDERS = ('digits', 'mnist1d', 'fashion_mnist_local', 'shakespeare',
+                    'rotten_tomatoes', 'text_files', 'number_words')
 
 # Manual directories used when `manual_dir` is not given.
 DEFAULT_MANUAL_DIRS = {

@@ -272,7 +272,7 @@ def from_config(cfg) -> Data:
   splits = {'train': cfg.train_split or info.train_split,
             'eval': cfg.eval_split or info.eval_split}
   for flag, split in (('train_split', splits['train']), ('eval_split', splits['eval'])):
-    if split not in info.splits:
+    if info.splits and split.split('[')[0] not in info.splits:
       raise ConfigError(flag, f'{cfg.dataset} has no split {split!r}; it has '
                         f'{", ".join(sorted(info.splits))}')
   key = info.input_key
@@ -281,7 +281,7 @@ def from_config(cfg) -> Data:
     raise ConfigError('image_size', f'{cfg.dataset} has images of varying size: '
                       'set --image_size (e.g. 224)')
   if cfg.pipeline == 'auto':
-    nbytes = (np.prod(info.input_shape) * info.splits[splits['train']]
+    nbytes = (np.prod(info.input_shape) * info.splits.get(splits['train'], 0)
               if info.input_shape is not None else np.inf)
     in_memory = nbytes <= MEMORY_LIMIT_BYTES
   else:

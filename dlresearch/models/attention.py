@@ -1,0 +1,195 @@
+"""Multi-head dot-product attention with masks, rotary positions and a KV cache.
+
+Masks are bool arrays broadcastable to ``[batch, heads, queries, keys]``,
+True where a query may attend to a key (build them with ``padding_mask``,
+``causal_mask`` and ``combine_masks``). A query row with no allowed key gets
+uniform weights (as in ``jax.nn.dot_product_attention``); models only mask
+keys, so this happens only for an all-padding sequence.
+
+Two code paths give the same numbers: ``jax.nn.dot_product_attention`` (the
+default), and an explicit ``softmax(q k^T / sqrt(d) + mask) v`` used when the
+attention weights are asked for (``return_weights=True``, for explanations)
+or when attention dropout is active.
+
+KV cache (autoregressive decoding): call with ``decode=True`` and a mutable
+``'cache'`` collection. The first such call, when the collection does not yet
+exist (e.g. under ``model.init`` or ``jax.eval_shape(model.init, ...)``),
+creates ``cached_key``/``cached_value`` ``[B, S_max, heads, head_dim]`` and
+``cache_index`` sized by that call's input length ``S_max`` and computes
+ordinary causal attention. Later calls take a chunk of ``T >= 1`` new
+positions, write their keys/values at ``cache_index``, attend causally over
+the cache and advance the index by ``T``. Writing past ``S_max`` is not
+detected under ``jit`` (``dynamic_update_slice`` clamps), so callers size
+the cache for the whole sequence.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+def _big_negative(dtype) -> Array:
+  # The masking constant of jax.nn.dot_product_attention, so both paths agree.
+  return jnp.asarray(-0.7 * float(jnp.finfo(dtype).max), dtype)
+
+
+def padding_mask(kv_mask: Array) -> Array:
+  """``[B, S]`` key padding mask (True = real) -> ``[B, 1, 1, S]``."""
+  return jnp.asarray(kv_mask, bool)[:, None, None, :]
+
+
+def causal_mask(q_len: int, kv_len: int | None = None, offset: Array | int = 0) -> Array:
+  """``[1, 1, T, S]``: query ``t`` (at position ``offset + t``) sees keys ``<= offset + t``."""
+  kv_len = q_len if kv_len is None else kv_len
+  q_pos = offset + jnp.arange(q_len)
+  return (jnp.arange(kv_len)[None, :] <= q_pos[:, None])[None, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+  """Logical AND of the masks that are not None (None if all are)."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0]
+  for m in masks[1:]:
+    out = jnp.logical_and(out, m)
+  return out
+
+
+def rotary_embedding(x: Array, positions: Array, base: float = 10000.0) -> Array:
+  """Rotary position embedding (Su et al. 2021), rotate-half layout.
+
+  ``x`` is ``[B, T, heads, head_dim]`` (``head_dim`` even), ``positions`` is
+  ``[T]`` or ``[B, T]``. Channel ``i`` of the first half is rotated with
+  channel ``i`` of the second half by angle ``pos * base**(-2i/head_dim)``.
+  """
+  dim = x.shape[-1]
+  if dim % 2:
+    raise ValueError(f'rotary positions need an even head dimension; got {dim}')
+  half = dim // 2
+  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / dim)
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq  # [(B,) T, half]
+  if angles.ndim == 2:
+    angles = angles[None]
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attention_weights(
+    query: Array, key: Array, mask: Array | None = None, dropout: nn.Module | None = None
+) -> Array:
+  """``softmax(q k^T / sqrt(d))`` over keys, ``[B, heads, T, S]``, in float32.
+
+  ``query`` is ``[B, T, heads, d]``, ``key`` is ``[B, S, heads, d]``.
+  """
+  logits = jnp.einsum(
+      'btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32
+  ) / np.sqrt(query.shape[-1]).astype(np.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _big_negative(logits.dtype))
+  weights = jax.nn.softmax(logits, axis=-1)
+  return weights if dropout is None else dropout(weights)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: ``inputs_q [B,T,D]`` (and ``inputs_kv [B,S,D']``) -> ``[B,T,D]``.
+
+  Parameters: ``query``, ``key``, ``value`` (DenseGeneral ``D -> heads x
+  head_dim``, with biases) and ``out`` (``heads x head_dim -> D``). With
+  ``inputs_kv=None`` this is self-attention. ``rotary=True`` rotates queries
+  and keys by their positions (self-attention only). ``dropout_rate`` drops
+  attention weights when ``train=True``.
+
+  Call arguments: ``mask`` (see the module docstring), ``causal`` (adds a
+  causal mask), ``train``, ``decode`` (KV cache, self-attention only) and
+  ``return_weights`` (also return ``[B, heads, T, S]`` weights).
+  """
+
+  num_heads: int
+  qkv_features: int | None = None
+  out_features: int | None = None
+  dropout_rate: float = 0.0
+  rotary: bool = False
+  rotary_base: float = 10000.0
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.xavier_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array | None = None,
+      mask: Array | None = None,
+      causal: bool = False,
+      train: bool = False,
+      decode: bool = False,
+      return_weights: bool = False,
+  ) -> Array | tuple[Array, Array]:
+    self_attention = inputs_kv is None
+    if not self_attention and (decode or self.rotary):
+      raise ValueError('decode=True and rotary positions are for self-attention only')
+    inputs_kv = inputs_q if self_attention else inputs_kv
+    features = self.qkv_features or inputs_q.shape[-1]
+    if features % self.num_heads:
+      raise ValueError(f'{features} features do not split into {self.num_heads} heads')
+    head_dim = features // self.num_heads
+    dense = functools.partial(
+        nn.DenseGeneral, (self.num_heads, head_dim), use_bias=self.use_bias,
+        dtype=self.dtype, kernel_init=self.kernel_init,
+    )
+    query = dense(name='query')(inputs_q)
+    key = dense(name='key')(inputs_kv)
+    value = dense(name='value')(inputs_kv)
+
+    q_len = query.shape[1]
+    offset = 0
+    cached = decode and self.has_variable('cache', 'cached_key')
+    if decode:
+      cache_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+      cache_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+      cache_index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+      if cached:
+        offset = cache_index.value
+    if self.rotary:
+      positions = offset + jnp.arange(q_len)
+      query = rotary_embedding(query, positions, self.rotary_base)
+      key = rotary_embedding(key, positions, self.rotary_base)
+    if cached:
+      if mask is not None:
+        raise ValueError('an extra mask is not supported while decoding from the cache')
+      key = lax.dynamic_update_slice(cache_key.value, key, (0, offset, 0, 0))
+      value = lax.dynamic_update_slice(cache_value.value, value, (0, offset, 0, 0))
+      cache_key.value, cache_value.value = key, value
+      cache_index.value = offset + q_len
+      mask = causal_mask(q_len, key.shape[1], offset)
+    elif causal or decode:
+      mask = combine_masks(mask, causal_mask(q_len, key.shape[1]))
+    if mask is not None:
+      mask = jnp.asarray(mask, bool)
+      if mask.ndim != 4:
+        raise ValueError(f'attention masks must be 4-D [batch, heads, q, kv]; got {mask.shape}')
+
+    drop = train and self.dropout_rate > 0.0
+    if return_weights or drop:
+      dropout = nn.Dropout(self.dropout_rate, deterministic=not train) if drop else None
+      weights = attention_weights(query, key, mask, dropout)
+      out = jnp.einsum('bnts,bsnh->btnh', weights.astype(value.dtype), value)
+    else:
+      weights = None
+      out = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    out = nn.DenseGeneral(
+        self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+        dtype=self.dtype, kernel_init=self.kernel_init, name='out',
+    )(out)
+    return (out, weights) if return_weights else out

@@ -113,6 +113,7 @@ def default_writer(workdir: str, total_steps: int, batch_size: int,
   """JSONL + TensorBoard + console on process 0; nothing elsewhere."""
   if not is_writer_process:
     return MultiWriter([])
+  os.makedirs(workdir, exist_ok=True)
   return MultiWriter([
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
       TensorBoardWriter(os.path.join(workdir, 'tensorboard')),

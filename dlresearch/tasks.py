@@ -49,7 +49,9 @@ class Classification:
     logits, model_state = apply_model(model, variables, args, kwargs,
                                       train=train, rng=rng)
     labels = batch[self.label_key]
-    per_example = losses.LOSSES[self.loss](logits, labels, self.label_smoothing)
+    # Label smoothing regularises training; eval reports the plain loss.
+    smoothing = self.label_smoothing if train else 0.0
+    per_example = losses.LOSSES[self.loss](logits, labels, smoothing)
     sums = metrics.classification_sums(logits, labels, per_example,
                                        batch.get('_valid'))
     return sums, model_state
@@ -98,7 +100,7 @@ class LanguageModel:
                                       train=train, rng=rng)
     mask = batch.get('targets_mask', jnp.ones_like(batch['targets']))
     sums = _token_sums(logits, batch['targets'], mask, batch.get('_valid'),
-                       self.label_smoothing)
+                       self.label_smoothing if train else 0.0)
     return sums, model_state
 
   def finalize(self, m):
@@ -122,7 +124,7 @@ class Seq2Seq:
     logits, model_state = apply_model(model, variables, args, kwargs,
                                       train=train, rng=rng)
     sums = _token_sums(logits, batch['targets'], batch['targets_mask'],
-                       batch.get('_valid'), self.label_smoothing)
+                       batch.get('_valid'), self.label_smoothing if train else 0.0)
     return sums, model_state
 
   def finalize(self, m):

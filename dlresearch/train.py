@@ -110,14 +110,21 @@ def eval_step(state: state_lib.TrainState, batch, *, model, task,
 
 @dataclasses.dataclass
 class Periodic:
-  """Calls ``fn(step, state, metrics)`` every ``every`` steps (and at the end)."""
+  """Calls ``fn(step, state, metrics)`` every ``every`` steps.
+
+  At the last step it fires exactly when ``at_end`` is set (the final eval
+  runs once, after the loop, whatever ``every`` is).
+  """
 
   every: int
   fn: Callable
   at_end: bool = True
 
   def __call__(self, step, num_steps, state, step_metrics):
-    if (self.every and step % self.every == 0) or (self.at_end and step == num_steps):
+    if step == num_steps:
+      if self.at_end:
+        self.fn(step, state, step_metrics)
+    elif self.every and step % self.every == 0:
       self.fn(step, state, step_metrics)
 
 

@@ -27,7 +27,8 @@ MODELS = {
     # A small CNN without batch norm or dropout, and a small Transformer.
     'cnn': (dict(model='lenet5'), dict(size=8, channels=1)),
     'transformer': (dict(model='vit_tiny', model_kwargs={
-        'patch_size': 4, 'dropout_rate': 0.0}), dict(size=8, channels=3)),
+        'patch_size': 4, 'num_layers': 1, 'hidden_size': 16, 'num_heads': 2,
+        'mlp_dim': 32}), dict(size=8, channels=3)),
 }
 
 
@@ -83,8 +84,9 @@ def test_resume_with_a_different_device_count_keeps_the_data_order(tmp_path):
 
 def test_bfloat16_compute_keeps_float32_params_and_remat_matches(tmp_path):
   data = _image_data(n=64, size=8, channels=3)
-  base = Config(model='resnet_tiny', batch_size=32, num_steps=3, log_every=1,
-                checkpoint_every=100, optimizer='sgd', learning_rate=0.1)
+  base = Config(model='resnet_tiny', model_kwargs={'width': 4}, batch_size=32,
+                num_steps=2, log_every=1, checkpoint_every=100, optimizer='sgd',
+                learning_rate=0.1)
   plain = _losses(tmp_path, 'plain', base, data)
   remat = _losses(tmp_path, 'remat', base.replace(remat=True), data)
   np.testing.assert_allclose(remat, plain, rtol=1e-5)
@@ -94,4 +96,5 @@ def test_bfloat16_compute_keeps_float32_params_and_remat_matches(tmp_path):
   params = checkpoint.load_variables(str(tmp_path / 'bf16'))['params']
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
   with pytest.raises(ConfigError, match='--remat: model .mlp. does not support'):
-    train.run(base.replace(model='mlp', remat=True), str(tmp_path / 'x'), data=data)
+    train.run(base.replace(model='mlp', model_kwargs={}, remat=True),
+              str(tmp_path / 'x'), data=data)

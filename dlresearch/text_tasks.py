@@ -43,6 +43,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from dlresearch import cli, distributed, tasks
+from dlresearch import train as train_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import pipeline
 from dlresearch.data import text
@@ -559,6 +560,14 @@ def sample_hook(text_data: TextData, opts: LMOptions, cfg: Config) -> Callable:
     return {'sample': opts.prompt + continuation}
 
   return hook
+
+
+def run_lm(cfg: Config, workdir: str, opts: LMOptions) -> dict:
+  """Trains (or evaluates) a language model; ``opts.sample`` prints a sample."""
+  text_data = lm_data(cfg, workdir, opts)
+  hooks = [sample_hook(text_data, opts, cfg)] if opts.sample else []
+  return print_sample(train_lib.run(cfg, workdir, data=text_data.data,
+                                    eval_hooks=hooks))
 
 
 def print_sample(result: dict) -> dict:

@@ -43,7 +43,7 @@ shakespeare_gru
   The same with a GRU (not measured).
 """
 
-from dlresearch import cli, text_tasks, train
+from dlresearch import cli, text_tasks
 from dlresearch.config import Config
 
 BASE = Config(
@@ -71,10 +71,7 @@ PRESETS = {
 def run(cfg: Config, workdir: str,
         opts: text_tasks.LMOptions = OPTIONS) -> dict:
   """Trains (or evaluates) the LM; ``opts.sample`` prints a continuation."""
-  text = text_tasks.lm_data(cfg, workdir, opts)
-  hooks = [text_tasks.sample_hook(text, opts, cfg)] if opts.sample else []
-  result = train.run(cfg, workdir, data=text.data, eval_hooks=hooks)
-  return text_tasks.print_sample(result)
+  return text_tasks.run_lm(cfg, workdir, opts)
 
 
 if __name__ == '__main__':

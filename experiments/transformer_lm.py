@@ -31,7 +31,7 @@ shakespeare_bpe
   5000 steps. Not measured (hours on 2 CPU cores).
 """
 
-from dlresearch import cli, text_tasks, train
+from dlresearch import cli, text_tasks
 from dlresearch.config import Config
 
 BASE = Config(
@@ -68,10 +68,7 @@ PRESETS = {
 def run(cfg: Config, workdir: str,
         opts: text_tasks.LMOptions = PRESETS['shakespeare_char'].options) -> dict:
   """Trains (or evaluates) the LM; ``opts.sample`` prints a continuation."""
-  text = text_tasks.lm_data(cfg, workdir, opts)
-  hooks = [text_tasks.sample_hook(text, opts, cfg)] if opts.sample else []
-  result = train.run(cfg, workdir, data=text.data, eval_hooks=hooks)
-  return text_tasks.print_sample(result)
+  return text_tasks.run_lm(cfg, workdir, opts)
 
 
 if __name__ == '__main__':

@@ -86,6 +86,20 @@ def _run_cached(cfg: Config, rundir: str, shuffle: bool, run_one: RunOne) -> dic
   return record
 
 
+def setup(cfg: Config) -> str:
+  """The optimisation recipe in a few words, e.g. 'adamw lr 0.01 wd 0.05, step'."""
+  text = f'{cfg.optimizer} lr {cfg.learning_rate:g}'
+  if cfg.weight_decay:
+    text += f' wd {cfg.weight_decay:g}'
+  if cfg.schedule == 'step':
+    text += ', ' + ', '.join(f'x{cfg.step_decay:g} at {b:.0%}' for b in cfg.step_boundaries)
+  elif cfg.schedule != 'constant':
+    text += f', {cfg.schedule}'
+  if cfg.warmup_steps:
+    text += f', warmup {cfg.warmup_steps}'
+  return text
+
+
 def run_table(entries: Sequence[tuple[str, Config, bool]], seeds: Sequence[int],
               workdir: str, run_one: RunOne) -> dict:
   """Runs ``(name, config, shuffle)`` x ``seeds``; returns the summary dict."""
@@ -103,12 +117,13 @@ def run_table(entries: Sequence[tuple[str, Config, bool]], seeds: Sequence[int],
     published = PUBLISHED.get(name)
     rows[name] = {
         'model': cfg.model, 'shuffle_spatial': shuffle, 'params': param_count(cfg),
-        'num_steps': cfg.num_steps, 'learning_rate': cfg.learning_rate,
-        'batch_size': cfg.batch_size, 'optimizer': cfg.optimizer,
+        'num_steps': cfg.num_steps, 'batch_size': cfg.batch_size, 'setup': setup(cfg),
         'seeds': list(seeds), 'accuracies': acc.tolist(), 'mean': float(acc.mean()),
         'std': float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
         'min': float(acc.min()), 'max': float(acc.max()), 'published': published,
-        'meets_published': None if published is None else bool(acc.mean() >= published),
+        # The shuffled variant's published number is a drop to reproduce, not a bar.
+        'meets_published': (None if published is None or shuffle
+                            else bool(acc.mean() >= published)),
         'wall_s': wall.tolist(), 'wall_s_mean': float(wall.mean()),
     }
   return {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
@@ -120,14 +135,14 @@ def run_table(entries: Sequence[tuple[str, Config, bool]], seeds: Sequence[int],
 
 def markdown(summary: dict) -> str:
   """The README table."""
-  lines = ['| model | params | steps | lr | test accuracy (ours, mean ± std) | '
+  lines = ['| model | params | setup | steps | test accuracy (ours, mean ± std) | '
            'per seed | published | wall per run |',
-           '|---|---:|---:|---:|---:|---|---:|---:|']
+           '|---|---:|---|---:|---:|---|---:|---:|']
   for name, r in summary['models'].items():
     pub = '—' if r['published'] is None else f'{100 * r["published"]:.0f}%'
     seeds = ', '.join(f'{100 * a:.1f}' for a in r['accuracies'])
     lines.append(
-        f'| {name} | {r["params"]:,} | {r["num_steps"]} | {r["learning_rate"]:g} | '
+        f'| {name} | {r["params"]:,} | {r["setup"]} | {r["num_steps"]} | '
         f'{100 * r["mean"]:.1f} ± {100 * r["std"]:.1f}% (n={len(r["seeds"])}) | '
         f'{seeds} | {pub} | {r["wall_s_mean"]:.0f} s |')
   return '\n'.join(lines) + '\n'
@@ -156,6 +171,8 @@ def chart(summary: dict, path: str) -> None:
                                             if q['published'] is not None) else None)
       ax.text(x[i] + 0.2, 100 * r['published'] + 2, f'{100 * r["published"]:.0f}',
               ha='center', fontsize=7)
+    else:
+      ax.text(x[i] + 0.2, 2, 'not in\npaper', ha='center', fontsize=6, color='gray')
   ax.set_xticks(x, [n.replace('_shuffled', '\nshuffled') for n in names], fontsize=8)
   ax.set_ylabel('test accuracy (%)')
   ax.set_ylim(0, 105)

@@ -163,9 +163,12 @@ def test_table_summary_cache_and_errors(tmp_path):
   assert cnn['published'] == 0.94 and cnn['meets_published'] is False
   assert cnn['params'] == 5_210
   assert summary['models']['cnn_shuffled']['published'] == 0.56
+  assert summary['models']['cnn_shuffled']['meets_published'] is None
+  assert cnn['setup'] == 'adamw lr 0.01 wd 0.05, x0.1 at 90%'
   assert summary['models']['cnn_shuffled']['accuracies'] == [0.55, 0.65]
   assert open(tmp_path / 'chart.png', 'rb').read(4) == b'\x89PNG'
-  assert '| cnn | 5,210 | 7 |' in open(tmp_path / 'table.md').read()
+  assert '| cnn | 5,210 | adamw lr 0.01 wd 0.05, x0.1 at 90% | 7 |' in open(
+      tmp_path / 'table.md').read()
   mnist1d_table.main(*args)  # every run is reused from its result.json
   assert len(calls) == 6
   with pytest.raises(ConfigError, match='--models'):

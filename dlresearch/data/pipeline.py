@@ -142,8 +142,10 @@ class TrainIterator:
     """This process's slice of the global batch at ``step`` (pure)."""
     idx = global_indices(step, num_examples=self.dataset.num_examples,
                          batch_size=self.batch_size, seed=self.seed)
-    positions = range(self._slice.start, self._slice.stop)
-    rngs = [np.random.default_rng([self.seed, step, p]) for p in positions]
+    rngs = None
+    if getattr(self.dataset, 'example_fn', None) is not None:  # augmentation
+      rngs = [np.random.default_rng([self.seed, step, p])
+              for p in range(self._slice.start, self._slice.stop)]
     return self.dataset.get(idx[self._slice], rngs)
 
   def _start(self) -> Iterator[Example]:

@@ -348,3 +348,17 @@ def test_get_tokenizer_eval_only_needs_a_saved_one(tmp_path):
                                     lambda: ['xyz'])
   assert second.chars == first.chars == ['a', 'b', 'c']
   assert (tmp_path / 'b' / text_tasks.CHAR_FILE).is_file()
+
+
+def test_wmt14_base_tiny_on_mock_data(tmp_path):
+  """The real TFDS wmt14_translate/de-en path (mocked): read, BPE, train, BLEU."""
+  import tensorflow_datasets as tfds
+  cfg, opts = tiny(transformer_translate.PRESETS, 'wmt14_base',
+                   data_dir=str(tmp_path / 'tfds'))
+  assert cfg.dataset == 'wmt14_translate/de-en'
+  with tfds.testing.mock_data(num_examples=64):
+    result = transformer_translate.run(cfg, str(tmp_path / 'run'), opts)
+  last = log_lib.read_metrics(str(tmp_path / 'run'), 'eval')[-1]
+  assert result['step'] == cfg.num_steps == last['step']
+  assert np.isfinite(last['loss']) and 0.0 <= last['bleu'] <= 100.0
+  assert (tmp_path / 'run' / 'tokenizer.json').exists()

@@ -416,7 +416,10 @@ def _read_scalar_feature(source: Any, key: str) -> list[Any] | None:
   if (not exact_type or feature.shape != ()
       or getattr(feature, 'encoder', None) is not None):
     return None
-  records = raw.__getitems__(list(range(len(raw))))
+  try:
+    records = raw.__getitems__(list(range(len(raw))))
+  except TypeError:  # e.g. tfds.testing.mock_data's sources: use the slow path
+    return None
   values = []
   for record in records:
     example = proto.tf_example_pb2.Example.FromString(record)
@@ -439,9 +442,9 @@ def read_column(source: Any, key: str,
     n = len(source)
     for start in range(0, n, chunk):
       keys = list(range(start, min(start + chunk, n)))
-      if hasattr(source, '__getitems__'):
+      try:
         examples = source.__getitems__(keys)
-      else:
+      except (AttributeError, TypeError):  # no batch read (or mock_data's)
         examples = [source[i] for i in keys]
       try:
         values.extend(ex[key] for ex in examples)

@@ -217,6 +217,30 @@ def write_config(cfg: Config, workdir: str, num_steps: int) -> None:
   os.replace(tmp, os.path.join(workdir, 'config.json'))
 
 
+# Fields that define what a checkpoint is: resuming a workdir with other
+# values would continue a different experiment (or fail inside orbax).
+IDENTITY_FIELDS = ('dataset', 'train_split', 'model', 'model_kwargs', 'seed',
+                   'batch_size', 'image_size', 'augment', 'normalize')
+
+
+def check_resumable(cfg: Config, workdir: str) -> None:
+  """ConfigError if ``workdir`` holds checkpoints of a different experiment."""
+  path = os.path.join(workdir, 'config.json')
+  ckpts = checkpoint.checkpoint_dir(workdir)
+  if not (os.path.exists(path) and os.path.isdir(ckpts) and
+          any(n.isdigit() for n in os.listdir(ckpts))):
+    return
+  with open(path, encoding='utf-8') as f:
+    old = json.load(f)['config']
+  new = config_lib.to_json(cfg)
+  for field in IDENTITY_FIELDS:
+    if field in old and old[field] != new[field]:
+      raise ConfigError(
+          field, f'{workdir} holds checkpoints trained with --{field}='
+          f'{old[field]!r}, not {new[field]!r}; resume with the same value or '
+          'use a new --workdir')
+
+
 def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
         eval_hooks: Iterable[Callable] = (),
         writer: log_lib.Writer | None = None) -> dict:
@@ -249,6 +273,7 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
   task = data.task
   num_steps = num_train_steps(cfg, data.train.num_examples)
   is_chief = jax.process_index() == 0
+  check_resumable(cfg, workdir)
   if is_chief:
     os.makedirs(workdir, exist_ok=True)
     write_config(cfg, workdir, num_steps)

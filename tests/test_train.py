@@ -184,3 +184,14 @@ def test_cli_resolves_tiny_and_overrides():
   assert cfg.num_steps == 7 and cfg.eval_only and cfg.model_kwargs == {'x': 1}
   assert cfg.checkpoint_every == PRESETS['quickstart'].tiny['checkpoint_every']
   assert cfg.dataset == 'digits'
+
+
+def test_resuming_a_workdir_of_another_experiment_is_refused(tmp_path, data_dir):
+  train.run(tiny_quickstart(data_dir, num_steps=2), str(tmp_path))
+  before = open(tmp_path / 'config.json').read()
+  with pytest.raises(config_lib.ConfigError, match='--model: .* trained with --model=.lenet5.'):
+    train.run(tiny_quickstart(data_dir, num_steps=4, model='mlp'), str(tmp_path))
+  assert open(tmp_path / 'config.json').read() == before  # nothing overwritten
+  # Changing run-length or logging flags is fine: it resumes.
+  assert train.run(tiny_quickstart(data_dir, num_steps=4, log_every=1),
+                   str(tmp_path))['step'] == 4

@@ -34,9 +34,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._mngr.all_steps())
-
   def save(self, step: int, state, data_state: dict) -> None:
     if step in self._mngr.all_steps():
       return

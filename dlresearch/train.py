@@ -286,10 +286,11 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
   )['params']
   tx, lr_schedule = optim.make(cfg, num_steps, abstract_params)
   create = functools.partial(state_lib.create, model, tx, args, kwargs, cfg.seed)
-  shardings = parallel.state_shardings(jax.eval_shape(create), mesh)
+  shapes = jax.eval_shape(create)
+  shardings = parallel.state_shardings(shapes, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.eval_shape(create), shardings)
+      shapes, shardings)
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
@@ -379,12 +380,7 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state):
   Returns the state as global arrays laid out by ``shardings``.
   """
   if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(abstract_state)
-    for key in ('seed', 'batch_size'):
-      if data_state[key] != getattr(cfg, key):
-        raise ConfigError(
-            key, f'the checkpoint in this workdir was trained with --{key}='
-            f'{data_state[key]}; resume with the same value or use a new --workdir')
+    state, data_state = ckpt.restore(abstract_state)  # see check_resumable
     logging.info('resumed from step %d', data_state['step'])
     return state, data_state['step']
   state = jax.jit(create, out_shardings=shardings)()

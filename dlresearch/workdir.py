@@ -1,0 +1,151 @@
+"""The workdir: checked before anything is written, and one writer at a time.
+
+``check_workdir`` runs before anything is created and turns an unusable path
+(a file, an uncreatable or read-only directory) into one line. ``WorkdirLock``
+makes a second run on the same workdir refuse to start instead of
+interleaving its checkpoints with the first one's.
+
+The lock is ``fcntl.flock`` on ``WORKDIR/.lock``, held on an open descriptor
+for as long as the lock object lives. The kernel releases it when the process
+dies however it dies (SIGKILL, OOM), so a stale lock is taken over by simply
+acquiring it; the JSON inside ({pid, host, started}) only names the holder in
+the error message. On NFS, Linux maps flock to POSIX locks, which lockd/NFSv4
+honour across machines.
+"""
+
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import tempfile
+
+LOCK_FILE = '.lock'
+
+_HELD: dict[str, 'WorkdirLock'] = {}  # realpath of workdir -> held lock
+
+
+class WorkdirError(Exception):
+  """The workdir cannot be used; the message is one line."""
+
+
+class WorkdirBusyError(WorkdirError):
+  """Another live process holds the workdir lock."""
+
+
+def check_workdir(path: str, *, must_exist: bool = False) -> str:
+  """The absolute ``path`` if a run can write there; creates nothing.
+
+  Raises WorkdirError when ``path`` is a file, lies under a file, does not
+  exist (with ``must_exist``), or it or its nearest existing parent is not
+  writable.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      raise WorkdirError(f'workdir {path} is a file, not a directory')
+    _check_writable(path, f'workdir {path} is not writable')
+    return path
+  if must_exist:
+    raise WorkdirError(f'workdir {path} does not exist')
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise WorkdirError(f'cannot create workdir {path}: {parent} is a file')
+  _check_writable(parent, f'cannot create workdir {path}: {parent} is not '
+                  'writable')
+  return path
+
+
+def _check_writable(directory: str, message: str) -> None:
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise WorkdirError(message)
+  try:  # os.access trusts mode bits; root and some mounts need a real try.
+    with tempfile.TemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise WorkdirError(f'{message} ({e.strerror})') from None
+
+
+def holds_lock(path: str) -> bool:
+  """Whether this process holds the lock of ``path`` or of a parent of it."""
+  path = os.path.realpath(path)
+  return any(path == d or path.startswith(d + os.sep) for d in _HELD)
+
+
+class WorkdirLock:
+  """One writer per workdir: ``with WorkdirLock(workdir): ...``.
+
+  ``acquire`` creates the workdir if needed and raises WorkdirBusyError,
+  naming the holder, when another live process holds it.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = os.path.abspath(os.path.expanduser(workdir))
+    self.path = os.path.join(self.workdir, LOCK_FILE)
+    self._fd = None
+
+  @property
+  def held(self) -> bool:
+    return self._fd is not None
+
+  def acquire(self) -> 'WorkdirLock':
+    if self._fd is not None:
+      return self
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+      raise WorkdirError(f'cannot create the lock file {self.path}: '
+                         f'{e.strerror}') from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = _describe_holder(fd)
+      os.close(fd)
+      if e.errno in (errno.EAGAIN, errno.EACCES):
+        raise WorkdirBusyError(
+            f'workdir {self.workdir} is in use by {holder}; wait for that run '
+            'to finish or use another --workdir') from None
+      raise WorkdirError(f'cannot lock {self.path}: {e.strerror}') from None
+    info = {'pid': os.getpid(), 'host': socket.gethostname(),
+            'started': datetime.datetime.now().astimezone().isoformat(
+                timespec='seconds')}
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, (json.dumps(info) + '\n').encode(), 0)
+      os.fsync(fd)
+    except OSError:
+      pass  # informational only; the flock is what excludes other writers
+    self._fd = fd
+    _HELD[os.path.realpath(self.workdir)] = self
+    return self
+
+  def release(self) -> None:
+    if self._fd is None:
+      return
+    _HELD.pop(os.path.realpath(self.workdir), None)
+    fd, self._fd = self._fd, None
+    try:
+      os.ftruncate(fd, 0)  # the file stays (unlinking a flocked file races)
+    except OSError:
+      pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+  def __enter__(self) -> 'WorkdirLock':
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+def _describe_holder(fd: int) -> str:
+  try:
+    info = json.loads(os.pread(fd, 4096, 0).decode())
+    return (f'pid {info["pid"]} on host {info["host"]} started '
+            f'{info["started"]}')
+  except (OSError, ValueError, KeyError, TypeError):
+    return 'another process (holder unknown)'

@@ -374,3 +374,33 @@ def test_load_variables_skips_corrupt_steps(ckpt_dir):
   variables = checkpoint.load_variables(os.path.join(ckpt_dir, '1'))
   np.testing.assert_array_equal(variables['model_state']['mean'],
                                 make_state(1)['model_state']['mean'])
+
+
+def test_sharded_state_round_trip(tmp_path):
+  """As train.run saves it: arrays laid out over a mesh of all devices."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  spec = jax.sharding.PartitionSpec('data')
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  n = 8 * jax.device_count()
+
+  def state(step):
+    w = jnp.arange(n, dtype=jnp.float32) + step
+    return {'w': jax.device_put(w, sharding),
+            'step': jax.device_put(jnp.int32(step), replicated)}
+
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state(0))
+  directory = str(tmp_path / 'checkpoints')
+  ckpt = Checkpointer(directory)
+  for step in (1, 2):
+    ckpt.save(step, state(step), data_state(step))
+  ckpt.wait()
+  assert ckpt.verify(2)
+  flip_one_bit(os.path.join(directory, '2'))
+  restored, data, step = ckpt.restore_latest_good(abstract)
+  ckpt.close()
+  assert step == 1 and data == data_state(1)
+  assert restored['w'].sharding == sharding
+  np.testing.assert_array_equal(restored['w'], np.arange(n) + 1)

@@ -87,8 +87,7 @@ def measure(name, rounds, steps):
                                              train=False, **kwargs))['params']
   tx, _ = optim.make(cfg, 10_000, params)
   state = jax.jit(functools.partial(state_lib.create, model, tx, args, kwargs, 0))()
-  step = jax.jit(functools.partial(train.train_step, model=model, task=task, tx=tx),
-                 donate_argnums=0)
+  step = jax.jit(train.make_train_step(model, task, tx), donate_argnums=0)
   t0 = time.perf_counter()
   state, m = step(state, batches[0])
   jax.block_until_ready(m)

@@ -518,7 +518,7 @@ def load_variables(path: str) -> dict:
   ``path`` is a workdir, its ``checkpoints`` directory, or one step directory.
   Steps that fail verification are skipped with a warning (nothing is moved:
   the directory may belong to another run). Returned as host NumPy arrays:
-  {'params': ..., 'model_state': ...}.
+  {'params': ..., 'model_state': ..., 'step': int}.
   """
   path = os.path.abspath(os.path.expanduser(path))
   for candidate in (checkpoint_dir(path), path):
@@ -560,7 +560,8 @@ def _variables(restore, step_dir: str, step: int) -> dict:
   verify_step_dir(step_dir, step)
   try:
     state = restore()
-    return {'params': state['params'], 'model_state': state['model_state']}
+    return {'params': state['params'], 'model_state': state['model_state'],
+            'step': int(np.asarray(state['step']))}
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise CorruptCheckpointError(step, _one_line(e)) from e
 

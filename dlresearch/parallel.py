@@ -19,10 +19,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dlresearch.config import ConfigError
-
 AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')
+
+
+class MeshError(ValueError):
+  """A mesh spec that does not fit the devices (the CLI names --mesh)."""
+
+
+class StrategyError(ValueError):
+  """A parallelism strategy that cannot run this mesh (--parallelism)."""
 
 
 def make_mesh(spec: str = '', devices=None) -> Mesh:
@@ -37,16 +43,19 @@ def make_mesh(spec: str = '', devices=None) -> Mesh:
   for part in filter(None, spec.split(',')):
     name, _, size = (t.strip() for t in part.partition(':'))
     if name not in AXES or not size.lstrip('-').isdigit():
-      raise ConfigError('mesh', f'expected axes like data:4,fsdp:2 (axes '
-                        f'{", ".join(AXES)}), got {spec!r}')
+      raise MeshError(f'expected axes like data:4,fsdp:2 (axes '
+                      f'{", ".join(AXES)}), got {spec!r}')
     sizes[name] = int(size)
+    if sizes[name] == 0 or sizes[name] < -1:
+      raise MeshError(f'axis sizes must be >= 1 (or -1 for the rest), got '
+                      f'{spec!r}')
   if list(sizes.values()).count(-1) > 1:
-    raise ConfigError('mesh', f'at most one axis may be -1, got {spec!r}')
+    raise MeshError(f'at most one axis may be -1, got {spec!r}')
   known = int(np.prod([s for s in sizes.values() if s != -1]))
   sizes = {k: (len(devices) // known if s == -1 else s) for k, s in sizes.items()}
   total = int(np.prod(list(sizes.values())))
   if total > len(devices) or (total < len(devices) and jax.process_count() > 1):
-    raise ConfigError('mesh', f'{spec!r} asks for {total} devices but '
+    raise MeshError(f'{spec!r} asks for {total} devices but '
                       f'{len(devices)} are present'
                       + (' (across processes a mesh must use them all)'
                          if total < len(devices) else ''))
@@ -144,7 +153,7 @@ class PmapStrategy:
 
   def __init__(self, mesh: Mesh, shardings):
     if mesh.shape['fsdp'] != 1:
-      raise ConfigError('parallelism', 'pmap replicates the state; it cannot '
+      raise StrategyError('pmap replicates the state; it cannot '
                         'be combined with an fsdp mesh axis')
     self.mesh, self.shardings = mesh, shardings
     self.devices = [d for d in mesh.devices.flat

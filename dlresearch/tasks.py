@@ -4,19 +4,114 @@ A task is a small frozen object with three methods:
 
 - ``model_inputs(batch) -> (args, kwargs)`` for ``model.apply``;
 - ``__call__(model, variables, batch, *, train, rng) -> (sums, model_state)``
-  where ``sums`` are masked metric sums with a ``count`` (see metrics.py) and
+  where ``sums`` are masked metric sums with a ``count`` and
   ``sums['loss'] / sums['count']`` is the training loss;
 - ``finalize(metrics) -> metrics`` adds derived metrics (perplexity, ...).
 
-Eval batches carry ``_valid`` (0.0 for padding examples).
+Metrics are masked sums, so they aggregate exactly over uneven batches: a
+step returns sums (``loss``, ``accuracy``, ...) and ``count``; sums add up
+across batches, devices and hosts (``add_sums``); ``finalize_sums`` divides
+once at the end. Eval batches carry ``_valid`` (0.0 for padding examples).
+
+This module also holds the per-example losses (``LOSSES``).
 """
 
 import dataclasses
 import math
+from typing import Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
-from dlresearch import losses, metrics
+# ---------------------------------------------------------------------------
+# Per-example losses. Each returns an array of shape [batch] (or [batch, T]).
+
+
+def softmax_xent(logits: jax.Array, labels: jax.Array,
+                 label_smoothing: float = 0.0) -> jax.Array:
+  """Softmax cross-entropy with integer labels and optional label smoothing."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def sigmoid_xent(logits: jax.Array, labels: jax.Array,
+                 label_smoothing: float = 0.0) -> jax.Array:
+  """Sigmoid binary cross-entropy, summed over classes.
+
+  ``labels`` are integer class ids (one-hot targets) or multi-hot floats with
+  the logits' shape.
+  """
+  if labels.ndim == logits.ndim - 1:
+    labels = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  labels = labels.astype(jnp.float32)
+  if label_smoothing:
+    labels = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                            labels).sum(-1)
+
+
+def mse(predictions: jax.Array, targets: jax.Array,
+        label_smoothing: float = 0.0) -> jax.Array:
+  """Mean squared error per example (mean over the non-batch axes).
+
+  Integer ``targets`` with one fewer axis are one-hot encoded first, so MSE
+  also works as a classification loss.
+  """
+  del label_smoothing
+  if targets.ndim == predictions.ndim - 1 and jnp.issubdtype(targets.dtype, jnp.integer):
+    targets = jax.nn.one_hot(targets, predictions.shape[-1])
+  err = (predictions.astype(jnp.float32) - targets.astype(jnp.float32)) ** 2
+  return err.reshape(err.shape[0], -1).mean(-1)
+
+
+LOSSES = {'softmax_xent': softmax_xent, 'sigmoid_xent': sigmoid_xent, 'mse': mse}
+
+
+# ---------------------------------------------------------------------------
+# Masked metric sums.
+
+
+def classification_sums(logits: jax.Array, labels: jax.Array,
+                        per_example_loss: jax.Array,
+                        mask: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Loss, top-1 and (for more than 5 classes) top-5 correct counts."""
+  if mask is None:
+    mask = jnp.ones(labels.shape[0], jnp.float32)
+  mask = mask.astype(jnp.float32)
+  out = {
+      'loss': jnp.sum(per_example_loss * mask),
+      'accuracy': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      'count': jnp.sum(mask),
+  }
+  if logits.shape[-1] > 5:
+    top5 = jax.lax.top_k(logits, 5)[1]
+    out['top5_accuracy'] = jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask)
+  return out
+
+
+def add_sums(a: Mapping[str, jax.Array] | None, b: Mapping[str, jax.Array]):
+  """Adds two sum dicts (``a`` may be None for the first batch)."""
+  if a is None:
+    return dict(b)
+  return {k: a[k] + b[k] for k in b}
+
+
+def finalize_sums(sums: Mapping[str, jax.Array]) -> dict[str, float]:
+  """Divides every sum by ``count`` (a float per metric, full precision)."""
+  sums = {k: float(np.asarray(v, np.float64)) for k, v in jax.device_get(sums).items()}
+  count = sums.pop('count')
+  if count <= 0:
+    raise ValueError('no examples were evaluated (count is 0)')
+  return {k: v / count for k, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------
+# Tasks.
 
 
 def apply_model(model, variables, args, kwargs, *, train: bool, rng):
@@ -51,8 +146,8 @@ class Classification:
     labels = batch[self.label_key]
     # Label smoothing regularises training; eval reports the plain loss.
     smoothing = self.label_smoothing if train else 0.0
-    per_example = losses.LOSSES[self.loss](logits, labels, smoothing)
-    sums = metrics.classification_sums(logits, labels, per_example,
+    per_example = LOSSES[self.loss](logits, labels, smoothing)
+    sums = classification_sums(logits, labels, per_example,
                                        batch.get('_valid'))
     return sums, model_state
 
@@ -60,14 +155,12 @@ class Classification:
     return m
 
 
-
-
 def _token_sums(logits, targets, mask, valid, label_smoothing):
   """Masked per-token loss/accuracy sums; ``count`` is the number of tokens."""
   mask = mask.astype(jnp.float32)
   if valid is not None:
     mask = mask * valid[:, None]
-  per_token = losses.softmax_xent(logits, targets, label_smoothing)
+  per_token = softmax_xent(logits, targets, label_smoothing)
   return {'loss': jnp.sum(per_token * mask),
           'accuracy': jnp.sum((jnp.argmax(logits, -1) == targets) * mask),
           'count': jnp.sum(mask)}

@@ -11,8 +11,11 @@ import functools
 import json
 import math
 import os
+import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from importlib import metadata
 from typing import Callable, Iterable
@@ -24,10 +27,11 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlresearch import checkpoint, config as config_lib, distributed, metrics
+from dlresearch import checkpoint, config as config_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
+from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import pipeline
+from dlresearch.data import kinds, pipeline
 from dlresearch.models import registry
 
 
@@ -39,62 +43,86 @@ class NonFiniteLossError(RuntimeError):
 # Pure steps.
 
 
-def train_step(state: state_lib.TrainState, batch, *, model, task,
-               tx: optax.GradientTransformation, accum_steps: int = 1,
-               axis_name: str | None = None):
+def gradients(params, model_state, batch, rng, *, model, task):
+  """``(grads, metric sums, new model state)`` of the task's mean loss."""
+
+  def loss_fn(params):
+    sums, new_model_state = task(model, {'params': params, **model_state},
+                                 batch, train=True, rng=rng)
+    return sums['loss'] / sums['count'], (sums, new_model_state)
+
+  (_, (sums, model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(params)
+  return grads, sums, model_state
+
+
+def accumulate(grad_fn: Callable, steps: int) -> Callable:
+  """``grad_fn`` over ``steps`` micro-batches, gradients averaged.
+
+  The batch is split strided (micro-batch ``i`` holds rows ``i, i+steps,
+  ...``), so each device keeps its share of every micro-batch. Metric sums
+  add up; the model state (batch statistics) threads through in order. The
+  result equals one ``grad_fn`` call on the whole batch when the loss is a
+  mean over examples and the model has no batch statistics.
+  """
+  if steps == 1:
+    return grad_fn
+
+  def fn(params, model_state, batch, rng):
+    micro = jax.tree.map(lambda x: x.reshape(
+        x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+    def body(carry, xs):
+      grads, sums, model_state = carry
+      g, s, model_state = grad_fn(params, model_state, xs[0],
+                                  jax.random.fold_in(rng, xs[1]))
+      return (jax.tree.map(jnp.add, grads, g),
+              tasks.add_sums(sums, s), model_state), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        grad_fn, params, model_state, first, rng)[:2])
+    (grads, sums, model_state), _ = jax.lax.scan(
+        body, (*zeros, model_state), (micro, jnp.arange(steps)))
+    return jax.tree.map(lambda g: g / steps, grads), sums, model_state
+
+  return fn
+
+
+def train_step(state: state_lib.TrainState, batch, *, grad_fn: Callable,
+               tx: optax.GradientTransformation, axis_name: str | None = None):
   """One update. ``(state, batch) -> (state, metrics)``.
 
-  With ``accum_steps > 1`` the batch is split into that many micro-batches
-  (strided, so each device keeps its share of every micro-batch) whose
-  gradients are averaged before the single update. ``axis_name`` is set
-  under ``pmap``: gradients, batch statistics and metrics are then averaged
-  over that axis (under ``jit`` the compiler does it: the batch is global).
+  ``grad_fn(params, model_state, batch, rng) -> (grads, sums, model_state)``
+  is ``gradients`` bound to a model and task (``make_train_step``), possibly
+  wrapped by ``accumulate``. ``axis_name`` is set under ``pmap``: gradients,
+  batch statistics and metric sums are then reduced over that axis (under
+  ``jit`` the compiler does it: the batch is one global array).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-
-  def loss_fn(params, model_state, micro, rng):
-    variables = {'params': params, **model_state}
-    sums, new_model_state = task(model, variables, micro, train=True, rng=rng)
-    return sums['loss'] / sums['count'], (sums, new_model_state)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if accum_steps == 1:
-    (_, (sums, model_state)), grads = grad_fn(
-        state.params, state.model_state, batch, rng)
-  else:
-    micro = jax.tree.map(
-        lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps,
-                            *x.shape[1:]).swapaxes(0, 1), batch)
-
-    def body(carry, xs):
-      grads, sums, model_state = carry
-      mb, i = xs
-      (_, (s, model_state)), g = grad_fn(state.params, model_state, mb,
-                                         jax.random.fold_in(rng, i))
-      return (jax.tree.map(jnp.add, grads, g), metrics.add(sums, s),
-              model_state), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    first = jax.tree.map(lambda x: x[0], micro)
-    sums0 = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: loss_fn(state.params, state.model_state, first, rng)[1][0]))
-    (grads, sums, model_state), _ = jax.lax.scan(
-        body, (zeros, sums0, state.model_state),
-        (micro, jnp.arange(accum_steps)))
-    grads = jax.tree.map(lambda g: g / accum_steps, grads)
+  grads, sums, model_state = grad_fn(state.params, state.model_state, batch,
+                                     rng)
   if axis_name:
     grads = jax.lax.pmean(grads, axis_name)
     model_state = jax.lax.pmean(model_state, axis_name)
     sums = jax.lax.psum(sums, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1,
-                            params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state, model_state=model_state)
+  state = state.replace(step=state.step + 1, opt_state=opt_state,
+                        params=optax.apply_updates(state.params, updates),
+                        model_state=model_state)
   out = {k: v / sums['count'] for k, v in sums.items() if k != 'count'}
   out['grad_norm'] = optax.tree.norm(grads)
-  return new_state, out
+  return state, out
+
+
+def make_train_step(model, task, tx: optax.GradientTransformation,
+                    accum_steps: int = 1) -> Callable:
+  """``train_step`` bound to a model, task and optimizer (not yet jitted)."""
+  grad_fn = functools.partial(gradients, model=model, task=task)
+  return functools.partial(train_step, grad_fn=accumulate(grad_fn, accum_steps),
+                           tx=tx)
 
 
 def eval_step(state: state_lib.TrainState, batch, *, model, task,
@@ -129,33 +157,46 @@ class Periodic:
 
 
 class Preemption:
-  """SIGTERM -> checkpoint at the next step and stop (exit code 0).
+  """SIGTERM or Ctrl-C (SIGINT) -> checkpoint at the next step and stop.
 
-  One process: our own SIGTERM handler. Several: JAX's preemption notifier
-  (installed by ``jax.distributed``) and a sync point, so that every host
-  stops at the same step.
+  One process: our own handlers, installed for the whole of ``run`` (start-up
+  included). A second Ctrl-C stops at once (``KeyboardInterrupt``). In a
+  notebook, interrupting the kernel is the first Ctrl-C. Several processes:
+  JAX's preemption notifier (SIGTERM, installed by ``jax.distributed``) and a
+  sync point, so that every host stops at the same step.
   """
 
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
   def __init__(self):
-    self.requested = False
-    self._old = None
+    self.received: str | None = None
+    self._old = {}
     if (jax.process_count() == 1 and
         threading.current_thread() is threading.main_thread()):
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: checkpointing at the next step, then stopping')
-    self.requested = True
+    del frame
+    name = signal.Signals(signum).name
+    if self.received == 'SIGINT' and name == 'SIGINT':
+      raise KeyboardInterrupt
+    logging.warning('%s: checkpointing at the next step, then stopping%s',
+                    name, ' (Ctrl-C again stops at once)'
+                    if name == 'SIGINT' else '')
+    self.received = self.received or name
 
   def reached(self, step: int) -> bool:
+    if self.received:
+      return True
     if jax.process_count() > 1:  # every host must agree on the step
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = 'SIGTERM'
+        return True
+    return False
 
   def close(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def _fetch_finite(step: int, host_metrics) -> dict[str, float]:
@@ -180,12 +221,12 @@ def num_train_steps(cfg: Config, num_examples: int) -> int:
   return max(1, math.ceil(cfg.num_epochs * num_examples / cfg.batch_size))
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
   try:
-    out = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
-                         text=True, timeout=10,
+    out = subprocess.run(['git', *args], capture_output=True, text=True,
+                         timeout=10,
                          cwd=os.path.dirname(os.path.abspath(__file__)))
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
   except (OSError, subprocess.SubprocessError):
     return None
 
@@ -202,43 +243,37 @@ def _versions() -> dict[str, str]:
   return out
 
 
-def write_config(cfg: Config, workdir: str, num_steps: int) -> None:
+def write_config(cfg: Config, workdir: str, num_steps: int,
+                 data_model_kwargs: dict | None = None) -> None:
+  """``WORKDIR/config.json``: the config and how the run was started.
+
+  Written once, when a run starts fresh; ``--config=WORKDIR/config.json``
+  replays it.
+  """
+  status = _git('status', '--porcelain', '--untracked-files=no')
   record = {
-      'config': config_lib.to_json(cfg.replace(num_steps=num_steps)),
-      'git_commit': _git_commit(),
+      'config': config_lib.to_json(cfg),
+      'num_steps': num_steps,
+      # The sizes the data gave the model (num_classes, vocab_size, ...), so
+      # ``dlresearch.restore`` rebuilds it without reading the data.
+      'data_model_kwargs': data_model_kwargs or {},
+      'command_line': shlex.join(sys.argv),
+      'git_commit': _git('rev-parse', 'HEAD'),
+      'git_dirty': None if status is None else bool(status),
       'versions': _versions(),
       'device_count': jax.device_count(),
       'process_count': jax.process_count(),
       'platform': jax.devices()[0].platform,
   }
-  tmp = os.path.join(workdir, 'config.json.tmp')
-  with open(tmp, 'w', encoding='utf-8') as f:
+  path = os.path.join(workdir, config_lib.CONFIG_FILE)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(record, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  os.replace(path + '.tmp', path)
 
 
-# Fields that define what a checkpoint is: resuming a workdir with other
-# values would continue a different experiment (or fail inside orbax).
-IDENTITY_FIELDS = ('dataset', 'train_split', 'model', 'model_kwargs', 'seed',
-                   'batch_size', 'image_size', 'augment', 'normalize')
-
-
-def check_resumable(cfg: Config, workdir: str) -> None:
-  """ConfigError if ``workdir`` holds checkpoints of a different experiment."""
-  path = os.path.join(workdir, 'config.json')
+def has_checkpoints(workdir: str) -> bool:
   ckpts = checkpoint.checkpoint_dir(workdir)
-  if not (os.path.exists(path) and os.path.isdir(ckpts) and
-          any(n.isdigit() for n in os.listdir(ckpts))):
-    return
-  with open(path, encoding='utf-8') as f:
-    old = json.load(f)['config']
-  new = config_lib.to_json(cfg)
-  for field in IDENTITY_FIELDS:
-    if field in old and old[field] != new[field]:
-      raise ConfigError(
-          field, f'{workdir} holds checkpoints trained with --{field}='
-          f'{old[field]!r}, not {new[field]!r}; resume with the same value or '
-          'use a new --workdir')
+  return os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
 
 
 def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
@@ -246,37 +281,77 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
         writer: log_lib.Writer | None = None) -> dict:
   """Trains (or, with ``eval_only``, evaluates) and returns the final eval.
 
+  A workdir with checkpoints is resumed; its recorded config must agree with
+  ``cfg`` on every field outside ``config.MAY_CHANGE_ON_RESUME``. Multi-host
+  runs call ``distributed.initialize`` before (the CLI does).
+
   Args:
     cfg: the experiment config.
     workdir: where config.json, metrics.jsonl, TensorBoard files and
       checkpoints go. Rerunning with the same workdir resumes.
-    data: train/eval datasets and the task; default: built from ``cfg``.
-    eval_hooks: ``hook(model, state) -> dict`` called at every eval; their
-      keys are added to the eval line (e.g. BLEU, samples).
+    data: train/eval datasets and the task; default: built by the data kind
+      (``data/kinds.py``) from ``cfg``.
+    eval_hooks: ``hook(model, state) -> dict`` called at every eval after
+      the data's own; their keys are added to the eval line.
     writer: metric writer (default: JSONL + TensorBoard + console on
       process 0).
 
   Returns:
-    The final eval metrics plus ``step`` (and ``preempted`` when stopped by
-    SIGTERM).
+    The final eval metrics plus ``step``; when stopped by SIGTERM or Ctrl-C
+    after checkpointing, ``{'step', 'preempted': 'SIGTERM' | 'SIGINT'}``.
+  """
+  preemption = Preemption()
+  try:
+    return _run(cfg, workdir, data, eval_hooks, writer, preemption)
+  finally:
+    preemption.close()
+
+
+def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
+  """Checks that need no files, then the lock, then the run proper.
+
+  A start that fails before training leaves nothing behind: a workdir this
+  call created is removed again.
   """
   cfg = config_lib.validate(cfg)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  distributed.initialize(
-      cfg.coordinator_address or None, cfg.num_processes or None,
-      cfg.process_id if cfg.process_id >= 0 else None,
-      heartbeat_timeout_s=cfg.heartbeat_timeout_s,
-      init_timeout_s=cfg.init_timeout_s)
+  workdir = workdir_lib.check_workdir(os.path.expanduser(workdir))
+  fresh = not has_checkpoints(workdir)
+  if cfg.eval_only and fresh:
+    raise ConfigError('eval_only', f'no checkpoint in {workdir} to evaluate')
+  recorded = None if fresh else config_lib.read_recorded(workdir)
+  if recorded is not None:
+    config_lib.check_resume(recorded, cfg, workdir)
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
-  data = data or pipeline.from_config(cfg)
+  created = not os.path.exists(workdir)
+  lock = None
+  if jax.process_index() == 0 and not cfg.eval_only:
+    lock = workdir_lib.WorkdirLock(workdir).acquire()  # one writer per workdir
+  try:
+    return _run_locked(cfg, workdir, data, eval_hooks, writer, preemption,
+                       mesh, fresh)
+  except BaseException:
+    if created and not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+      shutil.rmtree(workdir, ignore_errors=True)  # failed before training
+    raise
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
+                fresh) -> dict:
+  data = data or kinds.build(cfg, workdir, fresh)
   task = data.task
+  if data.train.num_examples < cfg.batch_size and not cfg.eval_only:
+    raise ConfigError('batch_size', f'{cfg.batch_size} is larger than the '
+                      f'train split ({data.train.num_examples} examples); use '
+                      'a smaller --batch_size')
   num_steps = num_train_steps(cfg, data.train.num_examples)
   is_chief = jax.process_index() == 0
-  check_resumable(cfg, workdir)
-  if is_chief:
+  if is_chief and fresh:
     os.makedirs(workdir, exist_ok=True)
-    write_config(cfg, workdir, num_steps)
+    write_config(cfg, workdir, num_steps, data.model_kwargs)
 
   model = build_model(cfg, data.model_kwargs)
   example = data.eval.get(np.arange(1), None)
@@ -297,11 +372,11 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
   state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state)
   state = strategy.from_saved(state)
-  p_train = strategy.train_step(functools.partial(
-      train_step, model=model, task=task, tx=tx,
-      accum_steps=cfg.grad_accum_steps))
+  p_train = strategy.train_step(
+      make_train_step(model, task, tx, cfg.grad_accum_steps))
   p_eval = strategy.eval_step(functools.partial(eval_step, model=model, task=task))
   eval_batch_size = cfg.eval_batch_size or cfg.batch_size
+  hooks = [*data.eval_hooks, *eval_hooks]
   writer = writer or log_lib.default_writer(workdir, num_steps, cfg.batch_size,
                                             is_chief)
 
@@ -309,9 +384,9 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     sums = None
     for local in pipeline.eval_batches(data.eval, eval_batch_size,
                                        jax.process_index(), jax.process_count()):
-      sums = metrics.add(sums, p_eval(state, strategy.batch(local)))
-    result = task.finalize(metrics.finalize(strategy.host(sums)))
-    for hook in eval_hooks:
+      sums = tasks.add_sums(sums, p_eval(state, strategy.batch(local)))
+    result = task.finalize(tasks.finalize_sums(strategy.host(sums)))
+    for hook in hooks:
       result.update(hook(model, state))
     writer.write(step, 'eval', result)
     return result
@@ -327,32 +402,27 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
 
   try:
     if cfg.eval_only:
-      if ckpt.latest_step() is None:
-        raise ConfigError('eval_only', f'no checkpoint in {workdir} to evaluate')
       return {'step': start, **evaluate(start, state)}
     train_iter = pipeline.TrainIterator(
         data.train, cfg.batch_size, cfg.seed, step=start,
         process_index=jax.process_index(), process_count=jax.process_count(),
         threads=cfg.grain_threads if data.use_grain else 0,
         workers=cfg.grain_workers if data.use_grain else 0)
-    hooks = [Periodic(cfg.log_every, log_train),
-             Periodic(cfg.checkpoint_every, save),
-             Periodic(cfg.eval_every, evaluate, at_end=False)]
-    preemption = Preemption()
-    try:
-      for step in range(start, num_steps):
-        batch = strategy.batch(next(train_iter))
-        state, step_metrics = p_train(state, batch)
-        for hook in hooks:
-          hook(step + 1, num_steps, state, step_metrics)
-        if preemption.reached(step + 1):
-          save(step + 1, state, step_metrics)
-          ckpt.wait()
-          logging.warning('stopped by SIGTERM at step %d (checkpointed)', step + 1)
-          return {'step': step + 1, 'preempted': True}
-    finally:
-      preemption.close()
-    return {'step': num_steps, **evaluate(num_steps, state)}
+    periodic = [Periodic(cfg.log_every, log_train),
+                Periodic(cfg.checkpoint_every, save),
+                Periodic(cfg.eval_every, evaluate, at_end=False)]
+    for step in range(start, num_steps):
+      batch = strategy.batch(next(train_iter))
+      state, step_metrics = p_train(state, batch)
+      for hook in periodic:
+        hook(step + 1, num_steps, state, step_metrics)
+      if preemption.reached(step + 1):
+        save(step + 1, state, step_metrics)
+        ckpt.wait()
+        logging.warning('stopped by %s at step %d (checkpointed)',
+                        preemption.received, step + 1)
+        return {'step': step + 1, 'preempted': preemption.received}
+    return {'step': max(num_steps, start), **evaluate(max(num_steps, start), state)}
   finally:
     ckpt.close()
     writer.close()
@@ -361,16 +431,22 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
 def build_model(cfg: Config, data_kwargs: dict):
   """The registry model with the data's sizes, --model_kwargs, dtype, remat."""
   kwargs = {**data_kwargs, **cfg.model_kwargs, 'dtype': jnp.dtype(cfg.dtype)}
-  if cfg.remat:
-    kwargs['remat'] = True
   try:
-    return registry.build(cfg.model, **kwargs)
+    accepted = registry.fields(cfg.model)
   except KeyError as e:
     raise ConfigError('model', str(e).strip('"')) from None
-  except TypeError as e:
-    if cfg.remat and 'remat' in str(e):
+  if cfg.remat:
+    if 'remat' not in accepted:
       raise ConfigError('remat', f'model {cfg.model!r} does not support '
-                        'rematerialization') from None
+                        'rematerialization')
+    kwargs['remat'] = True
+  unknown = sorted(set(kwargs) - accepted)
+  if unknown:
+    raise ConfigError('model_kwargs', f'{cfg.model} takes no argument '
+                      f'{unknown[0]!r}; it takes {", ".join(sorted(accepted))}')
+  try:
+    return registry.build(cfg.model, **kwargs)
+  except (TypeError, ValueError) as e:
     raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
 
 
@@ -380,7 +456,10 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state):
   Returns the state as global arrays laid out by ``shardings``.
   """
   if ckpt.latest_step() is not None:
-    state, data_state = ckpt.restore(abstract_state)  # see check_resumable
+    # The newest checkpoint that reads and verifies; corrupt ones are moved
+    # aside (never deleted) when training, left in place by --eval_only.
+    state, data_state, _ = ckpt.restore_latest_good(
+        abstract_state, move_aside=not cfg.eval_only)
     logging.info('resumed from step %d', data_state['step'])
     return state, data_state['step']
   state = jax.jit(create, out_shardings=shardings)()

@@ -8,7 +8,7 @@ Data: the mnist1d package's fixed set, ``make_dataset(get_dataset_args())``
 (4000 train / 1000 test, length 40), prepared locally as the ``mnist1d``
 TFDS dataset. ``--seed`` changes only the initialisation and the batch
 order. ``--shuffle_spatial`` applies one fixed permutation of the 40
-positions (``spatial_permutation()``, NumPy seed ``SHUFFLE_SEED``,
+positions (``data.kinds.spatial_permutation``, NumPy seed ``SHUFFLE_SEED``,
 independent of ``--seed``) to train and test alike. The reported number is
 the test accuracy of the final step (the last eval line), never the best
 over training. Architectures: ``dlresearch/models/mnist1d.py``.
@@ -39,17 +39,11 @@ Zen 4, JAX 0.10.2 CPU, 1 device), 2026-11-24, shared with other jobs (load
   shuffled: mlp 71.5 ± 1.5 (68; 23 s), cnn 62.5 ± 0.3 (~56; 25 s)
 """
 
-import dataclasses
-
 from absl import flags
-import numpy as np
 
 from dlresearch import cli, train
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import pipeline
 from dlresearch.models import registry
-
-SHUFFLE_SEED = 0  # the --shuffle_spatial permutation, the same for every run
 
 # The published setup (the reference mnist1d training code): Adam, lr 1e-2,
 # batch 100, 6000 steps, constant lr, no weight decay.
@@ -77,8 +71,6 @@ PRESETS = {
     'transformer': preset('transformer', 0.05, warmup_steps=500),
 }
 
-flags.DEFINE_bool('shuffle_spatial', False,
-                  'Permute the 40 positions (one fixed permutation, train and test).')
 flags.DEFINE_list('models', list(PRESETS), 'With --model=all: the models to run.')
 flags.DEFINE_list('seeds', ['0', '1', '2'], 'With --model=all: the seeds.')
 flags.DEFINE_list('shuffled_models', ['mlp', 'cnn'],
@@ -86,33 +78,9 @@ flags.DEFINE_list('shuffled_models', ['mlp', 'cnn'],
 FLAGS = flags.FLAGS
 
 
-def spatial_permutation(length: int = 40) -> np.ndarray:
-  """The fixed permutation of the positions used by --shuffle_spatial."""
-  return np.random.default_rng(SHUFFLE_SEED).permutation(length)
-
-
-def shuffle_positions(data: pipeline.Data, perm: np.ndarray) -> pipeline.Data:
-  """``data`` with ``x[:, perm]`` in every train and eval batch."""
-  key = data.task.input_key
-
-  def wrap(ds):
-    inner = ds.batch_fn
-
-    def batch_fn(batch):
-      batch = inner(batch) if inner else batch
-      return {**batch, key: batch[key][:, perm]}
-
-    return dataclasses.replace(ds, batch_fn=batch_fn)
-
-  return dataclasses.replace(data, train=wrap(data.train), eval=wrap(data.eval))
-
-
 def run_one(cfg: Config, workdir: str, shuffle: bool = False) -> dict:
   """Trains one model on MNIST-1D (shuffled if asked); the final eval."""
-  data = pipeline.from_config(cfg)
-  if shuffle:
-    data = shuffle_positions(data, spatial_permutation())
-  return train.run(cfg, workdir, data=data)
+  return train.run(cfg.replace(shuffle_spatial=shuffle), workdir)
 
 
 def _main(cfg: Config, workdir: str) -> dict:
@@ -120,10 +88,10 @@ def _main(cfg: Config, workdir: str) -> dict:
     if cfg.model not in registry.names():
       raise ConfigError('model', f'unknown model {cfg.model!r}; choose one of '
                         f'{", ".join(PRESETS)}, all, or a registered model')
-    if FLAGS.shuffle_spatial and not FLAGS.workdir:
+    if cfg.shuffle_spatial and not FLAGS.workdir:
       workdir += '_shuffled'
-    return run_one(cfg, workdir, FLAGS.shuffle_spatial)
-  if FLAGS.shuffle_spatial:
+    return train.run(cfg, workdir)
+  if cfg.shuffle_spatial:
     raise ConfigError('shuffle_spatial', 'with --model=all, name the shuffled '
                       'models in --shuffled_models instead')
   from benchmarks import mnist1d_table

@@ -43,38 +43,26 @@ shakespeare_gru
   The same with a GRU (not measured).
 """
 
-from dlresearch import cli, text_tasks
+from dlresearch import cli
 from dlresearch.config import Config
 
 BASE = Config(
-    dataset='shakespeare', model='lstm_lm',
+    data_kind='lm', dataset='shakespeare', model='lstm_lm', tokenizer='char',
+    seq_len=128,
     model_kwargs={'embed_dim': 64, 'hidden_size': 256},
     batch_size=32, eval_batch_size=256, num_steps=2000, optimizer='adam',
     learning_rate=3e-3, schedule='cosine', warmup_steps=100,
     grad_clip_norm=1.0, log_every=100, eval_every=600, checkpoint_every=500,
     keep_checkpoints=1)
-OPTIONS = text_tasks.LMOptions(tokenizer='char', seq_len=128)
 TINY = dict(model_kwargs={'embed_dim': 16, 'hidden_size': 32}, batch_size=16,
             eval_batch_size=64, num_steps=30, learning_rate=1e-2,
-            warmup_steps=0, log_every=5, eval_every=0, checkpoint_every=30)
-TINY_OPTIONS = dict(seq_len=32, max_new_tokens=40)
+            warmup_steps=0, log_every=5, eval_every=0, checkpoint_every=30,
+            seq_len=32, max_new_tokens=40)
 
 PRESETS = {
-    'shakespeare_lstm': text_tasks.TextPreset(
-        BASE, tiny=TINY, options=OPTIONS, tiny_options=TINY_OPTIONS),
-    'shakespeare_gru': text_tasks.TextPreset(
-        BASE.replace(model='gru_lm'), tiny=TINY, options=OPTIONS,
-        tiny_options=TINY_OPTIONS),
+    'shakespeare_lstm': cli.Preset(BASE, tiny=TINY),
+    'shakespeare_gru': cli.Preset(BASE.replace(model='gru_lm'), tiny=TINY),
 }
 
-
-def run(cfg: Config, workdir: str,
-        opts: text_tasks.LMOptions = OPTIONS) -> dict:
-  """Trains (or evaluates) the LM; ``opts.sample`` prints a continuation."""
-  return text_tasks.run_lm(cfg, workdir, opts)
-
-
 if __name__ == '__main__':
-  text_tasks.define_option_flags(text_tasks.LMOptions)
-  cli.main('rnn_lm', PRESETS, default_preset='shakespeare_lstm',
-           run=text_tasks.with_flag_options(run, PRESETS))
+  cli.main('rnn_lm', PRESETS, default_preset='shakespeare_lstm')

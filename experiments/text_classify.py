@@ -38,47 +38,33 @@ random embeddings, 76.1%); these snippets are a different crawl, so the
 figures are a sanity check, not a comparison.
 """
 
-from dlresearch import cli, text_tasks, train
+from dlresearch import cli
 from dlresearch.config import Config
 
 BASE = Config(
-    dataset='rotten_tomatoes', batch_size=64, eval_batch_size=256,
-    num_epochs=4, schedule='cosine', grad_clip_norm=1.0, log_every=50,
-    eval_every=200, checkpoint_every=1000, keep_checkpoints=1)
-OPTIONS = text_tasks.ClassifyOptions(tokenizer='bpe', vocab_size=8000,
-                                     max_len=64)
+    data_kind='text_classification', dataset='rotten_tomatoes',
+    tokenizer='bpe', vocab_size=8000, max_len=64, batch_size=64,
+    eval_batch_size=256, num_epochs=4, schedule='cosine', grad_clip_norm=1.0,
+    log_every=50, eval_every=200, checkpoint_every=1000, keep_checkpoints=1)
 TINY = dict(batch_size=16, eval_batch_size=64, num_steps=30, log_every=5,
             eval_every=0, checkpoint_every=30, warmup_steps=0,
-            learning_rate=3e-3)
-TINY_OPTIONS = dict(vocab_size=300, max_len=24)
+            learning_rate=3e-3, vocab_size=300, max_len=24)
 
 PRESETS = {
-    'rt_lstm': text_tasks.TextPreset(
+    'rt_lstm': cli.Preset(
         BASE.replace(model='lstm_classifier', optimizer='adam',
                      learning_rate=1e-3,
                      model_kwargs={'embed_dim': 128, 'hidden_size': 128,
                                    'dropout_rate': 0.3}),
-        tiny={**TINY, 'model_kwargs': {'embed_dim': 16, 'hidden_size': 16}},
-        options=OPTIONS, tiny_options=TINY_OPTIONS),
-    'rt_transformer': text_tasks.TextPreset(
+        tiny={**TINY, 'model_kwargs': {'embed_dim': 16, 'hidden_size': 16}}),
+    'rt_transformer': cli.Preset(
         BASE.replace(model='transformer_classifier', optimizer='adamw',
                      learning_rate=5e-4, weight_decay=0.01, warmup_steps=100,
                      model_kwargs={'num_layers': 2, 'd_model': 128,
                                    'num_heads': 4, 'dropout_rate': 0.1}),
         tiny={**TINY, 'model_kwargs': {'num_layers': 1, 'd_model': 16,
-                                       'num_heads': 2}},
-        options=OPTIONS, tiny_options=TINY_OPTIONS),
+                                       'num_heads': 2}}),
 }
 
-
-def run(cfg: Config, workdir: str,
-        opts: text_tasks.ClassifyOptions = OPTIONS) -> dict:
-  """Trains (or evaluates) the classifier; returns the final eval."""
-  text = text_tasks.classification_data(cfg, workdir, opts)
-  return train.run(cfg, workdir, data=text.data)
-
-
 if __name__ == '__main__':
-  text_tasks.define_option_flags(text_tasks.ClassifyOptions)
-  cli.main('text_classify', PRESETS, default_preset='rt_lstm',
-           run=text_tasks.with_flag_options(run, PRESETS))
+  cli.main('text_classify', PRESETS, default_preset='rt_lstm')

@@ -31,12 +31,12 @@ shakespeare_bpe
   5000 steps. Not measured (hours on 2 CPU cores).
 """
 
-from dlresearch import cli, text_tasks
+from dlresearch import cli
 from dlresearch.config import Config
 
 BASE = Config(
-    dataset='shakespeare', model='transformer_lm', batch_size=32,
-    eval_batch_size=128, optimizer='adamw', weight_decay=0.1,
+    data_kind='lm', dataset='shakespeare', model='transformer_lm',
+    batch_size=32, eval_batch_size=128, optimizer='adamw', weight_decay=0.1,
     schedule='cosine', grad_clip_norm=1.0, log_every=100, eval_every=600,
     checkpoint_every=500, keep_checkpoints=1)
 TINY = dict(model_kwargs={'num_layers': 1, 'd_model': 32, 'num_heads': 2,
@@ -45,33 +45,20 @@ TINY = dict(model_kwargs={'num_layers': 1, 'd_model': 32, 'num_heads': 2,
             warmup_steps=0, log_every=5, eval_every=0, checkpoint_every=30)
 
 PRESETS = {
-    'shakespeare_char': text_tasks.TextPreset(
+    'shakespeare_char': cli.Preset(
         BASE.replace(model_kwargs={'num_layers': 4, 'd_model': 128,
                                    'num_heads': 4},
-                     num_steps=1500, learning_rate=2e-3, warmup_steps=100),
-        tiny=TINY,
-        options=text_tasks.LMOptions(tokenizer='char', seq_len=128,
-                                     max_new_tokens=100),
-        tiny_options=dict(seq_len=64, max_new_tokens=40)),
-    'shakespeare_bpe': text_tasks.TextPreset(
+                     num_steps=1500, learning_rate=2e-3, warmup_steps=100,
+                     tokenizer='char', seq_len=128, max_new_tokens=100),
+        tiny={**TINY, 'seq_len': 64, 'max_new_tokens': 40}),
+    'shakespeare_bpe': cli.Preset(
         BASE.replace(model_kwargs={'num_layers': 4, 'd_model': 256,
                                    'num_heads': 4, 'dropout_rate': 0.1},
                      num_steps=5000, learning_rate=1e-3, warmup_steps=200,
-                     eval_every=1000, checkpoint_every=1000),
-        tiny=TINY,
-        options=text_tasks.LMOptions(tokenizer='bpe', vocab_size=2048,
-                                     seq_len=128, max_new_tokens=100),
-        tiny_options=dict(vocab_size=300, seq_len=32, max_new_tokens=20)),
+                     eval_every=1000, checkpoint_every=1000, tokenizer='bpe',
+                     vocab_size=2048, seq_len=128, max_new_tokens=100),
+        tiny={**TINY, 'vocab_size': 300, 'seq_len': 32, 'max_new_tokens': 20}),
 }
 
-
-def run(cfg: Config, workdir: str,
-        opts: text_tasks.LMOptions = PRESETS['shakespeare_char'].options) -> dict:
-  """Trains (or evaluates) the LM; ``opts.sample`` prints a continuation."""
-  return text_tasks.run_lm(cfg, workdir, opts)
-
-
 if __name__ == '__main__':
-  text_tasks.define_option_flags(text_tasks.LMOptions)
-  cli.main('transformer_lm', PRESETS, default_preset='shakespeare_char',
-           run=text_tasks.with_flag_options(run, PRESETS))
+  cli.main('transformer_lm', PRESETS, default_preset='shakespeare_char')

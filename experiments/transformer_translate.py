@@ -53,14 +53,17 @@ wmt14_base  (not run here: needs WMT14 prepared with TensorFlow, and GPUs)
   detokenized text (typically ~0.5-1 BLEU below the paper's tokenized BLEU).
 """
 
-from dlresearch import cli, text_tasks, train
+from dlresearch import cli
 from dlresearch.config import Config
 
 PRESETS = {
-    'number_words': text_tasks.TextPreset(
-        Config(dataset='number_words/en-de', model='transformer_seq2seq',
+    'number_words': cli.Preset(
+        Config(data_kind='seq2seq', dataset='number_words/en-de',
+               model='transformer_seq2seq',
                model_kwargs={'num_layers': 2, 'd_model': 128, 'num_heads': 4,
                              'dropout_rate': 0.1},
+               tokenizer='bpe', vocab_size=500, max_len=16,
+               source_key='source', target_key='target', bleu_tokenize='char',
                batch_size=128, eval_batch_size=256, num_steps=1500,
                optimizer='adamw', learning_rate=1e-3, weight_decay=0.01,
                schedule='cosine', warmup_steps=200, grad_clip_norm=1.0,
@@ -70,13 +73,13 @@ PRESETS = {
                                 'num_heads': 2},
                   batch_size=16, eval_batch_size=32, num_steps=30,
                   learning_rate=3e-3, warmup_steps=0, log_every=5,
-                  eval_every=0, checkpoint_every=30),
-        options=text_tasks.TranslateOptions(
-            vocab_size=500, max_len=16, source_key='source',
-            target_key='target', bleu_tokenize='char'),
-        tiny_options=dict(vocab_size=300, max_len=24, bleu_examples=64)),
-    'wmt14_base': text_tasks.TextPreset(
-        Config(dataset='wmt14_translate/de-en', model='transformer_base',
+                  eval_every=0, checkpoint_every=30, vocab_size=300,
+                  max_len=24, bleu_examples=64)),
+    'wmt14_base': cli.Preset(
+        Config(data_kind='seq2seq', dataset='wmt14_translate/de-en',
+               model='transformer_base', tokenizer='bpe', vocab_size=37000,
+               max_len=128, source_key='en', target_key='de', beam_size=4,
+               bleu_tokenize='13a',
                batch_size=1024, eval_batch_size=256, num_steps=100_000,
                optimizer='adam', learning_rate=7e-4, momentum=0.9,
                schedule='cosine', warmup_steps=4000, label_smoothing=0.1,
@@ -87,25 +90,9 @@ PRESETS = {
                                 'num_heads': 2},
                   batch_size=16, eval_batch_size=16, num_steps=4,
                   warmup_steps=0, log_every=1, eval_every=0,
-                  checkpoint_every=4),
-        options=text_tasks.TranslateOptions(
-            vocab_size=37000, max_len=128, source_key='en', target_key='de',
-            beam_size=4, bleu_tokenize='13a'),
-        tiny_options=dict(vocab_size=300, max_len=32, beam_size=2,
-                          bleu_examples=16)),
+                  checkpoint_every=4, vocab_size=300, max_len=32, beam_size=2,
+                  bleu_examples=16)),
 }
 
-
-def run(cfg: Config, workdir: str,
-        opts: text_tasks.TranslateOptions = PRESETS['number_words'].options
-        ) -> dict:
-  """Trains (or evaluates) the model; BLEU on the eval split at each eval."""
-  text = text_tasks.translation_data(cfg, workdir, opts)
-  hook = text_tasks.translation_hook(text, opts, cfg, workdir)
-  return train.run(cfg, workdir, data=text.data, eval_hooks=[hook])
-
-
 if __name__ == '__main__':
-  text_tasks.define_option_flags(text_tasks.TranslateOptions)
-  cli.main('transformer_translate', PRESETS, default_preset='number_words',
-           run=text_tasks.with_flag_options(run, PRESETS))
+  cli.main('transformer_translate', PRESETS, default_preset='number_words')

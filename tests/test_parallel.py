@@ -67,7 +67,7 @@ def test_fsdp_shards_parameters():
 
 
 def test_pmap_cannot_combine_with_fsdp(tmp_path):
-  with pytest.raises(ConfigError, match='--parallelism: pmap'):
+  with pytest.raises(parallel.StrategyError, match='pmap'):
     train.run(Config(model='mlp', batch_size=32, num_steps=1, mesh='data:4,fsdp:2',
                      parallelism='pmap'), str(tmp_path), data=_image_data())
 

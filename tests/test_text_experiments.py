@@ -8,7 +8,6 @@ into a temporary TFDS data dir: no network and no fetched data.
 
 import bz2
 import csv
-import dataclasses
 import io
 import json
 import pathlib
@@ -19,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import checkpoint, cli, config as config_lib, tasks, text_tasks
+from dlresearch import checkpoint, cli, config as config_lib, hooks, tasks
 from dlresearch import logging as log_lib
 from dlresearch import train
 from dlresearch.config import ConfigError
-from dlresearch.data import text
+from dlresearch.data import kinds, text
 from dlresearch.data.builders import fashion_mnist_local, number_words
 from experiments import rnn_lm, text_classify, transformer_lm
 from experiments import transformer_translate, vit_imagenet
@@ -97,17 +96,9 @@ def small_number_words():
 
 
 def tiny(presets, name, **overrides):
-  """(config, options) of a preset's tiny form plus overrides of either."""
+  """A preset's tiny form plus overrides."""
   p = presets[name]
-  opts = dataclasses.replace(p.options, **p.tiny_options) if hasattr(
-      p, 'options') else None
-  fields = config_lib.field_types()
-  opt_over = {k: v for k, v in overrides.items() if k not in fields}
-  cfg = config_lib.override(
-      p.config, {**p.tiny, **{k: v for k, v in overrides.items() if k in fields}})
-  if opt_over:
-    opts = dataclasses.replace(opts, **opt_over)
-  return cfg, opts
+  return config_lib.override(p.config, {**p.tiny, **overrides})
 
 
 def check_run(workdir, metric):
@@ -124,10 +115,10 @@ def check_run(workdir, metric):
 
 
 def test_rnn_lm_gru_tiny(tmp_path, data_dir, shakespeare_dir):
-  cfg, opts = tiny(rnn_lm.PRESETS, 'shakespeare_gru', data_dir=data_dir,
+  cfg = tiny(rnn_lm.PRESETS, 'shakespeare_gru', data_dir=data_dir,
                    manual_dir=shakespeare_dir)
   assert cfg.model == 'gru_lm'
-  result = rnn_lm.run(cfg, str(tmp_path), opts)
+  result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'bits_per_char')
   assert last['perplexity'] == pytest.approx(np.exp(last['loss']), rel=1e-5)
   assert last['bits_per_char'] == pytest.approx(last['loss'] / np.log(2))
@@ -136,16 +127,15 @@ def test_rnn_lm_gru_tiny(tmp_path, data_dir, shakespeare_dir):
 
 def test_rnn_lm_lstm_tiny_sample_resume_eval_only(
     tmp_path, data_dir, shakespeare_dir, monkeypatch, capsys):
-  cfg, opts = tiny(rnn_lm.PRESETS, 'shakespeare_lstm', data_dir=data_dir,
+  cfg = tiny(rnn_lm.PRESETS, 'shakespeare_lstm', data_dir=data_dir,
                    manual_dir=shakespeare_dir, sample=True)
   assert cfg.model == 'lstm_lm'
-  rnn_lm.run(cfg, str(tmp_path), opts)
+  train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'bits_per_char')
   assert last['bits_per_char'] < 5.0  # Below uniform over the ~35 characters.
-  assert last['sample'].startswith(opts.prompt)
-  assert '--- sample at step 30 ---' in capsys.readouterr().out
+  assert last['sample'].startswith(cfg.prompt)
   # The tokenizer holds the characters of the train works (the first four).
-  tok_file = tmp_path / text_tasks.CHAR_FILE
+  tok_file = tmp_path / text.CHAR_FILE
   tok = text.load_tokenizer(tok_file)
   train_text = ''.join((pathlib.Path(shakespeare_dir) / f'work{i:02d}_gut.txt')
                        .read_text() for i in range(4))
@@ -157,16 +147,16 @@ def test_rnn_lm_lstm_tiny_sample_resume_eval_only(
     raise AssertionError('the tokenizer was rebuilt on resume')
 
   monkeypatch.setattr(text.CharTokenizer, 'build', no_build)
-  result = rnn_lm.run(cfg.replace(num_steps=40), str(tmp_path), opts)
+  result = train.run(cfg.replace(num_steps=40), str(tmp_path))
   assert result['step'] == 40 and tok_file.read_text() == saved
   steps = [l['step'] for l in log_lib.read_metrics(str(tmp_path), 'train')]
   assert steps == [5, 10, 15, 20, 25, 30, 35, 40]
 
-  # --eval_only --sample on the finished workdir prints a continuation.
-  capsys.readouterr()
-  result = rnn_lm.run(cfg.replace(num_steps=40, eval_only=True), str(tmp_path),
-                      opts)
+  # --eval_only --sample on the finished workdir samples a continuation.
+  result = train.run(cfg.replace(num_steps=40, eval_only=True), str(tmp_path))
   assert result['step'] == 40 and 'bits_per_char' in result
+  assert result['sample'].startswith(cfg.prompt)
+  cli.print_result(result)
   assert '--- sample at step 40 ---' in capsys.readouterr().out
 
   # The continuation has exactly the requested number of tokens.
@@ -175,43 +165,42 @@ def test_rnn_lm_lstm_tiny_sample_resume_eval_only(
   model = registry.build(cfg.model, vocab_size=tok.vocab_size,
                          **cfg.model_kwargs)
   params = checkpoint.load_variables(str(tmp_path))['params']
-  words, ids = text_tasks.continue_prompt(model, params, tok, opts.prompt, 33,
+  words, ids = hooks.continue_prompt(model, params, tok, cfg.prompt, 33,
                                           jax.random.PRNGKey(1))
   assert ids.shape == (33,) and words == tok.decode(ids)
 
 
 def test_transformer_lm_tiny_with_sample(tmp_path, data_dir, shakespeare_dir):
-  cfg, opts = tiny(transformer_lm.PRESETS, 'shakespeare_char', data_dir=data_dir,
+  cfg = tiny(transformer_lm.PRESETS, 'shakespeare_char', data_dir=data_dir,
                    manual_dir=shakespeare_dir, sample=True)
-  result = transformer_lm.run(cfg, str(tmp_path), opts)
+  result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'perplexity')
-  assert 'bits_per_char' in last and last['sample'].startswith(opts.prompt)
-  assert 'sample' not in result  # Printed, and kept in metrics.jsonl.
+  assert 'bits_per_char' in last and last['sample'].startswith(cfg.prompt)
+  assert result['sample'] == last['sample']  # The CLI prints it as a block.
   assert result['perplexity'] < 40  # Far below the ~40 characters' uniform.
-  tok = text.load_tokenizer(tmp_path / text_tasks.CHAR_FILE)
-  continuation = last['sample'][len(opts.prompt):]
-  assert len(tok.encode(continuation)) <= opts.max_new_tokens
+  tok = text.load_tokenizer(tmp_path / text.CHAR_FILE)
+  continuation = last['sample'][len(cfg.prompt):]
+  assert len(tok.encode(continuation)) <= cfg.max_new_tokens
   # Too long a sample for the model's max_len fails before training.
   with pytest.raises(ConfigError, match='max_new_tokens'):
-    transformer_lm.run(cfg, str(tmp_path / 'long'),
-                       dataclasses.replace(opts, max_new_tokens=100))
+    train.run(cfg.replace(max_new_tokens=100), str(tmp_path / 'long'))
 
 
 def test_lm_data_with_bpe_reports_bits_per_token(tmp_path, data_dir,
                                                  shakespeare_dir):
-  cfg, opts = tiny(transformer_lm.PRESETS, 'shakespeare_bpe', data_dir=data_dir,
+  cfg = tiny(transformer_lm.PRESETS, 'shakespeare_bpe', data_dir=data_dir,
                    manual_dir=shakespeare_dir)
-  lm = text_tasks.lm_data(cfg, str(tmp_path), opts)
-  assert lm.data.task.bits_name == 'bits_per_token'
+  lm = kinds.build(cfg, str(tmp_path))
+  assert lm.task.bits_name == 'bits_per_token'
   assert (tmp_path / text.SUBWORD_FILE).is_file()
-  batch = lm.data.train.get(np.arange(4), None)
+  batch = lm.train.get(np.arange(4), None)
   assert batch['inputs'].dtype == np.int32 and batch['inputs'].shape == (4, 32)
   np.testing.assert_array_equal(batch['inputs'][:, 1:], batch['targets'][:, :-1])
-  assert lm.data.model_kwargs == {'vocab_size': lm.tokenizer.vocab_size,
-                                  'max_len': 32}
-  # A workdir holding a BPE tokenizer refuses another kind.
+  assert lm.model_kwargs == {'vocab_size': lm.tokenizer.vocab_size,
+                             'max_len': 32}
+  # Resuming a workdir holding a BPE tokenizer refuses another kind.
   with pytest.raises(ConfigError, match='--tokenizer'):
-    text_tasks.lm_data(cfg, str(tmp_path), dataclasses.replace(opts, tokenizer='char'))
+    kinds.build(cfg.replace(tokenizer='char'), str(tmp_path), fresh=False)
 
 
 # ------------------------------------------------------------ classification
@@ -219,13 +208,13 @@ def test_lm_data_with_bpe_reports_bits_per_token(tmp_path, data_dir,
 
 @pytest.mark.parametrize('preset', ['rt_lstm', 'rt_transformer'])
 def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
-  cfg, opts = tiny(text_classify.PRESETS, preset, data_dir=data_dir,
+  cfg = tiny(text_classify.PRESETS, preset, data_dir=data_dir,
                    manual_dir=rotten_tomatoes_dir)
-  result = text_classify.run(cfg, str(tmp_path), opts)
+  result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'accuracy')
   assert 0.0 <= last['accuracy'] <= 1.0 and result['accuracy'] == last['accuracy']
   tok = text.load_tokenizer(tmp_path / text.SUBWORD_FILE)
-  assert tok.vocab_size <= opts.vocab_size
+  assert tok.vocab_size <= cfg.vocab_size
   config = json.loads((tmp_path / 'config.json').read_text())['config']
   assert config['model'] == cfg.model
 
@@ -234,15 +223,15 @@ def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
 
 
 def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
-  cfg, opts = tiny(transformer_translate.PRESETS, 'number_words',
+  cfg = tiny(transformer_translate.PRESETS, 'number_words',
                    data_dir=data_dir)
-  result = transformer_translate.run(cfg, str(tmp_path), opts)
+  result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'bleu')
   for key in ('bleu', 'chrf', 'exact_match', 'perplexity', 'accuracy'):
     assert np.isfinite(last[key]), key
   assert 0 <= result['bleu'] <= 100 and 0 <= result['exact_match'] <= 1
   # All 50 test pairs (fewer than bleu_examples) as source/reference/output.
-  blocks = (tmp_path / text_tasks.TRANSLATIONS_FILE).read_text().split('\n\n')
+  blocks = (tmp_path / hooks.TRANSLATIONS_FILE).read_text().split('\n\n')
   triples = [b.split('\n') for b in blocks if b]
   from num2words import num2words
   german = {num2words(n): num2words(n, lang='de') for n in range(50)}
@@ -253,12 +242,12 @@ def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
 
 def test_translation_scores():
   refs = ['einundzwanzig', 'dreihundert', 'zwei']
-  perfect = text_tasks.translation_scores(refs, refs, 'char')
+  perfect = hooks.translation_scores(refs, refs, 'char')
   assert perfect == {'bleu': pytest.approx(100), 'chrf': pytest.approx(100),
                      'exact_match': 1.0}
   # One-word compounds: 13a BLEU has no 2-4-grams, so it is 0 even when right.
-  assert text_tasks.translation_scores(refs, refs, '13a')['bleu'] == 0.0
-  near = text_tasks.translation_scores(['einundzwanzig', 'dreihundertzwei',
+  assert hooks.translation_scores(refs, refs, '13a')['bleu'] == 0.0
+  near = hooks.translation_scores(['einundzwanzig', 'dreihundertzwei',
                                         'zwei'], refs, 'char')
   assert 0 < near['bleu'] < 100 and near['exact_match'] == pytest.approx(2 / 3)
 
@@ -267,7 +256,7 @@ def test_translation_scores():
 
 
 def test_vit_fashion_mnist_tiny(tmp_path, data_dir, fashion_dir):
-  cfg, _ = tiny(vit_imagenet.PRESETS, 'fashion_mnist_vit', data_dir=data_dir,
+  cfg = tiny(vit_imagenet.PRESETS, 'fashion_mnist_vit', data_dir=data_dir,
                 manual_dir=fashion_dir)
   result = train.run(cfg, str(tmp_path))
   check_run(tmp_path, 'accuracy')
@@ -292,23 +281,21 @@ def test_vit_s16_i1k_preset_is_vit_s16():
 # ---------------------------------------------------------- options and tasks
 
 
-def test_options_from_flags():
+def test_text_options_are_config_flags():
   fv = flags.FlagValues()
   presets = rnn_lm.PRESETS
   cli.define_flags(presets, 'shakespeare_lstm', fv)
-  text_tasks.define_option_flags(text_tasks.LMOptions, fv)
   fv(['prog', '--preset=shakespeare_gru', '--tiny', '--seq_len=16', '--sample',
       '--prompt=To be'])
-  opts = text_tasks.options_from_flags(presets, fv)
-  assert opts == dataclasses.replace(
-      presets['shakespeare_gru'].options, seq_len=16, sample=True,
-      prompt='To be', max_new_tokens=rnn_lm.TINY_OPTIONS['max_new_tokens'])
+  cfg = cli.resolve(presets, fv)
+  assert cfg == presets['shakespeare_gru'].config.replace(
+      preset='shakespeare_gru', **{**rnn_lm.TINY, 'seq_len': 16,
+                                   'sample': True, 'prompt': 'To be'})
   fv2 = flags.FlagValues()
   cli.define_flags(presets, 'shakespeare_lstm', fv2)
-  text_tasks.define_option_flags(text_tasks.LMOptions, fv2)
   fv2(['prog', '--tokenizer=words'])
   with pytest.raises(ConfigError, match='--tokenizer'):
-    text_tasks.options_from_flags(presets, fv2)
+    cli.resolve(presets, fv2)
 
 
 class _FixedLogits:
@@ -335,29 +322,33 @@ def test_label_smoothing_only_in_training():
   assert float(train_sums['loss']) > nll + 0.01
 
 
-def test_get_tokenizer_eval_only_needs_a_saved_one(tmp_path):
+def test_workdir_tokenizer_resume_needs_a_saved_one(tmp_path):
   cfg = config_lib.Config(eval_only=True)
   with pytest.raises(ConfigError, match='no tokenizer'):
-    text_tasks.get_tokenizer(cfg, str(tmp_path), 'char', 100, lambda: ['ab'])
+    kinds.workdir_tokenizer(cfg, str(tmp_path), False, lambda: ['ab'])
   # --init_from: the fresh workdir takes the tokenizer of the earlier run.
-  first = text_tasks.get_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
-                                   'char', 100, lambda: ['abc'])
+  first = kinds.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
+                                  True, lambda: ['abc'])
   (tmp_path / 'a' / 'checkpoints').mkdir()
   cfg = config_lib.Config(init_from=str(tmp_path / 'a' / 'checkpoints'))
-  second = text_tasks.get_tokenizer(cfg, str(tmp_path / 'b'), 'char', 100,
-                                    lambda: ['xyz'])
+  second = kinds.workdir_tokenizer(cfg, str(tmp_path / 'b'), True,
+                                   lambda: ['xyz'])
   assert second.chars == first.chars == ['a', 'b', 'c']
-  assert (tmp_path / 'b' / text_tasks.CHAR_FILE).is_file()
+  assert (tmp_path / 'b' / text.CHAR_FILE).is_file()
+  # A fresh run replaces a tokenizer left by an attempt that never saved.
+  third = kinds.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'b'),
+                                  True, lambda: ['pq'])
+  assert third.chars == ['p', 'q']
 
 
 def test_wmt14_base_tiny_on_mock_data(tmp_path):
   """The real TFDS wmt14_translate/de-en path (mocked): read, BPE, train, BLEU."""
   import tensorflow_datasets as tfds
-  cfg, opts = tiny(transformer_translate.PRESETS, 'wmt14_base',
+  cfg = tiny(transformer_translate.PRESETS, 'wmt14_base',
                    data_dir=str(tmp_path / 'tfds'))
   assert cfg.dataset == 'wmt14_translate/de-en'
   with tfds.testing.mock_data(num_examples=64):
-    result = transformer_translate.run(cfg, str(tmp_path / 'run'), opts)
+    result = train.run(cfg, str(tmp_path / 'run'))
   last = log_lib.read_metrics(str(tmp_path / 'run'), 'eval')[-1]
   assert result['step'] == cfg.num_steps == last['step']
   assert np.isfinite(last['loss']) and 0.0 <= last['bleu'] <= 100.0

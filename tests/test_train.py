@@ -92,7 +92,9 @@ def _leaves(tree):
   return [np.asarray(l) for l in jax.tree.leaves(tree)]
 
 
-def test_sigterm_checkpoints_at_next_step_and_exits_zero(tmp_path, data_dir):
+@pytest.mark.parametrize('sig,code', [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_checkpoints_at_next_step(tmp_path, data_dir, sig,
+                                                    code):
   workdir = tmp_path / 'w'
   proc = subprocess.Popen(
       [sys.executable, '-m', 'experiments.cnn_imagenet', '--preset=quickstart',
@@ -105,17 +107,18 @@ def test_sigterm_checkpoints_at_next_step_and_exits_zero(tmp_path, data_dir):
         workdir / 'metrics.jsonl').read().strip():
       assert time.time() < deadline and proc.poll() is None, 'never started'
       time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
   finally:
     proc.kill()
-  assert proc.returncode == 0, err[-2000:]
-  assert 'stopped by SIGTERM at step' in out
+  name = signal.Signals(sig).name
+  assert proc.returncode == code, err[-2000:]
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err
   ckpt = checkpoint.Checkpointer(str(workdir / 'checkpoints'))
   step = ckpt.latest_step()
   ckpt.close()
   assert step is not None and 10 <= step < 1000000
-  assert f'stopped by SIGTERM at step {step}' in out
+  assert f'stopped by {name} at step {step}' in out
 
 
 def test_nan_loss_stops_with_step_and_saves_nothing_non_finite(tmp_path, data_dir):
@@ -195,3 +198,28 @@ def test_resuming_a_workdir_of_another_experiment_is_refused(tmp_path, data_dir)
   # Changing run-length or logging flags is fine: it resumes.
   assert train.run(tiny_quickstart(data_dir, num_steps=4, log_every=1),
                    str(tmp_path))['step'] == 4
+
+
+def test_restore_gives_the_trained_models_logits(tmp_path, data_dir):
+  import dlresearch
+  from dlresearch.data import datasets
+  from dlresearch.models import registry
+  result = dlresearch.train.run(tiny_quickstart(data_dir, num_steps=20),
+                                str(tmp_path))
+  run = dlresearch.restore(str(tmp_path))
+  assert run.step == 20 and run.config.model == 'lenet5'
+  assert isinstance(run.config, dlresearch.Config)
+  test = datasets.load_in_memory('digits', 'test', data_dir, None)
+  images = test['image'].astype(np.float32) / 255.0  # the preset's 'scale'
+  logits = run.predict(images)
+  assert logits.shape == (len(images), 10)
+  # The final eval's accuracy, and an independent apply of the checkpoint.
+  accuracy = float(np.mean(logits.argmax(-1) == test['label']))
+  assert accuracy == pytest.approx(result['accuracy'], abs=1e-6)
+  saved = checkpoint.load_variables(str(tmp_path))
+  model = registry.build('lenet5', num_classes=10)
+  expected = model.apply({'params': saved['params'], **saved['model_state']},
+                         images[:4], train=False)
+  np.testing.assert_allclose(logits[:4], expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(FileNotFoundError, match='no checkpoint 7'):
+    dlresearch.restore(str(tmp_path), step=7)

@@ -20,8 +20,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-import os
-
 import grain
 import numpy as np
 
@@ -245,7 +243,7 @@ def image_example_fn(augment: str, image_size: int, train: bool,
 
 
 # ---------------------------------------------------------------------------
-# From a config to datasets.
+# What a data kind builds (dlresearch/data/kinds.py).
 
 # Splits up to this size (decoded) are loaded into memory by pipeline='auto'.
 MEMORY_LIMIT_BYTES = 4 << 30
@@ -253,58 +251,14 @@ MEMORY_LIMIT_BYTES = 4 << 30
 
 @dataclasses.dataclass
 class Data:
-  """What ``train.run`` trains and evaluates on."""
+  """What ``train.run`` trains and evaluates on (built by ``data/kinds.py``)."""
 
   train: Dataset
   eval: Dataset
   task: Any  # see dlresearch/tasks.py
   model_kwargs: dict  # e.g. {'num_classes': 10}; merged under --model_kwargs
   use_grain: bool = False  # read through grain threads/workers
-
-
-def from_config(cfg) -> Data:
-  """Image/feature classification from a TFDS dataset named by ``cfg``."""
-  from dlresearch import tasks
-  from dlresearch.config import ConfigError
-  from dlresearch.data import datasets
-
-  data_dir = os.path.expanduser(cfg.data_dir)
-  manual_dir = os.path.expanduser(cfg.manual_dir) if cfg.manual_dir else None
-  info = datasets.dataset_info(cfg.dataset, data_dir, manual_dir)
-  splits = {'train': cfg.train_split or info.train_split,
-            'eval': cfg.eval_split or info.eval_split}
-  for flag, split in (('train_split', splits['train']), ('eval_split', splits['eval'])):
-    if info.splits and split.split('[')[0] not in info.splits:
-      raise ConfigError(flag, f'{cfg.dataset} has no split {split!r}; it has '
-                        f'{", ".join(sorted(info.splits))}')
-  key = info.input_key
-  is_image = key == 'image'
-  if is_image and info.input_shape is None and not cfg.image_size:
-    raise ConfigError('image_size', f'{cfg.dataset} has images of varying size: '
-                      'set --image_size (e.g. 224)')
-  if cfg.pipeline == 'auto':
-    nbytes = (np.prod(info.input_shape) * info.splits.get(splits['train'], 0)
-              if info.input_shape is not None else np.inf)
-    in_memory = nbytes <= MEMORY_LIMIT_BYTES
-  else:
-    in_memory = cfg.pipeline == 'memory'
-  if in_memory and info.input_shape is None:
-    raise ConfigError('pipeline', f'{cfg.dataset} has images of varying size '
-                      'and cannot be held in memory; use --pipeline=grain')
-  keys = (key, info.label_key)
-
-  def make(split, train):
-    example_fn = (image_example_fn(cfg.augment, cfg.image_size, train, key)
-                  if is_image else None)
-    batch_fn = (image_batch_fn(cfg.normalize, key) if is_image else
-                (lambda b: {**b, key: b[key].astype(np.float32)}))
-    if in_memory:
-      arrays = datasets.load_in_memory(cfg.dataset, split, data_dir, manual_dir)
-      return ArrayDataset({k: arrays[k] for k in keys}, example_fn, batch_fn)
-    source = datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
-    return SourceDataset(source, example_fn, batch_fn, keys)
-
-  task = tasks.Classification(input_key=key, label_key=info.label_key,
-                              loss=cfg.loss, label_smoothing=cfg.label_smoothing)
-  return Data(make(splits['train'], True), make(splits['eval'], False), task,
-              {'num_classes': info.num_classes}, use_grain=not in_memory)
+  tokenizer: Any = None  # text kinds: the run's tokenizer
+  # ``hook(model, state) -> dict`` called at every eval; their keys join the
+  # eval line (e.g. BLEU, a sampled continuation).
+  eval_hooks: list = dataclasses.field(default_factory=list)

@@ -20,6 +20,10 @@ Array builders turn lists of strings into dicts of NumPy arrays for
 
 Texts read from TFDS Text features arrive as UTF-8 bytes; ``read_column``
 reads one feature of a split and decodes them.
+
+A run keeps its tokenizer in the workdir (``workdir_tokenizer``:
+``char_tokenizer.json`` or ``tokenizer.json``), so token ids never change
+under a checkpoint.
 """
 
 import bisect
@@ -39,6 +43,7 @@ PAD, UNK, BOS, EOS = '<pad>', '<unk>', '<bos>', '<eos>'
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SUBWORD_FILE = 'tokenizer.json'
+CHAR_FILE = 'char_tokenizer.json'
 _CHAR_FORMAT = 'dlresearch.CharTokenizer'
 _UNK_CHAR = '\ufffd'
 
@@ -456,3 +461,49 @@ def read_column(source: Any, key: str,
   if values and isinstance(values[0], str):
     return list(values)
   return np.asarray(values)
+
+
+# ---------------------------------------------------------------------------
+# The tokenizer a run keeps in its workdir.
+
+
+def tokenizer_file(directory: str | os.PathLike, kind: str) -> pathlib.Path:
+  """Where a workdir keeps a tokenizer of ``kind`` (char, bpe, unigram)."""
+  return pathlib.Path(directory) / (CHAR_FILE if kind == 'char' else SUBWORD_FILE)
+
+
+def saved_kind(path: pathlib.Path) -> str:
+  """The kind (char, bpe, unigram) of a saved tokenizer."""
+  tok = load_tokenizer(path)
+  if isinstance(tok, CharTokenizer):
+    return 'char'
+  return 'unigram' if type(tok.tokenizer.model).__name__ == 'Unigram' else 'bpe'
+
+
+def find_saved_tokenizer(path: str | os.PathLike) -> pathlib.Path | None:
+  """A saved tokenizer in ``path`` or up to two directories above it.
+
+  (``path`` may be a workdir, its checkpoints/ or one checkpoint step.)
+  """
+  path = pathlib.Path(os.path.expanduser(str(path))).absolute()
+  for directory in (path, path.parent, path.parent.parent):
+    for name in (CHAR_FILE, SUBWORD_FILE):
+      if (directory / name).is_file():
+        return directory / name
+  return None
+
+
+def build_tokenizer(kind: str, vocab_size: int, texts: Sequence[str]):
+  """A fresh tokenizer of ``kind`` trained on ``texts``."""
+  if kind == 'char':
+    return CharTokenizer.build(texts)
+  return train_subword_tokenizer(texts, vocab_size, kind=kind)
+
+
+def _write_atomic(tok, path: pathlib.Path) -> None:
+  tmp = path.parent / (path.name + '.tmp')
+  if isinstance(tok, CharTokenizer):
+    tok.save(tmp)
+  else:
+    tok.tokenizer.save(str(tmp))
+  os.replace(tmp, path)

@@ -1,0 +1,114 @@
+"""One recorded config: config.json, refusal on resume, replay, --helpfull."""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from dlresearch import config as config_lib, train
+from dlresearch.config import Config, ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def experiment(name, *args, timeout=240):
+  return subprocess.run([sys.executable, '-m', f'experiments.{name}', *args],
+                        cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def snapshot(workdir: pathlib.Path) -> dict:
+  """Every file under ``workdir`` -> sha256 of its bytes."""
+  return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(workdir.rglob('*')) if p.is_file()}
+
+
+def test_config_fields_all_have_help_and_may_change_names_real_fields():
+  for name in config_lib.field_types():
+    assert len(config_lib.field_help(name)) > 10, name
+  assert config_lib.MAY_CHANGE_ON_RESUME <= set(config_lib.field_types())
+  old = Config(max_len=64)
+  assert config_lib.changed_fields(old, old.replace(max_len=12)) == ['max_len']
+  assert config_lib.changed_fields(old, old.replace(eval_every=5)) == []
+  with pytest.raises(ConfigError, match=r'--max_len: W holds checkpoints '
+                     r'trained with --max_len=64, not 12'):
+    config_lib.check_resume(old, old.replace(max_len=12), 'W')
+
+
+@pytest.mark.parametrize('field', ['learning_rate', 'num_epochs', 'momentum'])
+def test_infinite_floats_are_rejected(field):
+  with pytest.raises(ConfigError, match=f'--{field}: must be a finite number'):
+    config_lib.override(Config(), {field: float('inf')})
+
+
+def test_cli_flows_on_a_recorded_workdir(tmp_path, data_dir):
+  work = tmp_path / 'run'
+  common = ('--preset=quickstart', '--tiny', f'--data_dir={data_dir}')
+  r = experiment('cnn_imagenet', *common, f'--workdir={work}', '--num_steps=10')
+  assert r.returncode == 0, r.stderr[-3000:]
+  record = json.loads((work / 'config.json').read_text())
+  assert record['config']['preset'] == 'quickstart'
+  assert record['config']['num_steps'] == 10 and record['num_steps'] == 10
+  assert '--num_steps=10' in record['command_line']
+  assert 'git_dirty' in record and 'versions' in record
+  config_bytes = (work / 'config.json').read_bytes()
+  before = snapshot(work)
+
+  # A resume that changes what the checkpoints mean: one line, nothing written.
+  r = experiment('cnn_imagenet', *common, f'--workdir={work}',
+                 '--num_steps=10', '--optimizer=sgd')
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  assert r.stderr.strip().splitlines() == [
+      f"error: --optimizer: {work} holds checkpoints trained with "
+      "--optimizer='adam', not 'sgd'; resume with the same value (or leave "
+      "the flag out: the recorded config is used) or use a new --workdir"]
+  assert snapshot(work) == before
+
+  # --eval_only needs no training flags (it reads config.json) and leaves
+  # config.json byte-identical.
+  r = experiment('cnn_imagenet', f'--workdir={work}', '--eval_only')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'final eval at step 10:' in r.stdout
+  assert (work / 'config.json').read_bytes() == config_bytes
+
+  # --config replays the run exactly in a new workdir.
+  replay = tmp_path / 'replay'
+  r = experiment('cnn_imagenet', f'--config={work}/config.json',
+                 f'--workdir={replay}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads((replay / 'config.json').read_text())['config'] == \
+      record['config']
+  final = [l for l in r.stdout.splitlines() if l.startswith('final eval')]
+  first = train.run(config_lib.read_recorded(str(work)).replace(eval_only=True),
+                    str(work))
+  assert f'accuracy={first["accuracy"]:.4f}' in final[0]
+
+
+def test_helpfull_explains_flags_with_the_chosen_presets_values():
+  r = experiment('cnn_imagenet', '--preset=fashion_mnist', '--helpfull')
+  out = ' '.join(r.stdout.split())  # absl wraps lines (and exits 1 on help)
+  assert 'Global batch size, across all devices' in out
+  assert "preset fashion_mnist: 'fashion_mnist_local'" in out
+  assert 'Models: ' in out and 'resnet50' in out and 'Data kinds: ' in out
+
+
+def test_changed_max_len_on_a_translation_workdir_is_refused(tmp_path):
+  """The reported reproduction, in process: nothing is written."""
+  recorded = Config(data_kind='seq2seq', dataset='number_words/en-de',
+                    model='transformer_seq2seq', tokenizer='bpe', max_len=16)
+  (tmp_path / 'checkpoints' / '30').mkdir(parents=True)
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {'config': config_lib.to_json(recorded)}))
+  before = snapshot(tmp_path)
+  with pytest.raises(ConfigError, match='--max_len: .* --max_len=16, not 12'):
+    train.run(recorded.replace(max_len=12), str(tmp_path))
+  assert snapshot(tmp_path) == before

@@ -1,4 +1,4 @@
-"""The model registry, and parameter layouts against recorded fixtures.
+"""The model registry, parameter layouts against recorded fixtures, and norms.
 
 ``fixtures/param_shapes.json`` and ``fixtures/*_params.msgpack`` were written
 by ``fixtures/make_param_fixtures.py`` with the code before the registry
@@ -10,6 +10,7 @@ import functools
 import json
 import os
 
+import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -130,3 +131,56 @@ def test_checkpoint_written_before_the_rewrite_restores(name):
   assert _flat_shapes(variables) == _flat_shapes(target)
   np.testing.assert_allclose(model.apply(variables, raw['x']), raw['logits'],
                              rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- norms --
+
+
+def _offset_relative_error(y, x64, axes, epsilon):
+  """Max relative error of ``y`` against a float64 normalisation of ``x64``.
+
+  Also returns the spacing of float32 numbers at the mean divided by the
+  std: float32 cannot hold a mean near ``m`` better than half that spacing,
+  so an error below it is as exact as float32 allows.
+  """
+  mean = x64.mean(axes, keepdims=True)
+  std = np.sqrt(((x64 - mean) ** 2).mean(axes, keepdims=True))
+  ref = (x64 - mean) / np.sqrt(std**2 + epsilon)
+  floor = np.spacing(np.abs(mean).max().astype(np.float32)) / std.min()
+  return np.abs(np.asarray(y, np.float64) - ref).max() / np.abs(ref).max(), floor
+
+
+def test_transformer_layer_norm_is_exact_on_offset_inputs():
+  x = (1000 + np.random.default_rng(0).normal(size=(2, 5, 64))).astype(np.float32)
+  block = transformer.TransformerBlock(num_heads=2, mlp_dim=8)
+  variables = block.init(jax.random.key(0), x)
+  _, state = block.apply(variables, x, capture_intermediates=lambda m, _: m.name == 'ln_attn')
+  y = state['intermediates']['ln_attn']['__call__'][0]
+  error, floor = _offset_relative_error(y, x.astype(np.float64), -1, 1e-6)
+  assert error < floor < 1e-4  # 3e-5: half the float32 spacing at 1000
+  fast = nn.LayerNorm(epsilon=1e-6)  # flax's one-pass E[x^2] - E[x]^2: off by 0.1
+  y_fast = fast.apply(fast.init(jax.random.key(0), x), x)
+  assert _offset_relative_error(y_fast, x.astype(np.float64), -1, 1e-6)[0] > 1e-2
+
+
+def test_resnet_batch_norm_is_exact_on_offset_inputs():
+  rng = np.random.default_rng(1)
+  images = (1000 + rng.normal(size=(4, 8, 8, 3))).astype(np.float32)
+  model = registry.build('resnet_tiny', num_classes=3)
+  variables = model.init(jax.random.key(0), images)
+  # Only the centre tap of the stem conv: its output keeps the offset (about
+  # 1000 with std about 0.6, no border effects) for stem_bn to normalise.
+  kernel = np.zeros((3, 3, 3, 8), np.float32)
+  kernel[1, 1] = rng.uniform(0.5, 1.5, (3, 8)) / 3
+  variables['params']['stem_conv']['kernel'] = jnp.asarray(kernel)
+  _, state = model.apply(
+      variables, images, train=True, mutable=['batch_stats', 'intermediates'],
+      capture_intermediates=lambda m, _: m.name in ('stem_conv', 'stem_bn'))
+  conv = np.asarray(state['intermediates']['stem_conv']['__call__'][0], np.float64)
+  y = state['intermediates']['stem_bn']['__call__'][0]
+  error, floor = _offset_relative_error(y, conv, (0, 1, 2), 1e-5)
+  assert error < floor < 1e-3
+  fast = nn.BatchNorm(use_running_average=False, epsilon=1e-5)
+  conv32 = conv.astype(np.float32)
+  y_fast, _ = fast.apply(fast.init(jax.random.key(0), conv32), conv32, mutable=['batch_stats'])
+  assert _offset_relative_error(y_fast, conv, (0, 1, 2), 1e-5)[0] > 1e-2

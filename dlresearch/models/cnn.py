@@ -355,6 +355,7 @@ class ResNet(nn.Module):
         momentum=0.9,
         epsilon=1e-5,
         dtype=self.dtype,
+        use_fast_variance=False,  # E[(x - mean)^2]: exact for offset inputs
     )
     feats = {}
 

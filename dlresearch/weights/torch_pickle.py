@@ -67,17 +67,19 @@ def _raw_dtype(name: str) -> np.dtype:
       '<')
 
 
-@dataclasses.dataclass(frozen=True)
+# The unpickler's own objects are frozen with slots, so a crafted BUILD opcode
+# cannot change them after they were checked.
+@dataclasses.dataclass(frozen=True, slots=True)
 class _StorageType:
   dtype: str  # a key of _TORCH_DTYPES' values, e.g. 'float32', 'bfloat16'.
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _DType:
   name: str
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class _Storage:
   """A storage named by the pickle; its bytes are attached after unpickling."""
 
@@ -87,7 +89,7 @@ class _Storage:
   data: np.ndarray | None = None  # 1-D, raw dtype (uint16 for bfloat16).
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, slots=True)
 class _LazyTensor:
   storage: _Storage
   offset: int  # in elements of the storage, includes a legacy view's offset.
@@ -109,8 +111,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args,
     storage, view_offset = storage
   else:
     view_offset = 0
-  if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
-    raise WeightsError(f'bad tensor storage {storage!r}')
+  if (not isinstance(storage, _Storage) or not isinstance(storage_offset, int)
+      or storage_offset < 0 or view_offset < 0):
+    raise WeightsError(f'bad tensor storage {storage!r:.200}')
   size = _ints(size, 'size')
   stride = _ints(stride, 'stride')
   if len(size) != len(stride):
@@ -237,6 +240,9 @@ def _replace_lazy(obj: Any, path: str) -> Any:
 
 def _storage_array(storage: _Storage, raw: bytes, path: str,
                    big_endian: bool = False) -> np.ndarray:
+  if (storage.dtype not in _TORCH_DTYPES.values()
+      or not isinstance(storage.numel, int) or storage.numel < 0):
+    raise WeightsError(f'{path}: bad storage {storage.key!r:.100}')
   dtype = _raw_dtype(storage.dtype)
   if big_endian:
     dtype = dtype.newbyteorder('>')

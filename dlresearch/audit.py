@@ -206,35 +206,45 @@ def data_audit(labels: ArrayLike, groups: Groups | ArrayLike, *,
 # ---------------------------------------------------------- model audit --
 
 
-def _cell_table(labels, predictions, scores, ids, num_groups, num_bins,
-                pos_label) -> np.ndarray:
-  """[n, K] per-example indicators; weighted column sums give all counts.
-
-  Columns: 7 confusion counts per group (``COUNT_NAMES`` order, group
-  major), then per group and calibration bin: count, score sum, positive
-  label sum.
-  """
-  n = labels.shape[0]
+def _example_values(labels, predictions, scores, pos_label) -> np.ndarray:
+  """[n, 10] per example: the 7 ``COUNT_NAMES`` indicators, then 1, score
+  and the positive-label indicator (for the calibration bins)."""
   pos = labels == pos_label
   ppos = predictions == pos_label
-  stats = np.stack([np.ones(n), predictions == labels, ppos, pos & ppos,
-                    ~pos & ppos, pos & ~ppos, ~pos & ~ppos], 1)
-  conf = np.zeros((n, num_groups, len(COUNT_NAMES)))
-  conf[np.arange(n), ids] = stats
-  calib = np.zeros((n, num_groups, num_bins, 3))
-  calib[np.arange(n), ids, _bin_ids(scores, num_bins)] = np.stack(
-      [np.ones(n), scores, pos], 1)
-  return np.concatenate([conf.reshape(n, -1), calib.reshape(n, -1)], 1)
+  ones = np.ones(labels.shape[0])
+  return np.stack([ones, predictions == labels, ppos, pos & ppos, ~pos & ppos,
+                   pos & ~ppos, ~pos & ~ppos, ones, scores, pos],
+                  1).astype(np.float64)
 
 
-def _metrics_from_sums(sums: np.ndarray, num_groups: int,
-                       num_bins: int) -> dict[str, np.ndarray]:
-  """Per-group metrics [..., num_groups] from summed cell tables [..., K]."""
-  lead = sums.shape[:-1]
-  k = num_groups * len(COUNT_NAMES)
-  c = sums[..., :k].reshape(*lead, num_groups, len(COUNT_NAMES))
-  count, correct, ppos, tp, fp, fn, tn = np.moveaxis(c, -1, 0)
-  calib = sums[..., k:].reshape(*lead, num_groups, num_bins, 3)
+def _weighted_sums(values: np.ndarray, cells: np.ndarray, num_cells: int,
+                   weights: np.ndarray) -> np.ndarray:
+  """[b, num_cells, Q]: sums of ``weights[b] * values`` per cell.
+
+  One bincount per value column over all ``b`` weight vectors at once (the
+  cell index offset by ``num_cells`` per weight vector); memory O(b n).
+  """
+  b = weights.shape[0]
+  flat = (cells[None, :] + num_cells * np.arange(b)[:, None]).reshape(-1)
+  out = [np.bincount(flat, (weights * values[:, j]).reshape(-1), b * num_cells)
+         for j in range(values.shape[1])]
+  return np.stack(out, -1).reshape(b, num_cells, values.shape[1])
+
+
+def _group_sums(values, ids, bins, num_groups, num_bins, weights):
+  """(confusion [b, G, 7], calibration [b, G, num_bins, 3]) sums."""
+  k = len(COUNT_NAMES)
+  conf = _weighted_sums(values[:, :k], ids, num_groups, weights)
+  calib = _weighted_sums(values[:, k:], ids * num_bins + bins,
+                         num_groups * num_bins, weights)
+  return conf, calib.reshape(-1, num_groups, num_bins, 3)
+
+
+def _metrics_from_sums(conf: np.ndarray,
+                       calib: np.ndarray) -> dict[str, np.ndarray]:
+  """Per-group metrics [..., G] from confusion [..., G, 7] and calibration
+  [..., G, num_bins, 3] sums."""
+  count, correct, ppos, tp, fp, fn, tn = np.moveaxis(conf, -1, 0)
   ece_num = np.abs(calib[..., 1] - calib[..., 2]).sum(-1)
   return {
       'count': count,
@@ -266,24 +276,19 @@ def _interval(samples: np.ndarray, alpha: float) -> np.ndarray:
     return np.nanpercentile(samples, [100 * alpha, 100 * (1 - alpha)], axis=0)
 
 
-def _bootstrap_sums(table: np.ndarray, n_bootstrap: int, seed: int,
-                    chunk: int = 64) -> np.ndarray:
-  """[n_bootstrap, K] column sums of ``table`` over resampled rows.
+def _bootstrap_weights(n: int, n_bootstrap: int, seed: int,
+                       chunk: int = 64):
+  """Yields [b, n] resampling counts, ``chunk`` resamples at a time.
 
-  Row ``b`` resamples n rows with replacement; its sums are the resampling
-  counts (a multinomial weight vector) times the table, computed in chunks
-  of ``chunk`` resamples with one bincount and one matmul each.
+  Resample ``r`` draws n row indices with replacement (``seed`` fixes them
+  all); its weight vector counts how often each row was drawn.
   """
-  n = table.shape[0]
   rng = np.random.default_rng(seed)
-  out = np.empty((n_bootstrap, table.shape[1]))
   for start in range(0, n_bootstrap, chunk):
     b = min(chunk, n_bootstrap - start)
     idx = rng.integers(0, n, size=(b, n))
     flat = (idx + n * np.arange(b)[:, None]).reshape(-1)
-    weights = np.bincount(flat, minlength=b * n).reshape(b, n)
-    out[start:start + b] = weights.astype(np.float64) @ table
-  return out
+    yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
 def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
@@ -324,16 +329,21 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
   groups = _as_groups(groups, n)
   alpha = (1.0 - confidence) / 2.0
 
+  per_example = _example_values(labels, predictions, scores, pos_label)
+  bins = _bin_ids(scores, num_bins)
+
   def audit(ids, num_groups):
     """(metrics, bootstrap metrics or None) for one grouping."""
-    table = _cell_table(labels, predictions, scores, ids, num_groups,
-                        num_bins, pos_label)
-    m = _metrics_from_sums(table.sum(0), num_groups, num_bins)
+    sums = _group_sums(per_example, ids, bins, num_groups, num_bins,
+                       np.ones((1, n)))
+    m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
     if n_bootstrap <= 0:
       return m, None
     # Every grouping draws the same resamples (same seed, same n).
-    sums = _bootstrap_sums(table, n_bootstrap, seed)
-    return m, _metrics_from_sums(sums, num_groups, num_bins)
+    parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
+             for w in _bootstrap_weights(n, n_bootstrap, seed)]
+    return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
+                                 np.concatenate([p[1] for p in parts]))
 
   def entries(values, samples):
     """[{'value', 'ci'}] per last-axis position of values [G] / samples."""

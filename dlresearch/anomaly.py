@@ -1,4 +1,4 @@
-"""Anomaly detection: scores, exact ranking metrics, an isolation-forest baseline.
+"""Anomaly detection: scores, exact ranking metrics, an isolation forest.
 
 Convention: a higher score means more anomalous; label 1 marks an anomaly.
 
@@ -150,9 +150,10 @@ def isolation_forest_scores(x_train: np.ndarray, x_test: np.ndarray, *,
   or only the normal ones; say which). Returns ``-score_samples``, so that
   higher is more anomalous like a reconstruction error.
   """
-  from sklearn.ensemble import IsolationForest  # pylint: disable=g-import-not-at-top
+  from sklearn import ensemble  # pylint: disable=g-import-not-at-top
 
-  forest = IsolationForest(n_estimators=n_estimators, max_samples=max_samples,
-                           random_state=seed, n_jobs=n_jobs)
+  forest = ensemble.IsolationForest(
+      n_estimators=n_estimators, max_samples=max_samples, random_state=seed,
+      n_jobs=n_jobs)
   forest.fit(np.asarray(x_train))
   return -forest.score_samples(np.asarray(x_test))

@@ -162,7 +162,7 @@ def top_titles(scores_row, seen, titles, k: int = 10) -> list[str]:
 
 def in_batch_softmax_loss(logits: jax.Array, items: jax.Array | None = None,
                           temperature: float = 1.0) -> jax.Array:
-  """Mean softmax cross-entropy of ``[B, B]`` logits with the diagonal as target.
+  """Mean softmax cross-entropy of ``[B, B]`` logits, diagonal as target.
 
   Row ``b`` scores user ``b`` against every item of the batch; its own item
   is the positive, the others are negatives. With ``items`` (the batch's item

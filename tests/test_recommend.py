@@ -1,4 +1,4 @@
-"""Tests for dlresearch.recommend, the recommender models and the ratings split."""
+"""Tests for dlresearch.recommend, the recommender models, the ratings split."""
 
 import math
 

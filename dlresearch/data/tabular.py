@@ -1,4 +1,4 @@
-"""Readers for the real data of the applications: fraud, shuttle, ratings, X-rays.
+"""Readers for the applications' real data: fraud, shuttle, ratings, X-rays.
 
 Each reader reads the raw files that ``python -m dlresearch.data.fetch NAME``
 cached once (default ``~/.cache/dlresearch/raw/NAME``), checks them against

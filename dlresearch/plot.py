@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from dlresearch import logging as log_lib
+from dlresearch import runs
 
 CURVES_SIZE = (1200, 500)  # (width, height) in pixels
 CONFUSION_SIZE = (800, 800)
@@ -93,8 +94,7 @@ def _labels(workdirs: Sequence[str], labels: Sequence[str] | None) -> list[str]:
     if len(labels) != len(workdirs):
       raise ValueError(f'{len(labels)} labels for {len(workdirs)} workdirs')
     return list(labels)
-  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  return names if len(set(names)) == len(names) else [os.path.normpath(w) for w in workdirs]
+  return runs.run_names(workdirs)
 
 
 def plot_curves(workdirs: Sequence[str], out: str, *,

@@ -104,7 +104,7 @@ def _check_plumbing(sampler, model, params, prompt):
   # nuclei small (1-8 tokens) without making the draw greedy.
   out = np.asarray(sampler(model, params, prompt, new, jax.random.key(3), temperature=0.1,
                            top_p=0.6))
-  logits = np.asarray(model.apply({'params': params}, jnp.asarray(out[:, :-1])), np.float64)
+  logits = np.asarray(jax.jit(model.apply)({'params': params}, out[:, :-1]), np.float64)
   sizes = []
   for row in range(out.shape[0]):
     for t in range(plen, plen + new):

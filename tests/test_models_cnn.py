@@ -212,7 +212,7 @@ def test_unknown_activation_lists_choices():
     registry.build('mlp', num_classes=2, activation='swishy')
   with pytest.raises(ValueError, match='leaky_relu, softplus'):
     registry.build('lenet5', num_classes=2, activation='swishy')
-  # A module built directly fails on first use with the same message.
+  # A module built directly fails as it is built, with the same message.
   with pytest.raises(ValueError, match='choose one of'):
     mlp.MLP(num_classes=2, activation='swishy').init(_key(0), jnp.zeros((1, 3)))
 

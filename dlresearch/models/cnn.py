@@ -82,6 +82,11 @@ class LeNet5(nn.Module):
   padding: str = 'SAME'
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    get_activation(self.activation)
+    _get_pool(self.pooling)
+    super().__post_init__()
+
   @nn.compact
   def __call__(
       self, x: Array, train: bool = False, return_features: bool = False
@@ -109,24 +114,7 @@ class LeNet5(nn.Module):
     return _features_out(logits, feats, return_features)
 
 
-@registry.register('lenet5')
-def lenet5(
-    *,
-    num_classes: int,
-    activation: str = 'relu',
-    pooling: str = 'max',
-    padding: str = 'SAME',
-    dtype: Any = jnp.float32,
-) -> LeNet5:
-  get_activation(activation)
-  _get_pool(pooling)
-  return LeNet5(
-      num_classes=num_classes,
-      activation=activation,
-      pooling=pooling,
-      padding=padding,
-      dtype=dtype,
-  )
+registry.register('lenet5', LeNet5)
 
 
 # ----------------------------------------------------------------- AlexNet --
@@ -199,11 +187,14 @@ class AlexNet(nn.Module):
   stem: str = 'imagenet'
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    _check_stem(self.stem, _ALEXNET_STEMS)
+    super().__post_init__()
+
   @nn.compact
   def __call__(
       self, x: Array, train: bool = False, return_features: bool = False
   ) -> Array | tuple[Array, dict[str, Array]]:
-    _check_stem(self.stem, _ALEXNET_STEMS)
     stride, pad = _ALEXNET_STEMS[self.stem]
     w1, w2, w3, w4, w5 = self.conv_widths
     conv = functools.partial(nn.Conv, dtype=self.dtype)
@@ -244,52 +235,12 @@ class AlexNet(nn.Module):
     return _features_out(logits, feats, return_features)
 
 
+# Widths divided by 16 and a stride-1 conv1, for 32x32 inputs.
 AlexNetTiny = functools.partial(
-    AlexNet, conv_widths=(6, 16, 24, 24, 16), fc_width=256
+    AlexNet, conv_widths=(6, 16, 24, 24, 16), fc_width=256, stem='small'
 )
-
-
-@registry.register('alexnet')
-def alexnet(
-    *,
-    num_classes: int,
-    groups: int = 2,
-    use_lrn: bool = True,
-    dropout_rate: float = 0.5,
-    stem: str = 'imagenet',
-    dtype: Any = jnp.float32,
-) -> AlexNet:
-  _check_stem(stem, _ALEXNET_STEMS)
-  return AlexNet(
-      num_classes=num_classes,
-      groups=groups,
-      use_lrn=use_lrn,
-      dropout_rate=dropout_rate,
-      stem=stem,
-      dtype=dtype,
-  )
-
-
-@registry.register('alexnet_tiny')
-def alexnet_tiny(
-    *,
-    num_classes: int,
-    groups: int = 2,
-    use_lrn: bool = True,
-    dropout_rate: float = 0.5,
-    stem: str = 'small',
-    dtype: Any = jnp.float32,
-) -> AlexNet:
-  """AlexNet with widths divided by 16 and a stride-1 conv1, for 32x32."""
-  _check_stem(stem, _ALEXNET_STEMS)
-  return AlexNetTiny(
-      num_classes=num_classes,
-      groups=groups,
-      use_lrn=use_lrn,
-      dropout_rate=dropout_rate,
-      stem=stem,
-      dtype=dtype,
-  )
+registry.register('alexnet', AlexNet)
+registry.register('alexnet_tiny', AlexNetTiny)
 
 
 # ------------------------------------------------------------------ ResNet --
@@ -381,11 +332,14 @@ class ResNet(nn.Module):
   remat: bool = False  # recompute each block's activations in the backward pass
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    _check_stem(self.stem, _RESNET_STEMS)
+    super().__post_init__()
+
   @nn.compact
   def __call__(
       self, x: Array, train: bool = False, return_features: bool = False
   ) -> Array | tuple[Array, dict[str, Array]]:
-    _check_stem(self.stem, _RESNET_STEMS)
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     kernel, stride, use_pool = _RESNET_STEMS[self.stem]
     conv = functools.partial(
@@ -401,6 +355,7 @@ class ResNet(nn.Module):
         momentum=0.9,
         epsilon=1e-5,
         dtype=self.dtype,
+        use_fast_variance=False,  # E[(x - mean)^2]: exact for offset inputs
     )
     feats = {}
 
@@ -442,42 +397,12 @@ ResNet101 = functools.partial(
 ResNet152 = functools.partial(
     ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck
 )
-ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock)
-
-
-def _register_resnet(
-    name: str, cls: Callable[..., ResNet], stem: str, width: int
-):
-  def factory(
-      *,
-      num_classes: int,
-      stem: str = stem,
-      width: int = width,
-      zero_init_residual: bool = True,
-      remat: bool = False,
-      dtype: Any = jnp.float32,
-  ) -> ResNet:
-    _check_stem(stem, _RESNET_STEMS)
-    return cls(
-        num_classes=num_classes,
-        stem=stem,
-        width=width,
-        zero_init_residual=zero_init_residual,
-        remat=remat,
-        dtype=dtype,
-    )
-
-  factory.__name__ = name
-  factory.__doc__ = f'Builds {name} (see ``ResNet``).'
-  registry.register(name)(factory)
-
-
-for _name, _cls in [
-    ('resnet18', ResNet18),
-    ('resnet34', ResNet34),
-    ('resnet50', ResNet50),
-    ('resnet101', ResNet101),
-    ('resnet152', ResNet152),
-]:
-  _register_resnet(_name, _cls, stem='imagenet', width=64)
-_register_resnet('resnet_tiny', ResNetTiny, stem='small', width=8)
+ResNetTiny = functools.partial(
+    ResNet, stage_sizes=(1, 1), block_cls=BasicBlock, stem='small', width=8
+)
+registry.register('resnet18', ResNet18)
+registry.register('resnet34', ResNet34)
+registry.register('resnet50', ResNet50)
+registry.register('resnet101', ResNet101)
+registry.register('resnet152', ResNet152)
+registry.register('resnet_tiny', ResNetTiny)

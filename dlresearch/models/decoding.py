@@ -39,11 +39,36 @@ def init_cache(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any) 
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
 
 
-def _check_sampling(temperature: float, top_k: int | None, greedy: bool) -> None:
+def _check_sampling(temperature: float, top_k: int | None, greedy: bool,
+                    top_p: float = 1.0) -> None:
   if not greedy and not temperature > 0:
     raise ValueError(f'temperature must be > 0 (or use greedy=True); got {temperature}')
   if top_k is not None and top_k < 1:
     raise ValueError(f'top_k must be >= 1 or None; got {top_k}')
+  _check_top_p(top_p)
+
+
+def _check_top_p(top_p: Any) -> None:
+  if isinstance(top_p, jax.core.Tracer):
+    return  # checked by the caller that made it
+  if not 0.0 < float(top_p) <= 1.0:
+    raise ValueError(f'top_p must be in (0, 1] (1 = off); got {top_p}')
+
+
+def _top_p_filter(logits: Array, top_p: float | Array) -> Array:
+  """``logits`` with tokens outside the nucleus set to ``-inf``.
+
+  The nucleus is the smallest set of most likely tokens whose probabilities
+  sum to at least ``top_p``: tokens are kept in order of probability while
+  the mass before them is below ``top_p``, so the token that crosses
+  ``top_p`` is kept. Ties with the least likely kept token are kept too.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  desc = -jnp.sort(-probs, axis=-1)
+  mass_before = jnp.cumsum(desc, axis=-1) - desc
+  keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+  smallest = jnp.take_along_axis(desc, keep - 1, axis=-1)
+  return jnp.where(probs < smallest, -jnp.inf, logits)
 
 
 def sample_logits(
@@ -52,27 +77,36 @@ def sample_logits(
     temperature: float | Array = 1.0,
     top_k: int | Array | None = None,
     greedy: bool | Array = False,
+    top_p: float | Array = 1.0,
 ) -> Array:
   """Next tokens ``[B]`` from ``logits [B, V]``.
 
   ``greedy``: the argmax. Otherwise a draw from ``softmax(logits /
   temperature)`` restricted to the ``top_k`` largest logits (ties with the
-  k-th largest are kept; ``None`` or 0 keeps all). All three settings may be
-  traced arrays, so one compiled sampler serves every setting.
+  k-th largest are kept; ``None`` or 0 keeps all), then to the nucleus of
+  ``top_p`` (0 < p <= 1; 1 keeps all): the smallest set of most likely
+  tokens, after temperature and top-k, whose probability sums to at least
+  ``top_p``, including the token that crosses it (Holtzman et al. 2020). All
+  settings may be traced arrays, so one compiled sampler serves every
+  setting.
   """
+  _check_top_p(top_p)
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
   k = vocab if top_k is None else jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
   kth = jnp.take(jnp.sort(logits, axis=-1), vocab - k, axis=-1)[..., None]
   filtered = jnp.where(logits < kth, -jnp.inf, logits)
   temperature = jnp.where(greedy, 1.0, temperature)
-  sampled = jax.random.categorical(rng, filtered / temperature, axis=-1)
+  scaled = filtered / temperature
+  scaled = jnp.where(top_p < 1.0, _top_p_filter(scaled, top_p), scaled)
+  sampled = jax.random.categorical(rng, scaled, axis=-1)
   return jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
 
 
-def _sampling_args(temperature: float, top_k: int | None, greedy: bool) -> tuple[Array, ...]:
-  _check_sampling(temperature, top_k, greedy)
-  return jnp.float32(temperature), jnp.int32(top_k or 0), jnp.bool_(greedy)
+def _sampling_args(temperature: float, top_k: int | None, greedy: bool,
+                   top_p: float) -> tuple[Array, ...]:
+  _check_sampling(temperature, top_k, greedy, top_p)
+  return jnp.float32(temperature), jnp.int32(top_k or 0), jnp.bool_(greedy), jnp.float32(top_p)
 
 
 def _check_prompt(prompt: Array) -> Array:
@@ -93,15 +127,18 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     greedy: bool = False,
+    top_p: float = 1.0,
 ) -> Array:
   """Continues ``prompt_tokens [B, P]`` by ``max_new_tokens`` tokens.
 
   ``model`` is a ``TransformerLM`` (``decode=True`` with a KV cache).
   Returns ``[B, P + max_new_tokens]``, the prompt followed by the new
-  tokens. Step ``i`` draws with ``jax.random.fold_in(rng, i)``.
+  tokens. Step ``i`` draws with ``jax.random.fold_in(rng, i)``; the settings
+  (``temperature``, ``top_k``, ``top_p``, ``greedy``) are those of
+  ``sample_logits``.
   """
   prompt = _check_prompt(prompt_tokens)
-  sampling = _sampling_args(temperature, top_k, greedy)
+  sampling = _sampling_args(temperature, top_k, greedy, top_p)
   total = prompt.shape[1] + max_new_tokens
   max_len = getattr(model, 'max_len', None)
   if getattr(model, 'positions', None) == 'learned' and max_len is not None and total > max_len:
@@ -150,6 +187,7 @@ def sample_rnn(
     temperature: float = 1.0,
     top_k: int | None = None,
     greedy: bool = False,
+    top_p: float = 1.0,
 ) -> Array:
   """Continues ``prompt [B, P]`` with an ``RNNLanguageModel``, carrying its state.
 
@@ -157,7 +195,7 @@ def sample_rnn(
   ``jax.random.fold_in(rng, i)``.
   """
   prompt = _check_prompt(prompt)
-  sampling = _sampling_args(temperature, top_k, greedy)
+  sampling = _sampling_args(temperature, top_k, greedy, top_p)
   if max_new_tokens < 0:
     raise ValueError(f'max_new_tokens must be >= 0; got {max_new_tokens}')
   if max_new_tokens == 0:

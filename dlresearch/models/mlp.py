@@ -56,6 +56,11 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    get_activation(self.activation)  # Fail when built, not at first call.
+    object.__setattr__(self, 'features', tuple(self.features))  # Hashable.
+    super().__post_init__()
+
   @nn.compact
   def __call__(
       self, x: Array, train: bool = False, return_features: bool = False
@@ -72,25 +77,5 @@ class MLP(nn.Module):
     return (logits, feats) if return_features else logits
 
 
-@registry.register('mlp')
-def mlp(
-    *,
-    num_classes: int,
-    features: Sequence[int] = (256, 256),
-    activation: str = 'relu',
-    dropout_rate: float = 0.0,
-    dtype: Any = jnp.float32,
-) -> MLP:
-  get_activation(activation)  # Fail at build time, not at first call.
-  return MLP(
-      num_classes=num_classes,
-      features=tuple(features),
-      activation=activation,
-      dropout_rate=dropout_rate,
-      dtype=dtype,
-  )
-
-
-@registry.register('logreg')
-def logreg(*, num_classes: int, dtype: Any = jnp.float32) -> MLP:
-  return MLP(num_classes=num_classes, features=(), dtype=dtype)
+registry.register('mlp', MLP)
+registry.register('logreg', functools.partial(MLP, features=()))

@@ -62,6 +62,7 @@ flattened RNN outputs); the MLP adds ``hidden_0``/``hidden_1``, the CNN
 ``conv_0..2`` and the RNNs ``outputs`` ``[B, 40, 12]``.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -213,53 +214,11 @@ class FlatRNN(nn.Module):
     return _out(logits, {'outputs': outputs, 'pre_logits': flat}, return_features)
 
 
-# ---------------------------------------------------------------- registry --
-
-
-@registry.register('mnist1d_logreg')
-def mnist1d_logreg(*, num_classes: int = 10, param_init: str = 'flax',
-                   dtype: Any = jnp.float32) -> LogReg:
-  """Logistic regression (410 parameters)."""
-  return LogReg(num_classes=num_classes, param_init=param_init, dtype=dtype)
-
-
-@registry.register('mnist1d_mlp')
-def mnist1d_mlp(*, num_classes: int = 10, hidden_size: int = 100, param_init: str = 'flax',
-                dtype: Any = jnp.float32) -> ResidualMLP:
-  """The paper's residual MLP (15,210 parameters)."""
-  return ResidualMLP(num_classes=num_classes, hidden_size=hidden_size,
-                     param_init=param_init, dtype=dtype)
-
-
-@registry.register('mnist1d_cnn')
-def mnist1d_cnn(*, num_classes: int = 10, channels: int = 25, param_init: str = 'flax',
-                dtype: Any = jnp.float32) -> ConvNet:
-  """The paper's CNN (5,210 parameters)."""
-  return ConvNet(num_classes=num_classes, channels=channels, param_init=param_init,
-                 dtype=dtype)
-
-
-@registry.register('mnist1d_gru')
-def mnist1d_gru(*, num_classes: int = 10, hidden_size: int = 6, param_init: str = 'flax',
-                dtype: Any = jnp.float32) -> FlatRNN:
-  """The paper's bidirectional GRU (5,110 parameters; PyTorch counts 5,134)."""
-  return FlatRNN('gru', num_classes, hidden_size, param_init=param_init, dtype=dtype)
-
-
-@registry.register('mnist1d_lstm')
-def mnist1d_lstm(*, num_classes: int = 10, hidden_size: int = 6, param_init: str = 'flax',
-                 dtype: Any = jnp.float32) -> FlatRNN:
-  """A bidirectional LSTM sized like the GRU (5,194 parameters)."""
-  return FlatRNN('lstm', num_classes, hidden_size, param_init=param_init, dtype=dtype)
-
-
-@registry.register('mnist1d_transformer')
-def mnist1d_transformer(*, num_classes: int = 10, num_layers: int = 2,
-                        d_model: int = 32, num_heads: int = 2, mlp_dim: int = 64,
-                        dropout_rate: float = 0.0,
-                        dtype: Any = jnp.float32) -> transformer.TransformerClassifier:
-  """A tiny Transformer encoder over the 40 positions (18,826 parameters)."""
-  return transformer.transformer_classifier(
-      num_classes=num_classes, num_layers=num_layers, d_model=d_model,
-      num_heads=num_heads, mlp_dim=mlp_dim, max_len=LENGTH, positions='learned',
-      pooling='mean', dropout_rate=dropout_rate, dtype=dtype)
+registry.register('mnist1d_logreg', LogReg)
+registry.register('mnist1d_mlp', ResidualMLP)
+registry.register('mnist1d_cnn', ConvNet)
+registry.register('mnist1d_gru', functools.partial(FlatRNN, cell='gru'))
+registry.register('mnist1d_lstm', functools.partial(FlatRNN, cell='lstm'))
+registry.register('mnist1d_transformer', functools.partial(
+    transformer.TransformerClassifier, num_classes=10, num_layers=2, d_model=32,
+    num_heads=2, mlp_dim=64, max_len=LENGTH, positions='learned', pooling='mean'))

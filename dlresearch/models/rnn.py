@@ -42,6 +42,7 @@ a concrete array.
 """
 
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -256,7 +257,7 @@ def _sequence_inputs(x: Array, vocab_size: int | None, embed_dim: int, dtype: An
     if x.ndim != 2:
       raise ValueError(f'token inputs must be [batch, time]; got shape {x.shape}')
     if vocab_size is None:
-      raise ValueError('integer token inputs need vocab_size; pass vocab_size= to the factory')
+      raise ValueError('integer token inputs need vocab_size; build the model with vocab_size=')
     return nn.Embed(vocab_size, embed_dim, dtype=dtype, name='embed')(x)
   if x.ndim == 2:
     x = x[..., None]
@@ -286,6 +287,10 @@ class RNNClassifier(nn.Module):
   embed_dim: int = 128
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_cell(self.cell)
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -335,6 +340,15 @@ class RNNLanguageModel(nn.Module):
   tie_embeddings: bool = False
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    _check_cell(self.cell)
+    if self.tie_embeddings and self.hidden_size != self.embed_dim:
+      raise ValueError(
+          f'tied embeddings need hidden_size == embed_dim; got {self.hidden_size} '
+          f'and {self.embed_dim}'
+      )
+    super().__post_init__()
+
   @nn.compact
   def __call__(
       self,
@@ -343,11 +357,6 @@ class RNNLanguageModel(nn.Module):
       carry: Sequence[Carry] | None = None,
       return_carry: bool = False,
   ) -> Array | tuple[Array, tuple[Carry, ...]]:
-    if self.tie_embeddings and self.hidden_size != self.embed_dim:
-      raise ValueError(
-          f'tied embeddings need hidden_size == embed_dim; got {self.hidden_size} '
-          f'and {self.embed_dim}'
-      )
     tokens = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens.dtype, jnp.integer) or tokens.ndim != 2:
       raise ValueError(f'tokens must be int [batch, time]; got {tokens.dtype} {tokens.shape}')
@@ -371,57 +380,6 @@ class RNNLanguageModel(nn.Module):
     return (logits, carries) if return_carry else logits
 
 
-# ---------------------------------------------------------------- registry --
-
-
-def _classifier(cell: str):
-  def factory(
-      *,
-      num_classes: int,
-      vocab_size: int | None = None,
-      embed_dim: int = 128,
-      hidden_size: int = 128,
-      num_layers: int = 1,
-      bidirectional: bool = False,
-      dropout_rate: float = 0.0,
-      dtype: Any = jnp.float32,
-  ) -> RNNClassifier:
-    return RNNClassifier(
-        cell=cell, num_classes=num_classes, hidden_size=hidden_size,
-        num_layers=num_layers, bidirectional=bidirectional,
-        vocab_size=vocab_size, embed_dim=embed_dim, dropout_rate=dropout_rate,
-        dtype=dtype,
-    )
-
-  factory.__doc__ = f'{cell.upper()} sequence classifier (tokens need vocab_size).'
-  return factory
-
-
-def _language_model(cell: str):
-  def factory(
-      *,
-      vocab_size: int,
-      embed_dim: int = 128,
-      hidden_size: int = 256,
-      num_layers: int = 1,
-      dropout_rate: float = 0.0,
-      tie_embeddings: bool = False,
-      dtype: Any = jnp.float32,
-  ) -> RNNLanguageModel:
-    if tie_embeddings and hidden_size != embed_dim:
-      raise ValueError(
-          f'tie_embeddings needs hidden_size == embed_dim; got {hidden_size} and {embed_dim}'
-      )
-    return RNNLanguageModel(
-        cell=cell, vocab_size=vocab_size, embed_dim=embed_dim,
-        hidden_size=hidden_size, num_layers=num_layers,
-        dropout_rate=dropout_rate, tie_embeddings=tie_embeddings, dtype=dtype,
-    )
-
-  factory.__doc__ = f'{cell.upper()} language model.'
-  return factory
-
-
 for _cell in NUM_GATES:
-  registry.register(f'{_cell}_classifier')(_classifier(_cell))
-  registry.register(f'{_cell}_lm')(_language_model(_cell))
+  registry.register(f'{_cell}_classifier', functools.partial(RNNClassifier, cell=_cell))
+  registry.register(f'{_cell}_lm', functools.partial(RNNLanguageModel, cell=_cell))

@@ -76,6 +76,17 @@ def _check_positions(kind: str) -> None:
     raise ValueError(f'unknown positions {kind!r}; choose one of: {", ".join(POSITIONS)}')
 
 
+def _check_heads(width_name: str, width: int, num_heads: int) -> None:
+  if width % num_heads:
+    raise ValueError(f'{width_name}={width} is not divisible by num_heads={num_heads}')
+
+
+def _check_common(positions: str, activation: str, d_model: int, num_heads: int) -> None:
+  _check_positions(positions)
+  _check_activation(activation)
+  _check_heads('d_model', d_model, num_heads)
+
+
 def sinusoidal_positions(positions: Array, dim: int) -> Array:
   """``[..., dim]`` table: ``sin(p / 10000**(2i/dim))`` at ``2i``, ``cos`` at ``2i+1``."""
   if dim % 2:
@@ -186,7 +197,10 @@ class TransformerBlock(nn.Module):
     weights = {}
 
     def residual(x, branch, norm_name):
-      norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=norm_name)
+      # use_fast_variance=False: E[(x - mean)^2], exact on offset inputs
+      # (flax's default E[x^2] - E[x]^2 loses 0.1 at offset 1000).
+      norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                          use_fast_variance=False, name=norm_name)
       drop = nn.Dropout(self.dropout_rate, deterministic=not train)
       if self.norm_first:
         return x + drop(branch(norm(x)))
@@ -270,12 +284,19 @@ class TransformerStack(nn.Module):
       )(x, mask, encoded, encoded_mask, train, decode, return_weights)
       all_weights.append(weights)
     if self.norm_first:
-      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='ln_final')(x)
+      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                       use_fast_variance=False, name='ln_final')(x)
     return x, tuple(all_weights)
 
 
 def _features_out(logits, feats, return_features):
   return (logits, feats) if return_features else logits
+
+
+def _attention_dropout(model) -> float:
+  """``model.attention_dropout_rate``, where None means ``model.dropout_rate``."""
+  rate = model.attention_dropout_rate
+  return model.dropout_rate if rate is None else rate
 
 
 def _self_attention_weights(weights) -> tuple[Array, ...]:
@@ -308,7 +329,7 @@ class TransformerClassifier(nn.Module):
   num_layers: int = 2
   d_model: int = 128
   num_heads: int = 4
-  mlp_dim: int = 512
+  mlp_dim: int | None = None  # None: 4 * d_model
   max_len: int = 512
   positions: str = 'learned'
   pooling: str = 'mean'
@@ -318,6 +339,12 @@ class TransformerClassifier(nn.Module):
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_common(self.positions, self.activation, self.d_model, self.num_heads)
+    if self.pooling not in ('mean', 'cls'):
+      raise ValueError(f"unknown pooling {self.pooling!r}; choose 'mean' or 'cls'")
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -333,7 +360,7 @@ class TransformerClassifier(nn.Module):
       if x.ndim != 2:
         raise ValueError(f'token inputs must be [batch, time]; got shape {x.shape}')
       if self.vocab_size is None:
-        raise ValueError('integer token inputs need vocab_size; pass vocab_size= to the factory')
+        raise ValueError('integer token inputs need vocab_size; build the model with vocab_size=')
       x = nn.Embed(self.vocab_size, self.d_model, embedding_init=_EMBED_INIT,
                    dtype=self.dtype, name='token_embed')(x)
     else:
@@ -349,15 +376,14 @@ class TransformerClassifier(nn.Module):
       cls = jnp.broadcast_to(jnp.asarray(cls, self.dtype), (batch, 1, self.d_model))
       x = jnp.concatenate([cls, x], axis=1)
       mask = jnp.concatenate([jnp.ones((batch, 1), bool), mask], axis=1)
-    elif self.pooling != 'mean':
-      raise ValueError(f"unknown pooling {self.pooling!r}; choose 'mean' or 'cls'")
     x = AddPositions(self.positions, self.max_len, self.dtype, name='pos_embed')(
         x, jnp.arange(x.shape[1])
     )
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x, weights = TransformerStack(
-        remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim or 4 * self.d_model, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
         norm_first=True, rotary=self.positions == 'rotary', activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='encoder',
     )(x, padding_mask(mask), train=train, return_weights=return_attention)
@@ -390,16 +416,20 @@ class TransformerLM(nn.Module):
   num_layers: int = 4
   d_model: int = 256
   num_heads: int = 4
-  mlp_dim: int = 1024
+  mlp_dim: int | None = None  # None: 4 * d_model
   max_len: int = 512
   positions: str = 'learned'
   dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
+  attention_dropout_rate: float | None = 0.0  # None: dropout_rate
   tie_embeddings: bool = True
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-5
   remat: bool = False
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_common(self.positions, self.activation, self.d_model, self.num_heads)
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -419,9 +449,10 @@ class TransformerLM(nn.Module):
     x = AddPositions(self.positions, self.max_len, self.dtype, name='pos_embed')(x, positions)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x, _ = TransformerStack(
-        remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        norm_first=True, causal=True, rotary=self.positions == 'rotary',
+        remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim or 4 * self.d_model, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=_attention_dropout(self), norm_first=True, causal=True,
+        rotary=self.positions == 'rotary',
         activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
         dtype=self.dtype, name='transformer',
     )(x, train=train, decode=decode)
@@ -457,7 +488,7 @@ class EncoderDecoder(nn.Module):
   num_decoder_layers: int | None = None
   d_model: int = 128
   num_heads: int = 4
-  mlp_dim: int = 512
+  mlp_dim: int | None = None  # None: 4 * d_model
   max_len: int = 256
   positions: str = 'sinusoidal'
   dropout_rate: float = 0.1
@@ -468,6 +499,10 @@ class EncoderDecoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_common(self.positions, self.activation, self.d_model, self.num_heads)
+    super().__post_init__()
 
   def setup(self):
     embed = functools.partial(
@@ -485,7 +520,7 @@ class EncoderDecoder(nn.Module):
     self.decoder_pos_embed = positions()
     self.decode_positions = DecodePositions()
     stack = functools.partial(
-        TransformerStack, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        TransformerStack, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         norm_first=self.norm_first, rotary=self.positions == 'rotary',
@@ -571,12 +606,17 @@ class BERT(nn.Module):
   max_len: int = 512
   type_vocab_size: int = 2
   dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.1
+  attention_dropout_rate: float | None = None  # None: dropout_rate
   norm_first: bool = False
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-12
   remat: bool = False
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_activation(self.activation)
+    _check_heads('hidden_size', self.hidden_size, self.num_heads)
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -599,12 +639,13 @@ class BERT(nn.Module):
     x = embed(self.vocab_size, self.hidden_size, name='token_embed')(tokens)
     x = AddPositions('learned', self.max_len, self.dtype, name='pos_embed')(x, jnp.arange(length))
     x = x + embed(self.type_vocab_size, self.hidden_size, name='token_type_embed')(token_type_ids)
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='embed_norm')(x)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     use_fast_variance=False, name='embed_norm')(x)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     x = drop(x)
     x, weights = TransformerStack(
         remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=_attention_dropout(self),
         norm_first=self.norm_first, activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='encoder',
     )(x, padding_mask(mask), train=train, return_weights=return_attention)
@@ -643,6 +684,10 @@ class ViT(nn.Module):
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    _check_heads('hidden_size', self.hidden_size, self.num_heads)
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -684,187 +729,23 @@ class ViT(nn.Module):
 
 # --------------------------------------------------------------- registry --
 
-
-def _check_common(positions: str, activation: str, d_model: int, num_heads: int) -> None:
-  _check_positions(positions)
-  _check_activation(activation)
-  if d_model % num_heads:
-    raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}')
-
-
-@registry.register('transformer_classifier')
-def transformer_classifier(
-    *,
-    num_classes: int,
-    vocab_size: int | None = None,
-    num_layers: int = 2,
-    d_model: int = 128,
-    num_heads: int = 4,
-    mlp_dim: int | None = None,
-    max_len: int = 512,
-    positions: str = 'learned',
-    pooling: str = 'mean',
-    dropout_rate: float = 0.0,
-    attention_dropout_rate: float = 0.0,
-    activation: str = 'gelu',
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> TransformerClassifier:
-  _check_common(positions, activation, d_model, num_heads)
-  if pooling not in ('mean', 'cls'):
-    raise ValueError(f"unknown pooling {pooling!r}; choose 'mean' or 'cls'")
-  return TransformerClassifier(
-      num_classes=num_classes, vocab_size=vocab_size, num_layers=num_layers,
-      d_model=d_model, num_heads=num_heads, mlp_dim=mlp_dim or 4 * d_model,
-      max_len=max_len, positions=positions, pooling=pooling,
-      dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
-      activation=activation, remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('transformer_lm')
-def transformer_lm(
-    *,
-    vocab_size: int,
-    num_layers: int = 4,
-    d_model: int = 256,
-    num_heads: int = 4,
-    mlp_dim: int | None = None,
-    max_len: int = 512,
-    positions: str = 'learned',
-    dropout_rate: float = 0.0,
-    attention_dropout_rate: float = 0.0,
-    tie_embeddings: bool = True,
-    activation: str = 'gelu',
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> TransformerLM:
-  _check_common(positions, activation, d_model, num_heads)
-  return TransformerLM(
-      vocab_size=vocab_size, num_layers=num_layers, d_model=d_model,
-      num_heads=num_heads, mlp_dim=mlp_dim or 4 * d_model, max_len=max_len,
-      positions=positions, dropout_rate=dropout_rate,
-      attention_dropout_rate=attention_dropout_rate,
-      tie_embeddings=tie_embeddings, activation=activation, remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('gpt2_small')
-def gpt2_small(
-    *,
-    vocab_size: int = 50257,
-    max_len: int = 1024,
-    dropout_rate: float = 0.1,
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> TransformerLM:
-  """GPT-2 small (Radford et al. 2019): 12 x 768, 12 heads, tied, gelu (tanh)."""
-  return TransformerLM(
-      vocab_size=vocab_size, num_layers=12, d_model=768, num_heads=12,
-      mlp_dim=3072, max_len=max_len, positions='learned',
-      dropout_rate=dropout_rate, attention_dropout_rate=dropout_rate,
-      tie_embeddings=True, activation='gelu_tanh', layer_norm_epsilon=1e-5,
-      remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('transformer_seq2seq')
-def transformer_seq2seq(
-    *,
-    vocab_size: int,
-    num_layers: int = 2,
-    num_decoder_layers: int | None = None,
-    d_model: int = 128,
-    num_heads: int = 4,
-    mlp_dim: int | None = None,
-    max_len: int = 256,
-    positions: str = 'sinusoidal',
-    dropout_rate: float = 0.1,
-    attention_dropout_rate: float = 0.0,
-    norm_first: bool = True,
-    tie_embeddings: bool = True,
-    activation: str = 'relu',
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> EncoderDecoder:
-  _check_common(positions, activation, d_model, num_heads)
-  return EncoderDecoder(
-      vocab_size=vocab_size, num_layers=num_layers,
-      num_decoder_layers=num_decoder_layers, d_model=d_model,
-      num_heads=num_heads, mlp_dim=mlp_dim or 4 * d_model, max_len=max_len,
-      positions=positions, dropout_rate=dropout_rate,
-      attention_dropout_rate=attention_dropout_rate, norm_first=norm_first,
-      tie_embeddings=tie_embeddings, activation=activation, remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('transformer_base')
-def transformer_base(
-    *,
-    vocab_size: int = 37000,
-    max_len: int = 256,
-    dropout_rate: float = 0.1,
-    norm_first: bool = False,
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> EncoderDecoder:
-  """Transformer base (Vaswani et al. 2017): 6+6 x 512, 8 heads, FF 2048, post-LN."""
-  return EncoderDecoder(
-      vocab_size=vocab_size, num_layers=6, num_decoder_layers=6, d_model=512,
-      num_heads=8, mlp_dim=2048, max_len=max_len, positions='sinusoidal',
-      dropout_rate=dropout_rate, norm_first=norm_first, tie_embeddings=True,
-      activation='relu', remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('bert_base')
-def bert_base(
-    *,
-    num_classes: int | None = None,
-    vocab_size: int = 30522,
-    max_len: int = 512,
-    type_vocab_size: int = 2,
-    dropout_rate: float = 0.1,
-    norm_first: bool = False,
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> BERT:
-  """BERT-base: 12 x 768, 12 heads, MLP 3072; ``num_classes=None`` is BertModel."""
-  return BERT(
-      num_classes=num_classes, vocab_size=vocab_size, max_len=max_len,
-      type_vocab_size=type_vocab_size, dropout_rate=dropout_rate,
-      attention_dropout_rate=dropout_rate, norm_first=norm_first, remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('vit_s16')
-def vit_s16(*, num_classes: int, dropout_rate: float = 0.0, remat: bool = False,
-            dtype: Any = jnp.float32) -> ViT:
-  """ViT-S/16: 12 x 384, 6 heads, MLP 1536, 16x16 patches."""
-  return ViT(
-      num_classes=num_classes, patch_size=16, hidden_size=384, num_layers=12,
-      num_heads=6, mlp_dim=1536, dropout_rate=dropout_rate, remat=remat, dtype=dtype,
-  )
-
-
-@registry.register('vit_tiny')
-def vit_tiny(
-    *,
-    num_classes: int,
-    patch_size: int = 4,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    mlp_dim: int = 128,
-    dropout_rate: float = 0.0,
-    remat: bool = False,
-    dtype: Any = jnp.float32,
-) -> ViT:
-  """A small ViT for 28x28 / 32x32 inputs (patch 4) and tests."""
-  if hidden_size % num_heads:
-    raise ValueError(f'hidden_size={hidden_size} is not divisible by num_heads={num_heads}')
-  return ViT(
-      num_classes=num_classes, patch_size=patch_size, hidden_size=hidden_size,
-      num_layers=num_layers, num_heads=num_heads, mlp_dim=mlp_dim,
-      dropout_rate=dropout_rate, remat=remat, dtype=dtype,
-  )
+registry.register('transformer_classifier', TransformerClassifier)
+registry.register('transformer_lm', TransformerLM)
+# GPT-2 small (Radford et al. 2019): 12 x 768, 12 heads, tied, gelu (tanh).
+registry.register('gpt2_small', functools.partial(
+    TransformerLM, vocab_size=50257, num_layers=12, d_model=768, num_heads=12,
+    mlp_dim=3072, max_len=1024, dropout_rate=0.1, attention_dropout_rate=None,
+    activation='gelu_tanh'))
+registry.register('transformer_seq2seq', EncoderDecoder)
+# Transformer base (Vaswani et al. 2017): 6+6 x 512, 8 heads, FF 2048, post-LN.
+registry.register('transformer_base', functools.partial(
+    EncoderDecoder, vocab_size=37000, num_layers=6, num_decoder_layers=6,
+    d_model=512, num_heads=8, mlp_dim=2048, norm_first=False))
+# BERT-base (the module defaults); num_classes=None is HF BertModel.
+registry.register('bert_base', BERT)
+# ViT-S/16: 12 x 384, 6 heads, MLP 1536, 16x16 patches.
+registry.register('vit_s16', functools.partial(
+    ViT, patch_size=16, hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536))
+# A small ViT for 28x28 / 32x32 inputs (patch 4) and tests.
+registry.register('vit_tiny', functools.partial(
+    ViT, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128))

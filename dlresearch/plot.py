@@ -1,0 +1,241 @@
+"""Training curves and confusion matrices as PNG files (matplotlib, Agg).
+
+    python -m dlresearch.plot WORKDIR [WORKDIR...] --out=curves.png \\
+        [--smoothing=0.6] [--x=wall_time] [--metrics=loss,accuracy]
+
+One panel per metric (``loss``, ``accuracy``, plus ``perplexity`` when a run
+logged it), train and eval of every run overlaid: one colour per run, train
+as a line, eval dashed with markers. ``--smoothing=w`` smooths the train
+lines with TensorBoard's debiased exponential moving average of weight ``w``
+and draws the raw train values faintly behind them. ``--x=wall_time`` needs
+a ``time`` key (seconds since the start) in the metric lines; runs without
+it fall back to steps with a warning.
+
+Figures have a fixed size in pixels (``CURVES_SIZE``, ``CONFUSION_SIZE``),
+so they compare side by side and can be checked by tests.
+"""
+
+import argparse
+import math
+import os
+import sys
+from typing import Sequence
+import warnings
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from dlresearch import logging as log_lib
+from dlresearch import runs
+
+CURVES_SIZE = (1200, 500)  # (width, height) in pixels
+CONFUSION_SIZE = (800, 800)
+_DPI = 100
+
+
+def _figure(size: tuple[int, int]) -> Figure:
+  fig = Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI, layout='constrained')
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save(fig: Figure, out: str) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=_DPI, format='png')  # no bbox_inches: keep the size
+  return out
+
+
+def load_metrics(workdir: str) -> list[dict]:
+  """``read_metrics(workdir)``; FileNotFoundError naming the workdir if absent."""
+  if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+    raise FileNotFoundError(f'{workdir}: no metrics.jsonl (not a run directory?)')
+  return log_lib.read_metrics(workdir)
+
+
+def _number(value) -> float | None:
+  """A logged value as a float ("nan"/"inf" strings included), else None."""
+  if isinstance(value, bool):
+    return None
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return None
+
+
+def smooth(values: Sequence[float], weight: float) -> np.ndarray:
+  """TensorBoard's smoothing: an EMA of ``weight``, debiased at the start."""
+  if not 0.0 <= weight < 1.0:
+    raise ValueError(f'smoothing must be in [0, 1); got {weight}')
+  out, last, count = [], 0.0, 0
+  for v in values:
+    if not math.isfinite(v):
+      out.append(v)
+      continue
+    count += 1
+    last = weight * last + (1.0 - weight) * v
+    out.append(last / (1.0 - weight ** count))
+  return np.asarray(out, np.float64)
+
+
+def _series(lines: list[dict], split: str, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+  xs, ys = [], []
+  for line in lines:
+    if line['split'] == split and metric in line:
+      y = _number(line[metric])
+      if y is not None:
+        xs.append(line['time'] if x == 'wall_time' else line['step'])
+        ys.append(y)
+  return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+
+
+def _labels(workdirs: Sequence[str], labels: Sequence[str] | None) -> list[str]:
+  if labels is not None:
+    if len(labels) != len(workdirs):
+      raise ValueError(f'{len(labels)} labels for {len(workdirs)} workdirs')
+    return list(labels)
+  return runs.run_names(workdirs)
+
+
+def plot_curves(workdirs: Sequence[str], out: str, *,
+                metrics: Sequence[str] = ('loss', 'accuracy'), smoothing: float = 0.0,
+                x: str = 'step', labels: Sequence[str] | None = None) -> str:
+  """Train/eval curves of ``workdirs`` overlaid, one panel per metric; returns ``out``.
+
+  ``perplexity`` gets a panel (log scale) when any run logged it. Raises
+  FileNotFoundError for a workdir without ``metrics.jsonl``.
+  """
+  return _save(curves_figure(workdirs, metrics=metrics, smoothing=smoothing, x=x,
+                             labels=labels), out)
+
+
+def curves_figure(workdirs: Sequence[str], *,
+                  metrics: Sequence[str] = ('loss', 'accuracy'), smoothing: float = 0.0,
+                  x: str = 'step', labels: Sequence[str] | None = None) -> Figure:
+  """The figure of ``plot_curves``, unsaved."""
+  if x not in ('step', 'wall_time'):
+    raise ValueError(f"x must be 'step' or 'wall_time'; got {x!r}")
+  smooth([], smoothing)  # validates
+  if isinstance(workdirs, str):
+    workdirs = [workdirs]
+  if not workdirs:
+    raise ValueError('no workdirs to plot')
+  names = _labels(workdirs, labels)
+  runs = [load_metrics(w) for w in workdirs]
+  if x == 'wall_time':
+    missing = [w for w, lines in zip(workdirs, runs) if any('time' not in l for l in lines)]
+    if missing:
+      warnings.warn(f'metric lines without "time" in {", ".join(missing)}; '
+                    'plotting against step instead', stacklevel=3)
+      x = 'step'
+  panels = list(metrics)
+  if 'perplexity' not in panels and any('perplexity' in l for lines in runs for l in lines):
+    panels.append('perplexity')
+
+  fig = _figure(CURVES_SIZE)
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  colors = [f'C{i % 10}' for i in range(len(runs))]
+  for ax, metric in zip(axes, panels):
+    drawn = False
+    for lines, name, color in zip(runs, names, colors):
+      xs, ys = _series(lines, 'train', metric, x)
+      if len(xs):
+        drawn = True
+        if smoothing > 0:
+          ax.plot(xs, ys, color=color, alpha=0.25, linewidth=1)
+          ax.plot(xs, smooth(ys, smoothing), color=color, label=f'{name} train')
+        else:
+          ax.plot(xs, ys, color=color, label=f'{name} train')
+      xs, ys = _series(lines, 'eval', metric, x)
+      if len(xs):
+        drawn = True
+        ax.plot(xs, ys, color=color, linestyle='--', marker='o', markersize=3,
+                label=f'{name} eval')
+    ax.set_title(metric)
+    ax.set_xlabel('wall time (s)' if x == 'wall_time' else 'step')
+    ax.grid(True, alpha=0.3)
+    if not drawn:
+      ax.text(0.5, 0.5, 'no data', ha='center', va='center', transform=ax.transAxes)
+    elif metric == 'perplexity':
+      ax.set_yscale('log')
+  handles, legend_labels = [], []
+  for ax in axes:  # one legend for the figure, each label once
+    for h, l in zip(*ax.get_legend_handles_labels()):
+      if l not in legend_labels:
+        handles.append(h)
+        legend_labels.append(l)
+  if handles:
+    axes[0].legend(handles, legend_labels, fontsize='small')
+  return fig
+
+
+def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
+  """``[true, predicted]`` counts of integer ``labels`` and ``predictions``."""
+  labels = np.asarray(labels).reshape(-1)
+  predictions = np.asarray(predictions).reshape(-1)
+  if labels.shape != predictions.shape:
+    raise ValueError(f'{labels.size} labels but {predictions.size} predictions')
+  for name, a in (('labels', labels), ('predictions', predictions)):
+    if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0
+                   or a.max() >= num_classes):
+      raise ValueError(f'{name} must be integers in [0, {num_classes})')
+  flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+  return np.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def confusion_matrix_png(labels, predictions, class_names: Sequence[str], out: str, *,
+                         normalize: bool = False) -> np.ndarray:
+  """Writes the confusion matrix (rows: true class) to ``out``; returns the counts.
+
+  ``normalize``: colour and annotate each row as fractions of its true class.
+  Cells are annotated when there are at most 30 classes.
+  """
+  counts = confusion_matrix(labels, predictions, len(class_names))
+  shown = counts.astype(np.float64)
+  if normalize:
+    shown /= np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  fig = _figure(CONFUSION_SIZE)
+  ax = fig.subplots()
+  image = ax.imshow(shown, cmap='Blues', interpolation='nearest')
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, labels=class_names, rotation=45, ha='right')
+  ax.set_yticks(ticks, labels=class_names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  accuracy = np.trace(counts) / max(counts.sum(), 1)
+  ax.set_title(f'confusion matrix ({counts.sum()} examples, accuracy {accuracy:.4f})')
+  if len(class_names) <= 30:
+    top = shown.max() if shown.size else 0
+    for (i, j), v in np.ndenumerate(shown):
+      ax.text(j, i, f'{v:.2f}' if normalize else str(int(v)), ha='center', va='center',
+              fontsize='small', color='white' if v > 0.5 * top else 'black')
+  _save(fig, out)
+  return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m dlresearch.plot', description=(
+      'Plot train/eval curves of one or more run directories into a PNG.'))
+  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR')
+  parser.add_argument('--out', required=True, help='PNG file to write')
+  parser.add_argument('--smoothing', type=float, default=0.0,
+                      help='EMA weight in [0, 1) for the train lines (TensorBoard style)')
+  parser.add_argument('--x', choices=('step', 'wall_time'), default='step')
+  parser.add_argument('--metrics', default='loss,accuracy',
+                      help='comma-separated metrics, one panel each')
+  parser.add_argument('--labels', default=None, help='comma-separated run names')
+  args = parser.parse_args(argv)
+  try:
+    out = plot_curves(args.workdirs, args.out, metrics=args.metrics.split(','),
+                      smoothing=args.smoothing, x=args.x,
+                      labels=args.labels.split(',') if args.labels else None)
+  except (OSError, ValueError) as e:
+    print(f'plot: error: {e}', file=sys.stderr)
+    return 1
+  print(out)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

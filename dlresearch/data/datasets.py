@@ -38,6 +38,7 @@ from tensorflow_datasets.core import example_parser
 
 # Importing the builder modules registers them with TFDS.
 # pylint: disable=unused-import
+from dlresearch.data.builders import adult
 from dlresearch.data.builders import digits
 from dlresearch.data.builders import fashion_mnist_local
 from dlresearch.data.builders import mnist1d
@@ -48,7 +49,7 @@ from dlresearch.data.builders import text_files
 # pylint: enable=unused-import
 
 OFFLINE_BUILDERS = ('digits', 'mnist1d', 'fashion_mnist_local', 'shakespeare',
-                    'rotten_tomatoes', 'text_files', 'number_words')
+                    'rotten_tomatoes', 'text_files', 'number_words', 'adult')
 
 # Manual directories used when `manual_dir` is not given.
 DEFAULT_MANUAL_DIRS = {

@@ -126,15 +126,3 @@ def _import_all() -> None:
     if info.name != 'registry':
       importlib.import_module(f'dlresearch.models.{info.name}')
 
-
-def fields(name: str) -> frozenset[str]:
-  """The keyword arguments the model registered as ``name`` accepts."""
-  import inspect
-  _import_all()
-  if name not in _REGISTRY:
-    raise KeyError(f'unknown model {name!r}; known models: {", ".join(names())}')
-  return frozenset(inspect.signature(_REGISTRY[name]).parameters)
-
-
-def accepts(name: str, field: str) -> bool:
-  return field in fields(name)

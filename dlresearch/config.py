@@ -20,7 +20,6 @@ from typing import Any
 
 # Closed choices: a value outside these is rejected with the list of choices.
 CHOICES = {
-    'data_kind': ('classification', 'lm', 'text_classification', 'seq2seq'),
     'optimizer': ('sgd', 'nesterov', 'adam', 'adamw'),
     'schedule': ('constant', 'cosine', 'step'),
     'loss': ('softmax_xent', 'sigmoid_xent', 'mse'),
@@ -59,7 +58,8 @@ class Config:
                    '(recorded in config.json).')
   # Data.
   data_kind: str = _f('classification', 'What the data is and which task '
-                      'trains on it (see dlresearch/data/kinds.py).')
+                      'trains on it (see dlresearch/data/kinds.py and the '
+                      'list under --model).')
   dataset: str = _f('digits', 'TFDS dataset name; the offline builders are '
                     'registered (digits, mnist1d, fashion_mnist_local, '
                     'shakespeare, rotten_tomatoes, number_words/en-de, '

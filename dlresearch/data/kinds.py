@@ -20,13 +20,17 @@ Kinds:
   train (``tasks.Seq2Seq``); training pairs that do not fit ``--max_len``
   are dropped; each eval adds BLEU/chrF/exact match of decoded translations.
 
-A new kind is one function here (or in another module) decorated with
-``@register('name')``, and its name added to ``config.CHOICES``.
+A new kind is one function decorated with ``@register('name')``, here or in
+a module ``dlresearch/data/kinds_*.py`` (imported on first use, like the
+model registry's modules).
 """
 
 import dataclasses
+import functools
+import importlib
 import os
 import pathlib
+import pkgutil
 from typing import Callable, Sequence
 
 import jax
@@ -55,12 +59,23 @@ def register(name: str):
   return wrap
 
 
+@functools.cache
+def _import_all() -> None:
+  """Imports ``dlresearch/data/kinds_*.py``: their decorators register."""
+  import dlresearch.data as pkg  # pylint: disable=g-import-not-at-top
+  for info in pkgutil.iter_modules(pkg.__path__):
+    if info.name.startswith('kinds_'):
+      importlib.import_module(f'dlresearch.data.{info.name}')
+
+
 def names() -> list[str]:
+  _import_all()
   return sorted(_KINDS)
 
 
 def build(cfg: Config, workdir: str, fresh: bool = True) -> pipeline.Data:
   """The data of ``cfg.data_kind`` (see the module docstring)."""
+  _import_all()
   if cfg.data_kind not in _KINDS:
     raise ConfigError('data_kind', f'unknown data kind {cfg.data_kind!r}; '
                       f'known: {", ".join(names())}')

@@ -159,7 +159,7 @@ def test_audit_group_rejects_unknown_and_input_columns(data_dir):
     kinds.build(_tabular_cfg(data_dir, audit_group='sex,label'), '/unused')
 
 
-def _run(module, *args, timeout=240):
+def _run(module, *args, timeout=600):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=timeout,

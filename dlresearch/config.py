@@ -179,6 +179,15 @@ class Config:
                                 'before a peer is declared dead (> 0).')
   init_timeout_s: int = _f(300, 'Multi-host: seconds to wait for every '
                            'process to join (> 0).')
+  # Responsible AI.
+  audit_group: str = _f('', 'Comma-separated group columns of the dataset '
+                        "(e.g. 'sex' or 'sex,race'; ClassLabel or int "
+                        'features, never fed to the model): every eval line '
+                        "adds per-group metrics ('group/sex=Female/accuracy', "
+                        "selection_rate, tpr, fpr, count) and the gaps "
+                        "('fairness/sex/demographic_parity_difference', "
+                        '_ratio, equalized_odds_difference); the positive '
+                        'class is 1. Empty: none. Data kind classification.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -199,7 +208,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'init_from', 'sample', 'prompt', 'max_new_tokens', 'temperature', 'top_k',
     'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
     'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
-    'process_id', 'heartbeat_timeout_s', 'init_timeout_s',
+    'process_id', 'heartbeat_timeout_s', 'init_timeout_s', 'audit_group',
 })
 
 

@@ -13,6 +13,14 @@ step returns sums (``loss``, ``accuracy``, ...) and ``count``; sums add up
 across batches, devices and hosts (``add_sums``); ``finalize_sums`` divides
 once at the end. Eval batches carry ``_valid`` (0.0 for padding examples).
 
+Per-group fairness metrics (``--audit_group``): ``Classification`` with
+``groups`` adds, on eval batches that carry the group columns, per-group
+confusion counts under ``group_sums/<key>/<count>`` ([num_groups] arrays,
+``audit.group_metric_sums``). ``finalize_sums`` keeps those as raw sums (not
+divided by ``count``) and ``Classification.finalize`` turns them into the
+eval-line keys ``group/<key>=<name>/<metric>`` and ``fairness/<key>/<gap>``
+(``audit.finalize_group_metrics``).
+
 This module also holds the per-example losses (``LOSSES``).
 """
 
@@ -24,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from dlresearch import audit
 
 # ---------------------------------------------------------------------------
 # Per-example losses. Each returns an array of shape [batch] (or [batch, T]).
@@ -101,13 +111,24 @@ def add_sums(a: Mapping[str, jax.Array] | None, b: Mapping[str, jax.Array]):
   return {k: a[k] + b[k] for k in b}
 
 
+GROUP_SUMS = 'group_sums/'  # prefix of per-group sums kept undivided
+
+
 def finalize_sums(sums: Mapping[str, jax.Array]) -> dict[str, float]:
-  """Divides every sum by ``count`` (a float per metric, full precision)."""
-  sums = {k: float(np.asarray(v, np.float64)) for k, v in jax.device_get(sums).items()}
+  """Divides every sum by ``count`` (a float per metric, full precision).
+
+  Per-group sums (keys starting with ``GROUP_SUMS``) stay raw float64
+  arrays, for the task's ``finalize``.
+  """
+  sums = jax.device_get(sums)
+  raw = {k: np.asarray(v, np.float64) for k, v in sums.items()
+         if k.startswith(GROUP_SUMS)}
+  sums = {k: float(np.asarray(v, np.float64)) for k, v in sums.items()
+          if k not in raw}
   count = sums.pop('count')
   if count <= 0:
     raise ValueError('no examples were evaluated (count is 0)')
-  return {k: v / count for k, v in sums.items()}
+  return {**{k: v / count for k, v in sums.items()}, **raw}
 
 
 # ---------------------------------------------------------------------------
@@ -127,13 +148,21 @@ def apply_model(model, variables, args, kwargs, *, train: bool, rng):
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """One label per example: softmax/sigmoid cross-entropy or MSE."""
+  """One label per example: softmax/sigmoid cross-entropy or MSE.
+
+  ``groups``: ``((key, (group names...)), ...)``: batch columns of int group
+  ids (never model inputs). On eval batches that carry them, the sums add
+  each group's confusion counts and ``finalize`` the per-group metrics and
+  fairness gaps (positive class ``pos_label``; see the module docstring).
+  """
 
   input_key: str = 'image'
   label_key: str = 'label'
   mask_key: str = ''  # a [B, T] padding mask passed to sequence models
   loss: str = 'softmax_xent'
   label_smoothing: float = 0.0
+  groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+  pos_label: int = 1
 
   def model_inputs(self, batch):
     kwargs = {'mask': batch[self.mask_key]} if self.mask_key else {}
@@ -148,11 +177,24 @@ class Classification:
     smoothing = self.label_smoothing if train else 0.0
     per_example = LOSSES[self.loss](logits, labels, smoothing)
     sums = classification_sums(logits, labels, per_example,
-                                       batch.get('_valid'))
+                               batch.get('_valid'))
+    if not train:
+      for key, names in self.groups:
+        if key in batch:
+          counts = audit.group_metric_sums(
+              logits, labels, batch.get('_valid'), batch[key], len(names),
+              pos_label=self.pos_label)
+          sums.update({f'{GROUP_SUMS}{key}/{k}': v for k, v in counts.items()})
     return sums, model_state
 
   def finalize(self, m):
-    return m
+    out = {k: v for k, v in m.items() if not k.startswith(GROUP_SUMS)}
+    for key, names in self.groups:
+      prefix = f'{GROUP_SUMS}{key}/'
+      if f'{prefix}count' in m:
+        sums = {k: m[prefix + k] for k in audit.COUNT_NAMES}
+        out.update(audit.finalize_group_metrics(sums, names, key))
+    return out
 
 
 def _token_sums(logits, targets, mask, valid, label_smoothing):

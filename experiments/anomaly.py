@@ -22,28 +22,39 @@ creditcard
   ULB credit-card fraud, split by time: the first 80% of transactions train
   (227,845; the autoencoder sees the 227,428 normal ones), the last 20%
   test (56,962, 75 frauds). MLP autoencoder 29-64-32-8 (mirrored), Adam
-  1e-3 cosine, batch 256, 3 epochs of the normal rows (2,672 steps).
-  MEASURED_CREDITCARD
+  1e-3 cosine, batch 256, 3 epochs of the normal rows (2,666 steps).
+  Measured (2026-11-29): AUROC 0.943, average precision 0.316, at the 0.1%
+  alert rate (57 flagged) precision 0.474 / recall 0.360; IsolationForest
+  on the same rows: AUROC 0.951, AP 0.045, precision/recall 0 / 0. 14 s
+  wall.
 
 creditcard_classifier
   The supervised comparison on the same split: an MLP (64, 32) classifier
-  on all 227,845 labelled train rows, Adam 1e-3 cosine, batch 256, 3 epochs.
-  MEASURED_CLASSIFIER
+  on all 227,845 labelled train rows, Adam 1e-3 cosine, batch 256, 3 epochs
+  (2,671 steps). Measured: AUROC 0.960, AP 0.824, precision 0.965 / recall
+  0.733 at 0.1%. 27 s wall. With labels, the classifier is far ahead on
+  the precision-type metrics; without them the autoencoder still flags
+  frauds at 47% precision where IsolationForest flags none.
 
 shuttle
   Statlog Shuttle in its own split (43,500 train / 14,500 test; normal =
   Rad.Flow, 20.8% of the test rows are anomalies). MLP autoencoder 9-32-16-4,
-  Adam 1e-3 cosine, batch 256, 10 epochs of the 34,108 normal rows.
-  MEASURED_SHUTTLE
+  Adam 1e-3 cosine, batch 256, 10 epochs of the 34,108 normal rows (1,333
+  steps). Measured: AUROC 0.976, AP 0.926 (IsolationForest 0.926, 0.830).
+  At 0.1% (15 flagged of 14,500, 3,022 anomalies) recall is necessarily
+  tiny: precision 0.600 / recall 0.003 (IsolationForest 1.000 / 0.005).
+  34 s wall.
 
 fashion_mnist_one_class
   Fashion-MNIST one-class: for each class in turn, a conv autoencoder
   (16, 32 channels, code 32) trains on that class's 6,000 train images
-  (Adam 1e-3 cosine, batch 128, 10 epochs); the 10,000 test images are
+  (Adam 1e-3 cosine, batch 128, 5 epochs); the 10,000 test images are
   scored, the other nine classes being anomalies. Writes
   WORKDIR/table.md and summary.json (per-class AUROC next to
   IsolationForest's on the raw pixels). ``--normal_class=K`` runs one class.
-  MEASURED_FASHION
+  Not run in full here: on the shared 2 cores (load ~20) one class took
+  7.5 min, so the ten-run table did not finish. Class 0 (T-shirt/top):
+  AUROC 0.877, AP 0.982; IsolationForest 0.912, 0.988.
 """
 
 from dlresearch import cli, train
@@ -73,7 +84,7 @@ PRESETS = {
     'fashion_mnist_one_class': cli.Preset(
         BASE.replace(dataset='fashion_mnist_local', model='conv_autoencoder',
                      normal_class=-1, batch_size=128, eval_batch_size=1000,
-                     num_epochs=10, log_every=100,
+                     num_epochs=5, log_every=100,
                      model_kwargs={'features': [16, 32], 'latent': 32}),
         tiny={**TINY, 'batch_size': 16, 'eval_batch_size': 64, 'num_steps': 8,
               'log_every': 4, 'checkpoint_every': 8,

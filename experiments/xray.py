@@ -19,7 +19,11 @@ Flags: ``--manual_dir`` (the X-rays; empty: where fetch put them),
 ``--pretrained`` (the .pth; empty: the fetched file), ``--image_size`` (the
 centre crop, 224; the shorter side is first resized to 8/7 of it).
 
-Measured on 2 shared CPU cores (AMD EPYC Zen 4), 1 CPU device: MEASURED
+Measured on 2 shared CPU cores (AMD EPYC Zen 4, load ~20), 1 CPU device,
+2026-11-29: 13 of 16 correct, accuracy 81.2% with exact 95% interval
+54.4%-96.0%; 113 s wall (features, 16 probes, 16 Grad-CAM maps). With 16
+images the interval spans from little better than chance to near perfect:
+that, not the point estimate, is the result.
 """
 
 import os

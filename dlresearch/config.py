@@ -188,6 +188,23 @@ class Config:
                         "('fairness/sex/demographic_parity_difference', "
                         '_ratio, equalized_odds_difference); the positive '
                         'class is 1. Empty: none. Data kind classification.')
+  # Applications.
+  alert_rate: float = _f(0.001, 'Anomaly evals (--data_kind=anomaly): the '
+                         'fraction of eval examples flagged, highest scores '
+                         'first, for precision_at_alert_rate and '
+                         'recall_at_alert_rate; in (0, 1] (0.001 = 0.1%).')
+  normal_class: int = _f(0, 'One-class anomaly detection on a labelled image '
+                         'dataset: the class id trained on as normal (>= 0; '
+                         'every other class is an anomaly at test time). -1: '
+                         'each class in turn, one run per class and a '
+                         'per-class table (experiments.anomaly).')
+  ranking_k: int = _f(10, 'Retrieval evals (--data_kind=retrieval): the '
+                      'length K of each recommended list for recall@K and '
+                      'ndcg@K (>= 1).')
+  pretrained: str = _f('', 'Transfer demos (experiments.xray): the '
+                       'torchvision MobileNetV2 ImageNet weights (.pth); '
+                       'empty: the file `python -m dlresearch.data.fetch '
+                       'mobilenet_v2_imagenet` cached.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -209,6 +226,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
     'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
     'process_id', 'heartbeat_timeout_s', 'init_timeout_s', 'audit_group',
+    'alert_rate', 'ranking_k',
 })
 
 
@@ -245,6 +263,10 @@ def validate(cfg: Config) -> Config:
     _check(getattr(cfg, name) >= 0, name, '>= 0', getattr(cfg, name))
   _check(cfg.process_id >= -1, 'process_id', '>= 0 (or -1 to detect)',
          cfg.process_id)
+  _check(0 < cfg.alert_rate <= 1, 'alert_rate', 'in (0, 1]', cfg.alert_rate)
+  _check(cfg.normal_class >= -1, 'normal_class', '>= 0 (or -1 for every '
+         'class in turn)', cfg.normal_class)
+  _check(cfg.ranking_k >= 1, 'ranking_k', '>= 1', cfg.ranking_k)
   _check(0 <= cfg.label_smoothing < 1, 'label_smoothing', 'in [0, 1)',
          cfg.label_smoothing)
   if cfg.batch_size % cfg.grad_accum_steps:

@@ -223,6 +223,9 @@ class Config:
   compilation_cache: str = _f('~/.cache/dlresearch/jax_cache', 'Directory of '
                               "JAX's persistent compilation cache (a rerun "
                               "starts faster); 'none' or empty: off.")
+  eval_checkpoint: str = _f('', "--eval_only evaluates this checkpoint: "
+                            "empty: the latest; 'best': the keep-best one "
+                            '(--best_metric); or a step number.')
   profile_steps: str = _f('', 'START:END: write a jax.profiler trace of steps '
                           'START..END-1 to WORKDIR/profile (open with '
                           'TensorBoard\'s profile plugin); empty: none.')
@@ -249,6 +252,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'process_id', 'heartbeat_timeout_s', 'init_timeout_s',
     'early_stopping_patience', 'eval_max_examples', 'test_split', 'top_p',
     'progress', 'model_summary', 'plots', 'compilation_cache', 'profile_steps',
+    'eval_checkpoint',
 })
 
 
@@ -300,6 +304,10 @@ def validate(cfg: Config) -> Config:
                       'eval metric that must improve)')
   if cfg.profile_steps:
     profile_range(cfg.profile_steps)
+  if cfg.eval_checkpoint not in ('', 'best') and not (
+      cfg.eval_checkpoint.isdigit()):
+    raise ConfigError('eval_checkpoint', "must be empty, 'best' or a step "
+                      f'number (got {cfg.eval_checkpoint!r})')
   if cfg.batch_size % cfg.grad_accum_steps:
     raise ConfigError('grad_accum_steps', f'must divide --batch_size='
                       f'{cfg.batch_size} (got {cfg.grad_accum_steps})')

@@ -174,21 +174,25 @@ class ProgressBar:
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
                file=None):
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-    self.batch_size = batch_size
+    self.batch_size, self.clock = batch_size, time.monotonic
+    self._last = None  # (step, time) of the previous train line
     self._bar = tqdm(total=total_steps, initial=start_step, unit='step',
                      dynamic_ncols=True, file=file or sys.stderr,
                      smoothing=0.3)
 
   def write(self, step, split, metrics):
     if split != 'train':
-      self._bar.write(f'[{step}/{self._bar.total}] {split} {_format(metrics)}')
+      self._bar.write(f'[{step}/{self._bar.total}] {split} {_format(metrics)}',
+                      file=self._bar.fp)
       return
     self._bar.update(max(step - self._bar.n, 0))
-    rate = self._bar.format_dict.get('rate')
+    now = self.clock()
     post = [f'{k}={metrics[k]:.4g}' for k in ('loss', 'accuracy')
             if isinstance(metrics.get(k), float)]
-    if rate:
+    if self._last and step > self._last[0]:
+      rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
       post.append(f'{rate * self.batch_size:.0f} ex/s')
+    self._last = (step, now)
     self._bar.set_postfix_str(' '.join(post), refresh=True)
 
   def close(self):

@@ -1,5 +1,6 @@
 """The train state: one pytree with everything a step reads and writes."""
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -51,3 +52,16 @@ def create(model, tx: optax.GradientTransformation, args: tuple, kwargs: dict,
                     opt_state=tx.init(params), model_state=variables,
                     rng=train_rng,
                     ema_params=ema_lib.ema_init(params) if ema else None)
+
+
+def to_checkpoint(state: TrainState) -> dict:
+  """The state as the dict a checkpoint holds; no ``ema_params`` key when
+  EMA is off, so checkpoints written before EMA existed still restore."""
+  out = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  if out['ema_params'] is None:
+    del out['ema_params']
+  return out
+
+
+def from_checkpoint(tree: dict) -> TrainState:
+  return TrainState(**{'ema_params': None, **tree})

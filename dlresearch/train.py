@@ -560,7 +560,7 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   def save(step, state, step_metrics=None):
     if step_metrics is not None:
       _fetch_finite(step, strategy.host(step_metrics))
-    ckpt.save(step, strategy.to_saved(state),
+    ckpt.save(step, state_lib.to_checkpoint(strategy.to_saved(state)),
               {**train_iter.state(), **best.state_dict()})
 
   def finish(step, state, track=True) -> dict:
@@ -754,7 +754,8 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state, workdir):
     # The newest checkpoint that reads and verifies; corrupt ones are moved
     # aside (never deleted) when training, left in place by --eval_only.
     state, data_state, _ = ckpt.restore_latest_good(
-        abstract_state, move_aside=not cfg.eval_only)
+        state_lib.to_checkpoint(abstract_state), move_aside=not cfg.eval_only)
+    state = state_lib.from_checkpoint(state)
     logging.info('resumed from step %d', data_state['step'])
     if cfg.eval_only and cfg.eval_checkpoint:
       state, step = _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir)
@@ -788,5 +789,6 @@ def _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir):
   if step not in ckpt.all_steps():
     raise ConfigError('eval_checkpoint', f'no checkpoint step {step} in '
                       f'{workdir} (steps: {ckpt.all_steps()})')
-  state, data_state = ckpt.restore(abstract_state, step)
-  return state, data_state['step']
+  state, data_state = ckpt.restore(state_lib.to_checkpoint(abstract_state),
+                                   step)
+  return state_lib.from_checkpoint(state), data_state['step']

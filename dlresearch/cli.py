@@ -154,15 +154,6 @@ def resolve_for_workdir(presets: dict[str, Preset], workdir: str,
   return config_lib.override(recorded, flag_overrides(flag_values))
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of orbax/tfds from the console; warnings still show."""
-
-  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/')
-
-  def filter(self, record):
-    return record.levelno >= 30 or not any(n in record.pathname for n in self.NOISY)
-
-
 def fail(message: str, code: int = 2):
   """One line on stderr and a non-zero exit (every host stops, not just one)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -211,10 +202,8 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
       sys.argv, presets, default_preset, model_selects_preset))
 
   def _main(argv):
-    import logging as std_logging  # pylint: disable=g-import-not-at-top
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    std_logging.getLogger('absl').addFilter(_QuietLibraries())
+    from dlresearch import logging as log_lib  # pylint: disable=g-import-not-at-top
+    log_lib.quiet_libraries()  # orbax's routine warnings, tfds/grain INFO
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
     from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top

@@ -21,7 +21,9 @@ from typing import Any
 # Closed choices: a value outside these is rejected with the list of choices.
 CHOICES = {
     'optimizer': ('sgd', 'nesterov', 'adam', 'adamw'),
-    'schedule': ('constant', 'cosine', 'step'),
+    'schedule': ('constant', 'cosine', 'step', 'inverse_sqrt'),
+    'best_mode': ('max', 'min'),
+    'progress': ('auto', 'bar', 'lines', 'none'),
     'loss': ('softmax_xent', 'sigmoid_xent', 'mse'),
     'augment': ('none', 'flip', 'pad_crop_flip', 'crop_flip'),
     'normalize': ('none', 'scale', 'imagenet', 'standardize'),
@@ -119,11 +121,13 @@ class Config:
   optimizer: str = _f('adam', 'sgd/nesterov (momentum), adam (L2 weight '
                       'decay) or adamw (decoupled weight decay).')
   learning_rate: float = _f(1e-3, 'Peak learning rate (> 0).')
-  momentum: float = _f(0.9, 'SGD momentum / Adam beta1 (>= 0).')
+  momentum: float = _f(0.9, 'SGD/Nesterov momentum (>= 0; Adam uses '
+                       '--adam_b1).')
   weight_decay: float = _f(0.0, 'Weight decay on kernels and embeddings '
                            '(>= 0; biases and norm parameters are skipped).')
   schedule: str = _f('constant', 'Learning-rate schedule after warmup.')
-  warmup_steps: int = _f(0, 'Linear warmup steps (>= 0).')
+  warmup_steps: int = _f(0, 'Linear warmup steps (>= 0): step s < N uses '
+                         '(s + 1) / N of the rate, so the first step moves.')
   step_boundaries: tuple = _f((0.3333, 0.6667, 0.8889), 'Comma-separated '
                               'fractions of training where --schedule=step '
                               'multiplies the rate by --step_decay.')
@@ -205,6 +209,51 @@ class Config:
                        'torchvision MobileNetV2 ImageNet weights (.pth); '
                        'empty: the file `python -m dlresearch.data.fetch '
                        'mobilenet_v2_imagenet` cached.')
+  # Researcher experience.
+  adam_b1: float = _f(0.9, 'Adam/AdamW beta1, in [0, 1).')
+  adam_b2: float = _f(0.999, 'Adam/AdamW beta2, in [0, 1) (Transformer-base: '
+                      '0.98).')
+  adam_eps: float = _f(1e-8, 'Adam/AdamW epsilon (> 0; Transformer-base: '
+                       '1e-9).')
+  min_lr_ratio: float = _f(0.0, '--schedule=cosine ends at this fraction of '
+                           'the peak rate, in [0, 1] (e.g. 0.1).')
+  best_metric: str = _f('', 'Eval metric that picks the keep-best checkpoint '
+                        '(WORKDIR/checkpoints_best; e.g. accuracy, loss); '
+                        'empty: none. Ranked on the periodic eval split, never '
+                        'on test unless --eval_split=test says so.')
+  best_mode: str = _f('max', 'max: a larger --best_metric is better; min: a '
+                      'smaller one.')
+  early_stopping_patience: int = _f(0, 'Stop after N evals in a row without a '
+                                    'new best --best_metric (>= 0; 0 = never).')
+  ema_decay: float = _f(0.0, 'Keep an exponential moving average of the '
+                        'params with this decay, in [0, 1) (0 = off; e.g. '
+                        '0.999; warmed up as min(d, (1+t)/(10+t))); evals add '
+                        'ema_* keys and checkpoints hold it.')
+  eval_max_examples: int = _f(0, 'Periodic evals use the first N examples of '
+                              'the eval split (>= 0; 0 = all); the final eval '
+                              'uses all of it.')
+  test_split: str = _f('', "Split evaluated once at the end (eval line "
+                       "split 'test'). Empty: the dataset's test split when "
+                       "periodic evals use another one; 'none': skip.")
+  top_p: float = _f(1.0, '--sample: nucleus sampling, keep the smallest set of '
+                    'tokens whose probability reaches p, in (0, 1] (1 = all).')
+  progress: str = _f('auto', 'Console progress: bar (tqdm, terminal or '
+                     'notebook), lines (log lines), none; auto: bar when '
+                     'stderr is a terminal or in a notebook, else lines.')
+  model_summary: bool = _f(True, 'Print the model summary (layers, shapes, '
+                           'params, FLOPs, memory) and write '
+                           'WORKDIR/model_summary.txt.')
+  plots: bool = _f(True, 'Write WORKDIR/plots/curves.png at every eval and, '
+                   'for classification, confusion_matrix.png at the end.')
+  compilation_cache: str = _f('~/.cache/dlresearch/jax_cache', 'Directory of '
+                              "JAX's persistent compilation cache (a rerun "
+                              "starts faster); 'none' or empty: off.")
+  eval_checkpoint: str = _f('', "--eval_only evaluates this checkpoint: "
+                            "empty: the latest; 'best': the keep-best one "
+                            '(--best_metric); or a step number.')
+  profile_steps: str = _f('', 'START:END: write a jax.profiler trace of steps '
+                          'START..END-1 to WORKDIR/profile (open with '
+                          'TensorBoard\'s profile plugin); empty: none.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -219,14 +268,17 @@ class Config:
 # change to extend or shorten a run; the schedule follows the new length.
 # ``preset`` is provenance: the fields it set are compared one by one.
 MAY_CHANGE_ON_RESUME = frozenset({
-    'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers', 'grain_threads',
+    'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
+    'grain_threads',
     'eval_split', 'eval_batch_size', 'num_steps', 'num_epochs', 'log_every',
     'eval_every', 'checkpoint_every', 'keep_checkpoints', 'eval_only',
     'init_from', 'sample', 'prompt', 'max_new_tokens', 'temperature', 'top_k',
     'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
     'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
     'process_id', 'heartbeat_timeout_s', 'init_timeout_s', 'audit_group',
-    'alert_rate', 'ranking_k',
+    'alert_rate', 'ranking_k', 'early_stopping_patience', 'eval_max_examples',
+    'test_split', 'top_p', 'progress', 'model_summary', 'plots',
+    'compilation_cache', 'profile_steps', 'eval_checkpoint',
 })
 
 
@@ -269,6 +321,23 @@ def validate(cfg: Config) -> Config:
   _check(cfg.ranking_k >= 1, 'ranking_k', '>= 1', cfg.ranking_k)
   _check(0 <= cfg.label_smoothing < 1, 'label_smoothing', 'in [0, 1)',
          cfg.label_smoothing)
+  for name in ('adam_b1', 'adam_b2', 'ema_decay'):
+    _check(0 <= getattr(cfg, name) < 1, name, 'in [0, 1)', getattr(cfg, name))
+  _check(cfg.adam_eps > 0, 'adam_eps', '> 0', cfg.adam_eps)
+  _check(0 <= cfg.min_lr_ratio <= 1, 'min_lr_ratio', 'in [0, 1]',
+         cfg.min_lr_ratio)
+  _check(0 < cfg.top_p <= 1, 'top_p', 'in (0, 1]', cfg.top_p)
+  for name in ('early_stopping_patience', 'eval_max_examples'):
+    _check(getattr(cfg, name) >= 0, name, '>= 0', getattr(cfg, name))
+  if cfg.early_stopping_patience and not cfg.best_metric:
+    raise ConfigError('early_stopping_patience', 'needs --best_metric (the '
+                      'eval metric that must improve)')
+  if cfg.profile_steps:
+    profile_range(cfg.profile_steps)
+  if cfg.eval_checkpoint not in ('', 'best') and not (
+      cfg.eval_checkpoint.isdigit()):
+    raise ConfigError('eval_checkpoint', "must be empty, 'best' or a step "
+                      f'number (got {cfg.eval_checkpoint!r})')
   if cfg.batch_size % cfg.grad_accum_steps:
     raise ConfigError('grad_accum_steps', f'must divide --batch_size='
                       f'{cfg.batch_size} (got {cfg.grad_accum_steps})')
@@ -282,6 +351,18 @@ def validate(cfg: Config) -> Config:
     raise ConfigError('process_id', f'must be below --num_processes='
                       f'{cfg.num_processes} (got {cfg.process_id})')
   return cfg
+
+
+def profile_range(text: str) -> tuple[int, int]:
+  """``'START:END'`` -> ``(START, END)``, 0 <= START < END; ConfigError else."""
+  try:
+    start, end = (int(v) for v in text.split(':'))
+  except ValueError:
+    raise ConfigError('profile_steps', f'expected START:END (e.g. 10:20), got '
+                      f'{text!r}') from None
+  if not 0 <= start < end:
+    raise ConfigError('profile_steps', f'needs 0 <= START < END, got {text!r}')
+  return start, end
 
 
 def check_devices(cfg: Config, device_count: int) -> None:
@@ -417,5 +498,5 @@ def check_resume(recorded: Config, new: Config, workdir: str) -> None:
 __all__ = ['CHOICES', 'CONFIG_FILE', 'Config', 'ConfigError',
            'MAY_CHANGE_ON_RESUME', 'changed_fields', 'check_devices',
            'check_resume', 'field_help', 'field_types', 'from_json',
-           'override', 'parse_value', 'read_record', 'read_recorded',
+           'override', 'parse_value', 'profile_range', 'read_record', 'read_recorded',
            'to_json', 'validate']

@@ -1,6 +1,7 @@
 """Export a trained model for serving: StableHLO via ``jax.export``.
 
-    python -m dlresearch.export --workdir=RUN --out=DIR [--platforms=cpu,cuda]
+    python -m dlresearch.export --workdir=RUN --out=DIR [--step=best]
+        [--platforms=cpu,cuda]
 
 writes ``DIR/model.jaxexport``, the serialized ``jax.export.Exported`` of
 ``x -> apply_fn(variables, x)`` with the parameters baked in as constants
@@ -183,18 +184,33 @@ def signature_from_config(workdir: str) -> dict:
   return out
 
 
-def _restore(workdir: str):
-  """``(model, variables, example_batch[, signature])`` of a run: the integration point.
+def restore_for_export(workdir: str, step: int | str | None = None):
+  """``(model, variables, example_batch, signature)`` of a trained run.
 
-  Provided by ``dlresearch.train.restore(workdir)`` once it exists.
+  ``dlresearch.restore`` gives the model and variables; one batch of the
+  run's eval split (rebuilt from its recorded config, read-only) gives the
+  input's shape and dtype after preprocessing, and the class names.
   """
-  from dlresearch import train  # pylint: disable=g-import-not-at-top
-  restore = getattr(train, 'restore', None)
-  if restore is None:
-    raise NotImplementedError('dlresearch.train.restore(workdir) is not available yet; '
-                              'call dlresearch.export.export_run(model, variables, '
-                              'example_batch, out_dir) from Python instead')
-  return restore(workdir)
+  from dlresearch import inference  # pylint: disable=g-import-not-at-top
+  from dlresearch.data import kinds  # pylint: disable=g-import-not-at-top
+  run = inference.restore(workdir, step)
+  data = kinds.build(run.config.replace(eval_only=True), run.workdir,
+                     fresh=False)
+  args, kwargs = data.task.model_inputs(data.eval.get(np.arange(2), None))
+  if kwargs or len(args) != 1:
+    raise ValueError(f'{run.config.model} takes {len(args)} input(s) and '
+                     f'{sorted(kwargs)}; the export serves models of one input '
+                     'array (use dlresearch.export.export(apply_fn, ...) with '
+                     'your own apply_fn)')
+  signature = {'step': run.step}
+  if data.label_names:
+    signature['label_names'] = list(data.label_names)
+  return run.model, run.variables, np.asarray(args[0]), signature
+
+
+def _checkpoint_errors():
+  from dlresearch import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.CheckpointError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,17 +222,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="comma-separated, e.g. 'cpu,cuda' (default: this backend and cpu)")
   parser.add_argument('--saved_model', action='store_true',
                       help='also a TF SavedModel (needs TensorFlow)')
+  parser.add_argument('--step', default='',
+                      help="checkpoint: empty = latest, 'best' = keep-best, or "
+                           'a step number')
   args = parser.parse_args(argv)
+  step = (None if not args.step else
+          args.step if args.step == 'best' else int(args.step))
   try:
-    restored = _restore(args.workdir)
-    model, variables, example = restored[:3]
+    model, variables, example, extra = restore_for_export(args.workdir, step)
     signature = signature_from_config(args.workdir)
-    if len(restored) > 3:
-      signature.update(restored[3])
+    signature.update(extra)
     export_run(model, variables, example, args.out, signature,
                platforms=[p for p in args.platforms.split(',') if p] or None,
                saved_model=args.saved_model)
-  except (OSError, ValueError, ImportError, NotImplementedError) as e:
+  except (OSError, ValueError, ImportError, KeyError,
+          _checkpoint_errors()) as e:
     print(f'export: error: {e}', file=sys.stderr)
     return 1
   print(os.path.join(args.out, MODEL_FILE))

@@ -50,12 +50,15 @@ def host_step(state) -> int:
 
 def continue_prompt(model, params, tokenizer, prompt: str, max_new_tokens: int,
                     rng: jax.Array, temperature: float = 1.0,
-                    top_k: int = 0) -> tuple[str, np.ndarray]:
+                    top_k: int = 0, top_p: float = 1.0
+                    ) -> tuple[str, np.ndarray]:
   """Samples ``max_new_tokens`` after ``prompt``; returns (text, new ids).
 
   An RNN LM carries its state (``decoding.sample_rnn``); a Transformer LM
   uses its KV cache (``decoding.generate``). An empty prompt starts after
-  ``<eos>``, i.e. at the start of a document.
+  ``<eos>``, i.e. at the start of a document. ``top_k``/``top_p`` restrict
+  each draw to the k most likely tokens / the nucleus of probability p
+  (0 / 1.0: no restriction).
   """
   ids = tokenizer.encode(prompt)
   if not ids.size:
@@ -63,7 +66,8 @@ def continue_prompt(model, params, tokenizer, prompt: str, max_new_tokens: int,
   sampler = (decoding.sample_rnn if isinstance(model, rnn.RNNLanguageModel)
              else decoding.generate)
   out = sampler(model, params, ids[None], max_new_tokens, rng,
-                temperature=temperature, top_k=top_k or None)
+                temperature=temperature, top_k=top_k or None,
+                top_p=top_p)
   new = np.asarray(out)[0, ids.size:]
   return tokenizer.decode(new), new
 
@@ -87,7 +91,7 @@ def sample_hook(cfg: Config, tokenizer, max_len: int | None) -> Callable:
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), host_step(state))
     continuation, _ = continue_prompt(model, host_params(state), tokenizer,
                                       cfg.prompt, cfg.max_new_tokens, rng,
-                                      cfg.temperature, cfg.top_k)
+                                      cfg.temperature, cfg.top_k, cfg.top_p)
     return {'sample': cfg.prompt + continuation}
 
   return hook

@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlresearch import checkpoint, config as config_lib, train
+from dlresearch import checkpoint, config as config_lib, policy, train
+from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds, text
 
@@ -52,8 +53,8 @@ class Restored:
 def _variables(workdir: str, step) -> tuple[dict, int]:
   ckpts = checkpoint.checkpoint_dir(workdir)
   if step == 'best':
-    path = os.path.join(workdir, 'checkpoints_best')
-  elif step is None:
+    return _best_variables(workdir)
+  if step is None:
     path = workdir
   else:
     path = os.path.join(ckpts, str(int(step)))
@@ -62,6 +63,22 @@ def _variables(workdir: str, step) -> tuple[dict, int]:
                             f'{_steps(ckpts) or "none"})')
   loaded = checkpoint.load_variables(path)
   return {'params': loaded['params'], **loaded['model_state']}, loaded['step']
+
+
+def _best_variables(workdir: str) -> tuple[dict, int]:
+  """The keep-best checkpoint (``--best_metric``) as flax variables."""
+  path = policy.best_checkpoint_dir(workdir)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no keep-best checkpoint in {workdir} (train '
+                            'with --best_metric)')
+  best = policy.BestCheckpoint(path)
+  try:
+    loaded, info = best.restore()
+  finally:
+    best.close()
+  variables = jax.tree.map(np.asarray, loaded)
+  return {'params': variables['params'], **variables['model_state']}, int(
+      info['step'])
 
 
 def _steps(ckpts: str) -> list[int]:
@@ -76,6 +93,7 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
   Raises:
     FileNotFoundError: no recorded config or no such checkpoint.
   """
+  log_lib.quiet_libraries()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   cfg = config_lib.read_recorded(workdir)
   if cfg is None:

@@ -5,15 +5,47 @@ flushed as written: ``{"step": int, "split": "train"|"eval", ...}``. A
 restarted run appends to it; a partial last line (a crash mid-write) is
 dropped first. Steps between the last checkpoint and a crash are logged again
 after the resume; ``read_metrics`` keeps the last line per (step, split).
+The engine's lines carry ``time``: seconds of the run so far, continuing
+across restarts (a resumed run starts from the last logged ``time``).
+
+The console shows a progress bar (tqdm: steps/s, examples/s, loss, ETA) in a
+terminal or a notebook, and plain lines otherwise (CI, files): ``progress``
+of ``default_writer``.
 """
 
 import json
 import math
 import os
+import sys
 import time
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
+from absl import flags
 from absl import logging
+
+
+class QuietLibraries:
+  """A logging filter: drops orbax's routine INFO/WARNING lines (and tfds'
+  and grain's INFO); errors, and everyone else's warnings, still show."""
+
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+
+  def filter(self, record):
+    path = record.pathname
+    if '/orbax/' in path:
+      return record.levelno >= 40
+    return record.levelno >= 30 or not any(n in path for n in self.NOISY)
+
+
+_QUIET = QuietLibraries()
+
+
+def quiet_libraries() -> None:
+  """Installs ``QuietLibraries`` on absl's logger and handler (idempotent)."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  for target in (std_logging.getLogger('absl'), logging.get_absl_handler()):
+    if _QUIET not in target.filters:
+      target.addFilter(_QUIET)
 
 
 class Writer(Protocol):
@@ -32,25 +64,50 @@ def _jsonable(v):
 
 
 class JsonlWriter:
-  """Appends one flushed JSON line per call to ``path``."""
+  """Appends one flushed JSON line per call to ``path``.
 
-  def __init__(self, path: str):
-    self.path = path
+  With a ``clock`` (e.g. ``time.monotonic``) every line gets ``time``: the
+  seconds since this writer opened plus the ``time`` of the file's last
+  line, so wall time continues across restarts (time spent down is not
+  counted).
+  """
+
+  def __init__(self, path: str, clock: Callable[[], float] | None = None):
+    self.path, self.clock = path, clock
+    offset = 0.0
     if os.path.exists(path):
       with open(path, 'rb+') as f:
         data = f.read()
         if data and not data.endswith(b'\n'):
-          f.truncate(data.rfind(b'\n') + 1)  # drop a partial last line
+          data = data[:data.rfind(b'\n') + 1]
+          f.truncate(len(data))  # drop a partial last line
+      offset = _last_time(data)
+    self._offset = offset
+    self._start = clock() if clock else None
     self._f = open(path, 'a', encoding='utf-8')
 
   def write(self, step, split, metrics):
     line = {'step': int(step), 'split': split}
+    if self.clock is not None and 'time' not in metrics:
+      line['time'] = round(self._offset + self.clock() - self._start, 3)
     line.update({k: _jsonable(v) for k, v in metrics.items()})
     self._f.write(json.dumps(line) + '\n')
     self._f.flush()
 
   def close(self):
     self._f.close()
+
+
+def _last_time(data: bytes) -> float:
+  """The largest ``time`` among the last lines of a metrics file (0 if none)."""
+  for raw in reversed(data.splitlines()[-50:]):
+    try:
+      value = json.loads(raw).get('time')
+    except (ValueError, AttributeError):
+      continue
+    if isinstance(value, (int, float)):
+      return float(value)
+  return 0.0
 
 
 class TensorBoardWriter:
@@ -70,16 +127,30 @@ class TensorBoardWriter:
     self._w.close()
 
 
-class ConsoleWriter:
-  """Progress on the console: metrics, steps/s, examples/s and ETA."""
+def _emit_line(text: str) -> None:
+  """absl INFO under an absl app (the CLI); stderr otherwise (scripts)."""
+  if flags.FLAGS.is_parsed():
+    logging.info('%s', text)
+  else:
+    print(text, file=sys.stderr, flush=True)
 
-  def __init__(self, total_steps: int, batch_size: int, clock=time.monotonic):
+
+def _format(metrics: Mapping) -> str:
+  return ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                  for k, v in metrics.items() if k != 'time')
+
+
+class ConsoleWriter:
+  """Progress as log lines: metrics, steps/s, examples/s and ETA."""
+
+  def __init__(self, total_steps: int, batch_size: int, clock=time.monotonic,
+               emit: Callable[[str], None] | None = None):
     self.total, self.batch_size, self.clock = total_steps, batch_size, clock
+    self.emit = emit or (lambda text: logging.info('%s', text))
     self._last = None  # (step, time)
 
   def write(self, step, split, metrics):
-    text = ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                    for k, v in metrics.items())
+    text = _format(metrics)
     now = self.clock()
     if split == 'train' and self._last and step > self._last[0]:
       rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
@@ -88,10 +159,69 @@ class ConsoleWriter:
                f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
     if split == 'train':
       self._last = (step, now)
-    logging.info('[%d/%d] %s %s', step, self.total, split, text)
+    self.emit(f'[{step}/{self.total}] {split} {text}')
 
   def close(self):
     pass
+
+
+class ProgressBar:
+  """A tqdm bar (terminal or notebook): steps/s, ETA, loss and examples/s.
+
+  Train lines move the bar; eval lines are printed above it.
+  """
+
+  def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
+               file=None):
+    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+    self.batch_size, self.clock = batch_size, time.monotonic
+    self._last = None  # (step, time) of the previous train line
+    self._bar = tqdm(total=total_steps, initial=start_step, unit='step',
+                     dynamic_ncols=True, file=file or sys.stderr,
+                     smoothing=0.3)
+
+  def write(self, step, split, metrics):
+    if split != 'train':
+      self._bar.write(f'[{step}/{self._bar.total}] {split} {_format(metrics)}',
+                      file=self._bar.fp)
+      return
+    self._bar.update(max(step - self._bar.n, 0))
+    now = self.clock()
+    post = [f'{k}={metrics[k]:.4g}' for k in ('loss', 'accuracy')
+            if isinstance(metrics.get(k), float)]
+    if self._last and step > self._last[0]:
+      rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
+      post.append(f'{rate * self.batch_size:.0f} ex/s')
+    self._last = (step, now)
+    self._bar.set_postfix_str(' '.join(post), refresh=True)
+
+  def close(self):
+    self._bar.close()
+
+
+def in_notebook() -> bool:
+  """True inside a Jupyter kernel."""
+  if 'IPython' not in sys.modules:
+    return False
+  try:
+    from IPython import get_ipython  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  shell = get_ipython()
+  return shell is not None and type(shell).__name__ == 'ZMQInteractiveShell'
+
+
+def console_writer(progress: str, total_steps: int, batch_size: int,
+                   start_step: int = 0) -> Writer | None:
+  """The console part of ``default_writer`` for ``--progress``."""
+  if progress == 'auto':
+    tty = getattr(sys.stderr, 'isatty', lambda: False)()
+    progress = 'bar' if tty or in_notebook() else 'lines'
+  if progress == 'bar':
+    return ProgressBar(total_steps, batch_size, start_step)
+  if progress == 'lines':
+    return ConsoleWriter(total_steps, batch_size, emit=_emit_line)
+  return None
 
 
 class MultiWriter:
@@ -109,15 +239,18 @@ class MultiWriter:
 
 
 def default_writer(workdir: str, total_steps: int, batch_size: int,
-                   is_writer_process: bool) -> Writer:
-  """JSONL + TensorBoard + console on process 0; nothing elsewhere."""
+                   is_writer_process: bool, *, progress: str = 'lines',
+                   start_step: int = 0) -> Writer:
+  """JSONL (with ``time``) + TensorBoard + console on process 0; nothing
+  elsewhere. ``progress``: 'auto', 'bar', 'lines' or 'none'."""
   if not is_writer_process:
     return MultiWriter([])
   os.makedirs(workdir, exist_ok=True)
+  console = console_writer(progress, total_steps, batch_size, start_step)
   return MultiWriter([
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), clock=time.monotonic),
       TensorBoardWriter(os.path.join(workdir, 'tensorboard')),
-      ConsoleWriter(total_steps, batch_size),
+      *([console] if console else []),
   ])
 
 

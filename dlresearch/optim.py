@@ -2,12 +2,15 @@
 
 Order of the chain: clip by global norm -> (freeze mask) -> optimizer with
 weight decay on kernels only (biases and norm scales/offsets are skipped).
+SGD/Nesterov take ``--momentum``; Adam/AdamW take ``--adam_b1``,
+``--adam_b2`` and ``--adam_eps``.
 """
 
 import re
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 from dlresearch.config import Config
@@ -17,22 +20,50 @@ class FreezeError(ValueError):
   """The freeze regex is invalid or matches nothing (the CLI names --freeze)."""
 
 
+def warmup_then(base: float, warmup: int, main: optax.Schedule) -> optax.Schedule:
+  """``base * (count + 1) / warmup`` for the first ``warmup`` updates, then
+  ``main(count - warmup)``: the first update already moves (lr > 0)."""
+  if not warmup:
+    return main
+  ramp = lambda count: base * jnp.minimum(count + 1, warmup) / warmup
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def inverse_sqrt(base: float, warmup: int) -> optax.Schedule:
+  """The Transformer-base schedule with ``base`` as its peak.
+
+  ``base * min((count + 1) / warmup, sqrt(warmup / (count + 1)))``: linear
+  warmup to ``base`` at update ``warmup``, then decay as 1/sqrt(step).
+  Vaswani et al. use ``base = d_model^-0.5 * warmup^-0.5``.
+  """
+  warmup = max(warmup, 1)
+
+  def fn(count):
+    t = jnp.asarray(count, jnp.float32) + 1.0
+    return base * jnp.minimum(t / warmup, jnp.sqrt(warmup / t))
+
+  return fn
+
+
 def schedule(cfg: Config, num_steps: int) -> optax.Schedule:
-  """Linear warmup, then constant, cosine to zero, or step decay."""
+  """Linear warmup, then constant, cosine, step decay; or ``inverse_sqrt``.
+
+  Cosine decays to ``min_lr_ratio * learning_rate`` at the last step.
+  """
   base, warmup = cfg.learning_rate, min(cfg.warmup_steps, num_steps)
+  if cfg.schedule == 'inverse_sqrt':
+    return inverse_sqrt(base, cfg.warmup_steps)
   decay_steps = max(num_steps - warmup, 1)
   if cfg.schedule == 'constant':
     main = optax.constant_schedule(base)
   elif cfg.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(base, decay_steps)
+    main = optax.cosine_decay_schedule(base, decay_steps,
+                                       alpha=cfg.min_lr_ratio)
   else:  # step
     boundaries = {int(f * num_steps) - warmup: cfg.step_decay
                   for f in cfg.step_boundaries if int(f * num_steps) > warmup}
     main = optax.piecewise_constant_schedule(base, boundaries)
-  if not warmup:
-    return main
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, base, warmup), main], [warmup])
+  return warmup_then(base, warmup, main)
 
 
 def decay_mask(params):
@@ -74,10 +105,12 @@ def make(cfg: Config, num_steps: int, params=None) -> tuple[
   elif cfg.optimizer == 'adam':
     if cfg.weight_decay:  # L2 regularisation, as in classic Adam
       parts.append(optax.add_decayed_weights(cfg.weight_decay, decay_mask))
-    parts.append(optax.adam(lr, b1=cfg.momentum))
+    parts.append(optax.adam(lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
+                           eps=cfg.adam_eps))
   else:  # adamw: decoupled weight decay
-    parts.append(optax.adamw(lr, b1=cfg.momentum, weight_decay=cfg.weight_decay,
-                             mask=decay_mask))
+    parts.append(optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
+                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
+                            mask=decay_mask))
   tx = optax.chain(*parts)
   if cfg.freeze:
     if params is None:

@@ -191,6 +191,16 @@ def confusion_matrix_png(labels, predictions, class_names: Sequence[str], out: s
   Cells are annotated when there are at most 30 classes.
   """
   counts = confusion_matrix(labels, predictions, len(class_names))
+  confusion_counts_png(counts, class_names, out, normalize=normalize)
+  return counts
+
+
+def confusion_counts_png(counts, class_names: Sequence[str], out: str, *,
+                         normalize: bool = False, title_split: str = '') -> str:
+  """``confusion_matrix_png`` from a ``[true, predicted]`` count matrix."""
+  counts = np.asarray(counts)
+  if counts.shape != (len(class_names), len(class_names)):
+    raise ValueError(f'counts of shape {counts.shape} for {len(class_names)} classes')
   shown = counts.astype(np.float64)
   if normalize:
     shown /= np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -204,14 +214,15 @@ def confusion_matrix_png(labels, predictions, class_names: Sequence[str], out: s
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
   accuracy = np.trace(counts) / max(counts.sum(), 1)
-  ax.set_title(f'confusion matrix ({counts.sum()} examples, accuracy {accuracy:.4f})')
+  where = f'{title_split}: ' if title_split else ''
+  ax.set_title(f'confusion matrix ({where}{counts.sum()} examples, accuracy '
+               f'{accuracy:.4f})')
   if len(class_names) <= 30:
     top = shown.max() if shown.size else 0
     for (i, j), v in np.ndenumerate(shown):
       ax.text(j, i, f'{v:.2f}' if normalize else str(int(v)), ha='center', va='center',
               fontsize='small', color='white' if v > 0.5 * top else 'black')
-  _save(fig, out)
-  return counts
+  return _save(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from importlib import metadata
 from typing import Callable, Iterable
 
@@ -27,8 +28,9 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlresearch import checkpoint, config as config_lib
+from dlresearch import checkpoint, config as config_lib, ema as ema_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
+from dlresearch import plot, policy, summary as summary_lib
 from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds, pipeline
@@ -90,8 +92,13 @@ def accumulate(grad_fn: Callable, steps: int) -> Callable:
 
 
 def train_step(state: state_lib.TrainState, batch, *, grad_fn: Callable,
-               tx: optax.GradientTransformation, axis_name: str | None = None):
+               tx: optax.GradientTransformation, axis_name: str | None = None,
+               ema_decay: float = 0.0):
   """One update. ``(state, batch) -> (state, metrics)``.
+
+  With ``ema_decay`` > 0 (and ``state.ema_params``), the EMA of the params
+  follows the update: ``ema.ema_update(ema, new_params, ema_decay,
+  step=old_step)``.
 
   ``grad_fn(params, model_state, batch, rng) -> (grads, sums, model_state)``
   is ``gradients`` bound to a model and task (``make_train_step``), possibly
@@ -109,27 +116,48 @@ def train_step(state: state_lib.TrainState, batch, *, grad_fn: Callable,
     model_state = jax.lax.pmean(model_state, axis_name)
     sums = jax.lax.psum(sums, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_decay and ema_params is not None:
+    ema_params = ema_lib.ema_update(ema_params, params, ema_decay, state.step)
   state = state.replace(step=state.step + 1, opt_state=opt_state,
-                        params=optax.apply_updates(state.params, updates),
-                        model_state=model_state)
+                        params=params, model_state=model_state,
+                        ema_params=ema_params)
   out = {k: v / sums['count'] for k, v in sums.items() if k != 'count'}
   out['grad_norm'] = optax.tree.norm(grads)
   return state, out
 
 
 def make_train_step(model, task, tx: optax.GradientTransformation,
-                    accum_steps: int = 1) -> Callable:
+                    accum_steps: int = 1, ema_decay: float = 0.0) -> Callable:
   """``train_step`` bound to a model, task and optimizer (not yet jitted)."""
   grad_fn = functools.partial(gradients, model=model, task=task)
   return functools.partial(train_step, grad_fn=accumulate(grad_fn, accum_steps),
-                           tx=tx)
+                           tx=tx, ema_decay=ema_decay)
 
 
 def eval_step(state: state_lib.TrainState, batch, *, model, task,
-              axis_name: str | None = None):
-  """Masked metric sums for one eval batch (padding examples count 0)."""
-  sums, _ = task(model, state.variables(), batch, train=False)
+              axis_name: str | None = None, ema: bool = False):
+  """Masked metric sums for one eval batch (padding examples count 0).
+
+  ``ema``: evaluate ``state.ema_params`` instead of ``state.params``.
+  """
+  params = state.ema_params if ema else None
+  sums, _ = task(model, state.variables(params), batch, train=False)
   return jax.lax.psum(sums, axis_name) if axis_name else sums
+
+
+def confusion_step(state: state_lib.TrainState, batch, *, model, task,
+                   num_classes: int, axis_name: str | None = None):
+  """``[true, predicted]`` counts of one eval batch (padding counts 0)."""
+  args, kwargs = task.model_inputs(batch)
+  logits = model.apply(state.variables(), *args, train=False, **kwargs)
+  labels = batch[task.label_key].astype(jnp.int32).reshape(-1)
+  predicted = jnp.argmax(logits, axis=-1).reshape(-1)
+  valid = batch.get('_valid', jnp.ones(labels.shape, jnp.float32))
+  counts = jnp.zeros((num_classes, num_classes), jnp.float32).at[
+      labels, predicted].add(valid.reshape(-1))
+  return jax.lax.psum(counts, axis_name) if axis_name else counts
 
 
 # ---------------------------------------------------------------------------
@@ -197,6 +225,111 @@ class Preemption:
   def close(self):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+
+
+
+class WindowMean:
+  """Sums a step's metrics on device; ``pop()`` gives their window mean.
+
+  Train lines report the mean over the steps since the last line, not one
+  batch; summing stays on device (no host sync per step).
+  """
+
+  def __init__(self):
+    self._sum, self._count = None, 0
+
+  def add(self, metrics) -> None:
+    self._sum = metrics if self._sum is None else jax.tree.map(
+        jnp.add, self._sum, metrics)
+    self._count += 1
+
+  def pop(self):
+    out = jax.tree.map(lambda v: v / self._count, self._sum)
+    self._sum, self._count = None, 0
+    return out
+
+
+class Profiler:
+  """``--profile_steps=START:END``: a jax.profiler trace of those steps.
+
+  Written under ``WORKDIR/profile`` (process 0); open it with TensorBoard's
+  profile plugin: ``tensorboard --logdir=WORKDIR/profile``.
+  """
+
+  def __init__(self, spec: str, workdir: str):
+    self.range = config_lib.profile_range(spec) if spec else None
+    self.logdir = os.path.join(workdir, 'profile')
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Call before running step ``step`` (0-based)."""
+    if self.range and step == self.range[0] and jax.process_index() == 0:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    """Call after step ``step`` ran; stops at END (or at the run's end)."""
+    if self.active and step + 1 >= self.range[1]:
+      self.stop(state)
+
+  def stop(self, state) -> None:
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info('profile of steps %s written to %s', self.range,
+                   self.logdir)
+
+
+def use_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in ``directory`` ('none'/'': off).
+
+  The default directory yields to one already configured (e.g. by
+  ``JAX_COMPILATION_CACHE_DIR``); an explicit one replaces it.
+  """
+  if directory.lower() in ('', 'none'):
+    jax.config.update('jax_enable_compilation_cache', False)
+    return
+  default = Config.__dataclass_fields__['compilation_cache'].default
+  if directory == default and jax.config.jax_compilation_cache_dir:
+    return
+  path = os.path.expanduser(directory)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_enable_compilation_cache', True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
+@dataclasses.dataclass
+class Head:
+  """The first ``limit`` examples of a dataset (``--eval_max_examples``)."""
+
+  dataset: pipeline.Dataset
+  limit: int
+
+  @property
+  def num_examples(self) -> int:
+    return min(self.dataset.num_examples, self.limit)
+
+  def get(self, indices, rngs):
+    return self.dataset.get(indices, rngs)
+
+
+def write_plots(workdir: str, counts=None, class_names=None,
+                split: str = '') -> None:
+  """``WORKDIR/plots/curves.png`` (and ``confusion_matrix.png``)."""
+  if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+    return  # a custom writer: no metrics file to plot
+  out = os.path.join(workdir, 'plots')
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    plot.plot_curves([workdir], os.path.join(out, 'curves.png'),
+                     labels=[os.path.basename(os.path.normpath(workdir))])
+  if counts is not None:
+    names = class_names or [str(i) for i in range(len(counts))]
+    plot.confusion_counts_png(counts, names,
+                              os.path.join(out, 'confusion_matrix.png'),
+                              title_split=split)
 
 
 def _fetch_finite(step: int, host_metrics) -> dict[str, float]:
@@ -300,6 +433,7 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     The final eval metrics plus ``step``; when stopped by SIGTERM or Ctrl-C
     after checkpointing, ``{'step', 'preempted': 'SIGTERM' | 'SIGINT'}``.
   """
+  log_lib.quiet_libraries()
   preemption = Preemption()
   try:
     return _run(cfg, workdir, data, eval_hooks, writer, preemption)
@@ -341,7 +475,9 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
 
 def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
                 fresh) -> dict:
+  use_compilation_cache(cfg.compilation_cache)
   data = data or kinds.build(cfg, workdir, fresh)
+  _check_selection_split(cfg, data)
   task = data.task
   if data.train.num_examples < cfg.batch_size and not cfg.eval_only:
     raise ConfigError('batch_size', f'{cfg.batch_size} is larger than the '
@@ -360,7 +496,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
       lambda: model.init(jax.random.PRNGKey(0), *args, train=False, **kwargs)
   )['params']
   tx, lr_schedule = optim.make(cfg, num_steps, abstract_params)
-  create = functools.partial(state_lib.create, model, tx, args, kwargs, cfg.seed)
+  create = functools.partial(state_lib.create, model, tx, args, kwargs,
+                             cfg.seed, ema=cfg.ema_decay > 0)
   shapes = jax.eval_shape(create)
   shardings = parallel.state_shardings(shapes, mesh)
   abstract_state = jax.tree.map(
@@ -370,62 +507,218 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
-  state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state)
+  state, start, data_state = _initial_state(cfg, ckpt, create, shardings,
+                                            abstract_state, workdir)
   state = strategy.from_saved(state)
-  p_train = strategy.train_step(
-      make_train_step(model, task, tx, cfg.grad_accum_steps))
-  p_eval = strategy.eval_step(functools.partial(eval_step, model=model, task=task))
+  p_train = strategy.train_step(make_train_step(
+      model, task, tx, cfg.grad_accum_steps, cfg.ema_decay))
+  p_eval = strategy.eval_step(functools.partial(eval_step, model=model,
+                                                task=task))
+  p_eval_ema = (strategy.eval_step(functools.partial(
+      eval_step, model=model, task=task, ema=True)) if cfg.ema_decay else None)
   eval_batch_size = cfg.eval_batch_size or cfg.batch_size
   hooks = [*data.eval_hooks, *eval_hooks]
-  writer = writer or log_lib.default_writer(workdir, num_steps, cfg.batch_size,
-                                            is_chief)
+  writer = writer or log_lib.default_writer(
+      workdir, num_steps, cfg.batch_size, is_chief, progress=cfg.progress,
+      start_step=start)
+  best = _BestPolicy(cfg, workdir, strategy, data_state)
+  eval_name = data.eval_split or 'eval'
+  periodic_eval = (Head(data.eval, cfg.eval_max_examples)
+                   if cfg.eval_max_examples else data.eval)
 
-  def evaluate(step, state, _=None):
+  def metric_sums(fn, dataset, state):
     sums = None
-    for local in pipeline.eval_batches(data.eval, eval_batch_size,
+    for local in pipeline.eval_batches(dataset, eval_batch_size,
                                        jax.process_index(), jax.process_count()):
-      sums = tasks.add_sums(sums, p_eval(state, strategy.batch(local)))
-    result = task.finalize(tasks.finalize_sums(strategy.host(sums)))
-    for hook in hooks:
-      result.update(hook(model, state))
-    writer.write(step, 'eval', result)
+      sums = tasks.add_sums(sums, fn(state, strategy.batch(local)))
+    return task.finalize(tasks.finalize_sums(strategy.host(sums)))
+
+  def evaluate(step, state, dataset=periodic_eval, split='eval',
+               name=eval_name, with_hooks=True):
+    result = metric_sums(p_eval, dataset, state)
+    if p_eval_ema is not None:
+      result.update({f'ema_{k}': v for k, v in
+                     metric_sums(p_eval_ema, dataset, state).items()})
+    if with_hooks:
+      for hook in hooks:
+        result.update(hook(model, state))
+    writer.write(step, split, {'dataset_split': name, **result})
     return result
 
+  def periodic(step, state, _=None):
+    result = evaluate(step, state)
+    if best.update(step, state, result):
+      stop[0] = step
+    if is_chief and cfg.plots:
+      write_plots(workdir)
+
   def log_train(step, state, step_metrics):
-    host = _fetch_finite(step, strategy.host(step_metrics))
+    host = _fetch_finite(step, strategy.host(window.pop()))
     host['learning_rate'] = float(lr_schedule(step - 1))
     writer.write(step, 'train', host)
 
-  def save(step, state, step_metrics):
-    _fetch_finite(step, strategy.host(step_metrics))
-    ckpt.save(step, strategy.to_saved(state), train_iter.state())
+  def save(step, state, step_metrics=None):
+    if step_metrics is not None:
+      _fetch_finite(step, strategy.host(step_metrics))
+    ckpt.save(step, state_lib.to_checkpoint(strategy.to_saved(state)),
+              {**train_iter.state(), **best.state_dict()})
 
+  def finish(step, state, track=True) -> dict:
+    """The final eval (all of the eval split), the test split, pictures."""
+    result = evaluate(step, state, data.eval)
+    if track and not cfg.eval_max_examples:  # ranked like the periodic evals
+      best.update(step, state, result)
+    if data.test is not None and not cfg.eval_only:
+      test = evaluate(step, state, data.test, 'test', data.test_split,
+                      with_hooks=False)
+      result.update({f'test_{k}': v for k, v in test.items()})
+    counts = _confusion(cfg, model, task, data, strategy, state,
+                        eval_batch_size) if cfg.plots else None
+    if is_chief and cfg.plots:
+      write_plots(workdir, counts, data.label_names, eval_name)
+    return {'step': step, **result}
+
+  stop = [None]
+  window = WindowMean()
+  profiler = Profiler(cfg.profile_steps, workdir)
   try:
     if cfg.eval_only:
-      return {'step': start, **evaluate(start, state)}
+      if cfg.test_split and cfg.test_split != 'none' and data.test is not None:
+        test = evaluate(start, state, data.test, 'test', data.test_split,
+                        with_hooks=False)
+        return {'step': start, **evaluate(start, state, data.eval),
+                **{f'test_{k}': v for k, v in test.items()}}
+      return {'step': start, **evaluate(start, state, data.eval)}
     train_iter = pipeline.TrainIterator(
         data.train, cfg.batch_size, cfg.seed, step=start,
         process_index=jax.process_index(), process_count=jax.process_count(),
         threads=cfg.grain_threads if data.use_grain else 0,
         workers=cfg.grain_workers if data.use_grain else 0)
-    periodic = [Periodic(cfg.log_every, log_train),
-                Periodic(cfg.checkpoint_every, save),
-                Periodic(cfg.eval_every, evaluate, at_end=False)]
+    hooks_every = [Periodic(cfg.log_every, log_train),
+                   Periodic(cfg.eval_every, periodic, at_end=False),
+                   Periodic(cfg.checkpoint_every, save, at_end=False)]
+    step_fn = p_train
     for step in range(start, num_steps):
       batch = strategy.batch(next(train_iter))
-      state, step_metrics = p_train(state, batch)
-      for hook in periodic:
+      if step == start and cfg.model_summary:
+        step_fn = _summarize(cfg, workdir, model, args, kwargs, state, batch,
+                             p_train, is_chief)
+      profiler.before(step)
+      state, step_metrics = step_fn(state, batch)
+      window.add(step_metrics)
+      profiler.after(step, state)
+      for hook in hooks_every:
         hook(step + 1, num_steps, state, step_metrics)
+      if stop[0] is not None:
+        logging.warning('early stopping at step %d: no better %s in %d evals '
+                        '(best %s at step %s)', step + 1, cfg.best_metric,
+                        cfg.early_stopping_patience, best.tracker.best_value,
+                        best.tracker.best_step)
+        break
       if preemption.reached(step + 1):
         save(step + 1, state, step_metrics)
         ckpt.wait()
         logging.warning('stopped by %s at step %d (checkpointed)',
                         preemption.received, step + 1)
         return {'step': step + 1, 'preempted': preemption.received}
-    return {'step': max(num_steps, start), **evaluate(max(num_steps, start), state)}
+    profiler.stop(state)
+    last = start if start >= num_steps else step + 1
+    if stop[0] is not None:
+      save(last, state)
+      return {'step': last, 'stopped_early': True,
+              **finish(last, state, track=False)}
+    out = finish(max(num_steps, start), state)
+    save(max(num_steps, start), state)
+    return out
   finally:
     ckpt.close()
+    best.close()
     writer.close()
+
+
+def _check_selection_split(cfg: Config, data: pipeline.Data) -> None:
+  """Model selection never uses the test split unless asked to by name."""
+  if cfg.best_metric and data.eval_split == 'test' and cfg.eval_split != 'test':
+    raise ConfigError('best_metric', f'{cfg.dataset} has no validation split, '
+                      'so periodic evals use its test split; selecting on test '
+                      'overstates the result. Hold out part of train '
+                      "(--train_split='train[:90%]' --eval_split="
+                      "'train[90%:]') or pass --eval_split=test to select on "
+                      'test knowingly')
+
+
+class _BestPolicy:
+  """``--best_metric``: keep-best checkpoint and early stopping in the loop.
+
+  The tracker's state rides in the regular checkpoint's data item, so a
+  resumed run decides as the uninterrupted one would.
+  """
+
+  def __init__(self, cfg: Config, workdir: str, strategy, data_state: dict):
+    self.strategy = strategy
+    self.tracker = self.ckpt = None
+    if not cfg.best_metric:
+      return
+    self.tracker = policy.BestTracker(cfg.best_metric, cfg.best_mode,
+                                      cfg.early_stopping_patience)
+    if data_state.get('best'):
+      self.tracker.load_state_dict(data_state['best'])
+    if not cfg.eval_only:
+      self.ckpt = policy.BestCheckpoint(policy.best_checkpoint_dir(workdir))
+
+  def update(self, step: int, state, metrics) -> bool:
+    """Records an eval; True when the run should stop early."""
+    if self.tracker is None or self.ckpt is None:
+      return False
+    try:
+      decision = self.tracker.update(step, metrics)
+    except ValueError as e:
+      raise ConfigError('best_metric', str(e)) from None
+    if decision.is_best:
+      saved = self.strategy.to_saved(state)
+      self.ckpt.save(step, saved.params, saved.model_state, metrics)
+    return decision.should_stop
+
+  def state_dict(self) -> dict:
+    return {'best': self.tracker.state_dict()} if self.tracker else {}
+
+  def close(self) -> None:
+    if self.ckpt is not None:
+      self.ckpt.close()
+
+
+def _confusion(cfg, model, task, data, strategy, state, batch_size):
+  """Counts ``[true, predicted]`` on the eval split, or None (not a
+  classification with integer labels, or more than 100 classes)."""
+  num_classes = data.model_kwargs.get('num_classes')
+  if (not isinstance(task, tasks.Classification) or not num_classes or
+      num_classes > 100 or task.loss == 'mse'):
+    return None
+  step = strategy.eval_step(functools.partial(
+      confusion_step, model=model, task=task, num_classes=num_classes))
+  counts = None
+  for local in pipeline.eval_batches(data.eval, batch_size,
+                                     jax.process_index(), jax.process_count()):
+    c = step(state, strategy.batch(local))
+    counts = c if counts is None else counts + c
+  return np.rint(np.asarray(strategy.host(counts))).astype(np.int64)
+
+
+def _summarize(cfg, workdir, model, args, kwargs, state, batch, p_train,
+               is_chief) -> Callable:
+  """Compiles the train step ahead of time, prints and writes the model
+  summary (``WORKDIR/model_summary.txt``); returns the step to run."""
+  try:
+    compiled = p_train.lower(state, batch).compile()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    logging.warning('no ahead-of-time compile for the summary: %s', e)
+    compiled = None
+  if is_chief:
+    text = summary_lib.summary(model, args, kwargs, state, compiled,
+                               batch_size=cfg.batch_size)
+    summary_lib.write(workdir, text)
+    print(text, file=sys.stderr, flush=True)
+  return compiled or p_train
 
 
 def build_model(cfg: Config, data_kwargs: dict):
@@ -450,18 +743,24 @@ def build_model(cfg: Config, data_kwargs: dict):
     raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
 
 
-def _initial_state(cfg, ckpt, create, shardings, abstract_state):
+def _initial_state(cfg, ckpt, create, shardings, abstract_state, workdir):
   """Resume order: workdir checkpoint, then --init_from params, then fresh.
 
-  Returns the state as global arrays laid out by ``shardings``.
+  Returns ``(state, start step, data state)``, the state as global arrays
+  laid out by ``shardings``. ``--eval_only --eval_checkpoint=best`` swaps in
+  the keep-best checkpoint's params and model state.
   """
   if ckpt.latest_step() is not None:
     # The newest checkpoint that reads and verifies; corrupt ones are moved
     # aside (never deleted) when training, left in place by --eval_only.
     state, data_state, _ = ckpt.restore_latest_good(
-        abstract_state, move_aside=not cfg.eval_only)
+        state_lib.to_checkpoint(abstract_state), move_aside=not cfg.eval_only)
+    state = state_lib.from_checkpoint(state)
     logging.info('resumed from step %d', data_state['step'])
-    return state, data_state['step']
+    if cfg.eval_only and cfg.eval_checkpoint:
+      state, step = _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir)
+      return state, step, data_state
+    return state, data_state['step'], data_state
   state = jax.jit(create, out_shardings=shardings)()
   if cfg.init_from:
     pretrained = checkpoint.load_variables(cfg.init_from)
@@ -469,4 +768,27 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state):
     model_state, _, _ = checkpoint.merge_pretrained(
         state.model_state, pretrained['model_state'], 'model_state')
     state = state.replace(params=params, model_state=model_state)
-  return state, 0
+  return state, 0, {}
+
+
+def _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir):
+  """The state of ``--eval_checkpoint`` ('best' or a step number)."""
+  if cfg.eval_checkpoint == 'best':
+    best = policy.BestCheckpoint(policy.best_checkpoint_dir(workdir))
+    try:
+      if best.best_step() is None:
+        raise ConfigError('eval_checkpoint', f'no keep-best checkpoint in '
+                          f'{workdir} (train with --best_metric)')
+      variables, info = best.restore({'params': abstract_state.params,
+                                      'model_state': abstract_state.model_state})
+    finally:
+      best.close()
+    return state.replace(params=variables['params'],
+                         model_state=variables['model_state']), info['step']
+  step = int(cfg.eval_checkpoint)
+  if step not in ckpt.all_steps():
+    raise ConfigError('eval_checkpoint', f'no checkpoint step {step} in '
+                      f'{workdir} (steps: {ckpt.all_steps()})')
+  state, data_state = ckpt.restore(state_lib.to_checkpoint(abstract_state),
+                                   step)
+  return state_lib.from_checkpoint(state), data_state['step']

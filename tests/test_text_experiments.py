@@ -223,8 +223,9 @@ def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
 
 
 def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
+  # Evals default to the validation split; this test reads the test pairs.
   cfg = tiny(transformer_translate.PRESETS, 'number_words',
-                   data_dir=data_dir)
+                   data_dir=data_dir, eval_split='test')
   result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'bleu')
   for key in ('bleu', 'chrf', 'exact_match', 'perplexity', 'accuracy'):

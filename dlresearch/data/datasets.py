@@ -409,6 +409,17 @@ def dataset_info(
   )
 
 
+def label_names(name: str, data_dir: str, manual_dir: str | None = None
+                ) -> list[str] | None:
+  """The ClassLabel names of dataset ``name``'s ``label``, or None."""
+  try:
+    label = _open(name, os.fspath(data_dir), manual_dir).info.features['label']
+    names = list(label.names)
+  except (KeyError, AttributeError, ValueError):
+    return None
+  return names or None
+
+
 def _payload_sha256(path: pathlib.Path) -> str:
   digest = hashlib.sha256()
   with gzip.open(path, 'rb') as f:

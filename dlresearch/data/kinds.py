@@ -109,11 +109,16 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   del workdir, fresh
   data_dir, manual_dir = _dirs(cfg)
   info = datasets.dataset_info(cfg.dataset, data_dir, manual_dir)
+  default_eval = ('validation' if 'validation' in info.splits
+                  else info.eval_split)
   splits = {'train': cfg.train_split or info.train_split,
-            'eval': cfg.eval_split or info.eval_split}
+            'eval': cfg.eval_split or default_eval}
+  splits['test'] = test_split_name(cfg, splits['eval'], info.splits,
+                                   info.eval_split != 'validation')
   for flag, split in (('train_split', splits['train']),
-                      ('eval_split', splits['eval'])):
-    if info.splits and split.split('[')[0] not in info.splits:
+                      ('eval_split', splits['eval']),
+                      ('test_split', splits['test'] or '')):
+    if split and info.splits and split.split('[')[0] not in info.splits:
       raise ConfigError(flag, f'{cfg.dataset} has no split {split!r}; it has '
                         f'{", ".join(sorted(info.splits))}')
   key = info.input_key
@@ -156,8 +161,29 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                         'varying size')
     perm = spatial_permutation(info.input_shape[0])
     train, evals = (permute_positions(d, key, perm) for d in (train, evals))
+  test = None
+  if splits['test']:
+    test = make(splits['test'], False)
+    if cfg.shuffle_spatial:
+      test = permute_positions(test, key, perm)
   return pipeline.Data(train, evals, task, {'num_classes': info.num_classes},
-                       use_grain=not in_memory)
+                       use_grain=not in_memory, eval_split=splits['eval'],
+                       test=test, test_split=splits['test'] or '',
+                       label_names=datasets.label_names(cfg.dataset, data_dir,
+                                                        manual_dir))
+
+
+def test_split_name(cfg: Config, eval_split: str, available, test_labelled=True
+                    ) -> str | None:
+  """The split evaluated once at the end: ``--test_split``, else ``test``
+  when the dataset has a labelled one and periodic evals use another."""
+  if cfg.test_split == 'none':
+    return None
+  if cfg.test_split:
+    return cfg.test_split
+  if test_labelled and 'test' in available and eval_split != 'test':
+    return 'test'
+  return None
 
 
 def audit_groups(cfg: Config, split: str, input_key: str, label_key: str
@@ -233,7 +259,8 @@ def _register_wmt(name: str) -> None:
 def open_split(cfg: Config, train: bool):
   """``(split name, source)``: ``--train_split``/``--eval_split`` or defaults.
 
-  Default eval split: ``test``, else ``validation``.
+  Default eval split (periodic evals, model selection): ``validation``,
+  else ``test``.
   """
   _register_wmt(cfg.dataset)
   data_dir, manual_dir = _dirs(cfg)
@@ -241,12 +268,27 @@ def open_split(cfg: Config, train: bool):
     split = (cfg.train_split or 'train') if train else cfg.eval_split
     return split, datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
   try:
-    return 'test', datasets.get_source(cfg.dataset, 'test', data_dir, manual_dir)
+    return 'validation', datasets.get_source(cfg.dataset, 'validation',
+                                             data_dir, manual_dir)
   except ValueError as e:
     if 'Unknown split' not in str(e):
       raise
-    return 'validation', datasets.get_source(cfg.dataset, 'validation',
-                                             data_dir, manual_dir)
+    return 'test', datasets.get_source(cfg.dataset, 'test', data_dir,
+                                       manual_dir)
+
+
+def open_test(cfg: Config, eval_split: str):
+  """``(split name, source)`` of the split evaluated at the end, or None."""
+  if cfg.test_split == 'none' or (not cfg.test_split and eval_split == 'test'):
+    return None
+  data_dir, manual_dir = _dirs(cfg)
+  split = cfg.test_split or 'test'
+  try:
+    return split, datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
+  except ValueError as e:
+    if cfg.test_split or 'Unknown split' not in str(e):
+      raise
+    return None
 
 
 def read_columns(cfg: Config, source, fields: Sequence[str]) -> dict:
@@ -349,14 +391,22 @@ def lm(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   _, train_src = open_split(cfg, train=True)
   train_texts = read_columns(cfg, train_src, ['text_key'])[cfg.text_key]
   tok = workdir_tokenizer(cfg, workdir, fresh, lambda: train_texts)
-  _, eval_src = open_split(cfg, train=False)
-  eval_texts = read_columns(cfg, eval_src, ['text_key'])[cfg.text_key]
+  eval_name, eval_src = open_split(cfg, train=False)
+
+  def rows(source):
+    texts = read_columns(cfg, source, ['text_key'])[cfg.text_key]
+    return compact(text.lm_arrays(texts, tok, cfg.seq_len), tok.vocab_size)
+
   train = compact(text.lm_arrays(train_texts, tok, cfg.seq_len), tok.vocab_size)
-  evals = compact(text.lm_arrays(eval_texts, tok, cfg.seq_len), tok.vocab_size)
+  evals = rows(eval_src)
+  test = open_test(cfg, eval_name)
   bits = 'bits_per_char' if cfg.tokenizer == 'char' else 'bits_per_token'
   task = tasks.LanguageModel(bits_name=bits, label_smoothing=cfg.label_smoothing)
   sizes = model_sizes(cfg, vocab_size=tok.vocab_size, max_len=cfg.seq_len)
-  data = pipeline.Data(train, evals, task, sizes, tokenizer=tok)
+  data = pipeline.Data(train, evals, task, sizes, tokenizer=tok,
+                       eval_split=eval_name,
+                       test=rows(test[1]) if test else None,
+                       test_split=test[0] if test else '')
   if cfg.sample:
     data.eval_hooks.append(hooks.sample_hook(cfg, tok, sizes.get('max_len')))
   return data
@@ -370,8 +420,9 @@ def text_classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data
   train_cols = read_columns(cfg, train_src, fields)
   tok = workdir_tokenizer(cfg, workdir, fresh,
                           lambda: train_cols[cfg.text_key])
-  _, eval_src = open_split(cfg, train=False)
+  eval_name, eval_src = open_split(cfg, train=False)
   eval_cols = read_columns(cfg, eval_src, fields)
+  test = open_test(cfg, eval_name)
   classes = num_classes(train_src, cfg.label_key, train_cols[cfg.label_key])
 
   def arrays(cols, name):
@@ -387,8 +438,12 @@ def text_classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data
                               label_smoothing=cfg.label_smoothing)
   sizes = model_sizes(cfg, vocab_size=tok.vocab_size, num_classes=classes,
                       max_len=cfg.max_len)
-  return pipeline.Data(arrays(train_cols, 'train'), arrays(eval_cols, 'eval'),
-                       task, sizes, tokenizer=tok)
+  return pipeline.Data(
+      arrays(train_cols, 'train'), arrays(eval_cols, eval_name), task, sizes,
+      tokenizer=tok, eval_split=eval_name,
+      test=(arrays(read_columns(cfg, test[1], fields), test[0]) if test
+            else None),
+      test_split=test[0] if test else '')
 
 
 @register('seq2seq')
@@ -405,8 +460,9 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   tok = workdir_tokenizer(
       cfg, workdir, fresh,
       lambda: train_cols[cfg.source_key] + train_cols[cfg.target_key])
-  _, eval_src = open_split(cfg, train=False)
+  eval_name, eval_src = open_split(cfg, train=False)
   eval_cols = read_columns(cfg, eval_src, fields)
+  test = open_test(cfg, eval_name)
   n = cfg.max_len
   train = text.translation_arrays(train_cols[cfg.source_key],
                                   train_cols[cfg.target_key], tok, n + 1)
@@ -419,9 +475,15 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                                   eval_cols[cfg.target_key], tok, n)
   task = tasks.Seq2Seq(label_smoothing=cfg.label_smoothing)
   sizes = model_sizes(cfg, vocab_size=tok.vocab_size, max_len=n)
+  test_arrays = None
+  if test:  # teacher-forced metrics only; BLEU is computed on the eval split
+    cols = read_columns(cfg, test[1], fields)
+    test_arrays = compact(text.translation_arrays(
+        cols[cfg.source_key], cols[cfg.target_key], tok, n), tok.vocab_size)
   data = pipeline.Data(compact(train, tok.vocab_size),
                        compact(evals, tok.vocab_size), task, sizes,
-                       tokenizer=tok)
+                       tokenizer=tok, eval_split=eval_name, test=test_arrays,
+                       test_split=test[0] if test else '')
   data.eval_hooks.append(hooks.translation_hook(
       cfg, workdir, tok, evals, eval_cols[cfg.source_key],
       eval_cols[cfg.target_key]))

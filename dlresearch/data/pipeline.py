@@ -262,3 +262,11 @@ class Data:
   # ``hook(model, state) -> dict`` called at every eval; their keys join the
   # eval line (e.g. BLEU, a sampled continuation).
   eval_hooks: list = dataclasses.field(default_factory=list)
+  # The dataset split ``eval`` holds (named in every eval line); periodic
+  # evals and model selection use it.
+  eval_split: str = ''
+  # A held-out split evaluated once, at the end (eval line split 'test'),
+  # when it differs from ``eval_split``; never used for selection.
+  test: Dataset | None = None
+  test_split: str = ''
+  label_names: list | None = None  # class names, for pictures and export

@@ -120,8 +120,10 @@ class Config:
                       'decay) or adamw (decoupled weight decay).')
   learning_rate: float = _f(1e-3, 'Peak learning rate (> 0).')
   momentum: float = _f(0.9, 'SGD momentum / Adam beta1 (>= 0).')
-  weight_decay: float = _f(0.0, 'Weight decay on kernels and embeddings '
-                           '(>= 0; biases and norm parameters are skipped).')
+  weight_decay: float = _f(0.0, 'Weight decay on weight matrices and token '
+                           'embeddings (>= 0; biases, norm parameters, '
+                           'position tables and the ViT class token are '
+                           'skipped: optim.decay_role).')
   schedule: str = _f('constant', 'Learning-rate schedule after warmup.')
   warmup_steps: int = _f(0, 'Linear warmup steps (>= 0).')
   step_boundaries: tuple = _f((0.3333, 0.6667, 0.8889), 'Comma-separated '

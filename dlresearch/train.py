@@ -199,6 +199,24 @@ class Preemption:
       signal.signal(sig, old)
 
 
+@jax.jit
+def count_non_finite(tree) -> jax.Array:
+  """How many NaN/inf values the floating-point leaves of ``tree`` hold."""
+  counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return sum(counts, jnp.int32(0))
+
+
+def _non_finite_reason(state) -> str | None:
+  """Why ``state`` must not be saved or trained on, or None."""
+  bad = {name: int(count_non_finite(getattr(state, name)))
+         for name in ('params', 'opt_state', 'model_state')}
+  bad = {k: v for k, v in bad.items() if v}
+  if not bad:
+    return None
+  return 'non-finite values in ' + ', '.join(f'{k} ({v})' for k, v in bad.items())
+
+
 def _fetch_finite(step: int, host_metrics) -> dict[str, float]:
   """A step's metrics as floats; NonFiniteLossError if loss/grads blew up."""
   host = {k: float(v) for k, v in host_metrics.items()}
@@ -321,6 +339,10 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
   recorded = None if fresh else config_lib.read_recorded(workdir)
   if recorded is not None:
     config_lib.check_resume(recorded, cfg, workdir)
+  if cfg.init_from and fresh and not cfg.eval_only:
+    problem = checkpoint.describe_init_from(cfg.init_from)
+    if problem:
+      raise ConfigError('init_from', problem)
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
   created = not os.path.exists(workdir)
@@ -371,6 +393,11 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
   state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state)
+  if start > num_steps and not cfg.eval_only:
+    raise ConfigError('num_steps', f'{workdir} is already at step {start}, '
+                      f'past {num_steps}; it does not train backwards: use '
+                      '--eval_only to evaluate it, or a new --workdir (with '
+                      '--init_from to start from its params)')
   state = strategy.from_saved(state)
   p_train = strategy.train_step(
       make_train_step(model, task, tx, cfg.grad_accum_steps))
@@ -398,7 +425,16 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
 
   def save(step, state, step_metrics):
     _fetch_finite(step, strategy.host(step_metrics))
-    ckpt.save(step, strategy.to_saved(state), train_iter.state())
+    saved = strategy.to_saved(state)
+    # The loss and gradients above come from before the update; the state
+    # saved is after it (an overflowing learning rate turns it to inf/NaN).
+    reason = _non_finite_reason(saved)
+    if reason:
+      raise NonFiniteLossError(
+          f'{reason} after the update of step {step}: the run diverged. '
+          'Lower --learning_rate or set --grad_clip_norm; no checkpoint of '
+          'this state was written.')
+    ckpt.save(step, saved, train_iter.state())
 
   try:
     if cfg.eval_only:
@@ -422,7 +458,7 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
         logging.warning('stopped by %s at step %d (checkpointed)',
                         preemption.received, step + 1)
         return {'step': step + 1, 'preempted': preemption.received}
-    return {'step': max(num_steps, start), **evaluate(max(num_steps, start), state)}
+    return {'step': num_steps, **evaluate(num_steps, state)}
   finally:
     ckpt.close()
     writer.close()
@@ -459,7 +495,8 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state):
     # The newest checkpoint that reads and verifies; corrupt ones are moved
     # aside (never deleted) when training, left in place by --eval_only.
     state, data_state, _ = ckpt.restore_latest_good(
-        abstract_state, move_aside=not cfg.eval_only)
+        abstract_state, move_aside=not cfg.eval_only,
+        check=_non_finite_reason)
     logging.info('resumed from step %d', data_state['step'])
     return state, data_state['step']
   state = jax.jit(create, out_shardings=shardings)()

@@ -346,6 +346,7 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
   created = not os.path.exists(workdir)
+  before = set() if created else set(os.listdir(workdir))
   lock = None
   if jax.process_index() == 0 and not cfg.eval_only:
     lock = workdir_lib.WorkdirLock(workdir).acquire()  # one writer per workdir
@@ -353,8 +354,20 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
     return _run_locked(cfg, workdir, data, eval_hooks, writer, preemption,
                        mesh, fresh)
   except BaseException:
-    if created and not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-      shutil.rmtree(workdir, ignore_errors=True)  # failed before training
+    if (jax.process_index() == 0 and
+        'metrics.jsonl' not in before and
+        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
+      # Failed before training: remove what this start wrote (config.json,
+      # a tokenizer, empty checkpoints/, the lock file, while still held).
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+      else:
+        for name in set(os.listdir(workdir)) - before:
+          path = os.path.join(workdir, name)
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
     raise
   finally:
     if lock is not None:

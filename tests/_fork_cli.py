@@ -29,7 +29,8 @@ import tempfile
 import time
 import traceback
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.environ.get('FORK_CLI_ROOT') or
+                os.path.join(os.path.dirname(__file__), '..'))
 
 # The imports every experiment makes; nothing here initialises a backend.
 import jax  # noqa: E402,F401

@@ -296,6 +296,7 @@ class Checkpointer:
     self._finish_pending()
     if step in self._mngr.all_steps():
       return
+    self._check_space(step, state)
     self._pending = step
     try:
       self._mngr.save(step, args=ocp.args.Composite(
@@ -309,6 +310,37 @@ class Checkpointer:
       raise CheckpointWriteError(
           f'could not write checkpoint step {step} to {self.directory}: '
           f'{_one_line(e)}; earlier checkpoints are intact') from e
+
+  def _check_space(self, step: int, state) -> None:
+    """CheckpointWriteError, before writing anything, when the filesystem
+    lacks room for ``step`` (the bytes this process writes, i.e. its
+    replica-0 shards, plus 64 KiB + 5% for metadata).
+
+    A full disk is then one clear line rather than a failed write deep in
+    tensorstore; a disk that fills up during the write is still caught by
+    ``wait``/``save``.
+    """
+    need = 0
+    for leaf in jax.tree.leaves(state):
+      shards = getattr(leaf, 'addressable_shards', None)
+      if shards is None:
+        need += np.asarray(leaf).nbytes
+      else:
+        need += sum(s.data.nbytes for s in shards if s.replica_id == 0)
+    need = int(need * 1.05) + (64 << 10)
+    try:
+      stat = os.statvfs(self.directory)
+      free = stat.f_bavail * stat.f_frsize
+    except OSError:
+      free = None  # unknown: let the write itself report
+    ok = free is None or free >= need
+    if not _everyone(ok):
+      where = (f'{free / 2**20:.1f} MiB free' if not ok else
+               'too little space on another process')
+      raise CheckpointWriteError(
+          f'could not write checkpoint step {step} to {self.directory}: no '
+          f'space left on the device (needs ~{need / 2**20:.1f} MiB, {where});'
+          ' earlier checkpoints are intact')
 
   def wait(self) -> None:
     """Blocks until the last save is on disk; CheckpointWriteError if not."""
@@ -449,14 +481,17 @@ class Checkpointer:
                       step, INTEGRITY_FILE)
     return out['state'], dict(out['data'])
 
-  def restore_latest_good(self, abstract_state, *,
-                          move_aside: bool = True) -> tuple[Any, dict, int]:
+  def restore_latest_good(self, abstract_state, *, move_aside: bool = True,
+                          check=None) -> tuple[Any, dict, int]:
     """(state, data_state, step) of the newest step that restores.
 
     Each newer step that is corrupt is logged in one warning line and, with
     ``move_aside``, moved to ``corrupt-<step>/`` (never deleted). Raises
     NoGoodCheckpointError, moving nothing, if no step restores; lets
     CheckpointRestoreError (an intact step that does not fit) through.
+    ``check(state) -> reason | None`` rejects a step that reads fine but
+    must not be trained on (e.g. non-finite values written by an older
+    version); it is then treated as corrupt.
     """
     self._finish_pending()
     steps = sorted(self._mngr.all_steps(), reverse=True)
@@ -466,6 +501,9 @@ class Checkpointer:
     for step in steps:
       try:
         state, data_state = self.restore(abstract_state, step)
+        reason = check(state) if check is not None else None
+        if reason:
+          raise CorruptCheckpointError(step, reason)
       except CorruptCheckpointError as e:
         bad.append(e)
         continue
@@ -510,6 +548,29 @@ class Checkpointer:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
+
+
+def describe_init_from(path: str) -> str | None:
+  """Why ``path`` cannot be an ``--init_from`` source, or None if it can.
+
+  Cheap (no reading of arrays): ``path`` must be a readable workdir with
+  checkpoints, a ``checkpoints/`` directory, or one ``checkpoints/<step>``.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    return f'{path} does not exist'
+  if not os.path.isdir(path):
+    return f'{path} is a file, not a run directory'
+  if not os.access(path, os.R_OK | os.X_OK):
+    return f'{path} is not readable'
+  for candidate in (checkpoint_dir(path), path):
+    if os.path.isdir(candidate) and any(
+        n.isdigit() for n in os.listdir(candidate)):
+      return None
+  if os.path.isdir(os.path.join(path, 'state')):
+    return None
+  return (f'no checkpoint under {path}: pass a workdir of an earlier run, its '
+          'checkpoints/ directory, or one checkpoints/<step> directory')
 
 
 def load_variables(path: str) -> dict:

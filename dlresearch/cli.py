@@ -174,9 +174,10 @@ def _flag_errors() -> dict:
 def _one_line_errors() -> tuple:
   """Exceptions whose message is already one self-explaining line."""
   from dlresearch import checkpoint, workdir  # pylint: disable=g-import-not-at-top
+  from dlresearch import logging as log_lib  # pylint: disable=g-import-not-at-top
   from dlresearch.data import datasets  # pylint: disable=g-import-not-at-top
   return (datasets.DatasetNotFoundError, workdir.WorkdirError,
-          checkpoint.CheckpointError)
+          checkpoint.CheckpointError, log_lib.MetricsWriteError)
 
 
 def print_result(result: dict) -> None:
@@ -207,11 +208,13 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
     from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
+    from dlresearch import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     errors, plain = _flag_errors(), _one_line_errors()
     try:
       name = preset_name(presets, FLAGS, model_selects_preset)
       workdir = FLAGS.workdir or os.path.join(
           'runs', f'{experiment}_{name}{"_tiny" if FLAGS.tiny else ""}')
+      workdir_lib.check_workdir(workdir)  # before reading its config.json
       cfg = resolve_for_workdir(presets, workdir, FLAGS, model_selects_preset)
       distributed.initialize(
           cfg.coordinator_address or None, cfg.num_processes or None,
@@ -227,6 +230,9 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
       fail(str(e), code=3)
     except tuple(errors) as e:
       fail(f'--{errors[type(e)]}: {e}')
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, no checkpoint
+      fail('interrupted (second Ctrl-C): stopped without checkpointing; '
+           'rerun the same command to resume from the last checkpoint', 130)
     if result.get('preempted'):
       print(f'stopped by {result["preempted"]} at step {result["step"]}; '
             f'checkpoint saved in {workdir}; rerun the same command to resume',

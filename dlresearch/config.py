@@ -34,6 +34,7 @@ CHOICES = {
 }
 
 CONFIG_FILE = 'config.json'
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ConfigError(ValueError):
@@ -123,8 +124,10 @@ class Config:
   learning_rate: float = _f(1e-3, 'Peak learning rate (> 0).')
   momentum: float = _f(0.9, 'SGD/Nesterov momentum (>= 0; Adam uses '
                        '--adam_b1).')
-  weight_decay: float = _f(0.0, 'Weight decay on kernels and embeddings '
-                           '(>= 0; biases and norm parameters are skipped).')
+  weight_decay: float = _f(0.0, 'Weight decay on weight matrices and token '
+                           'embeddings (>= 0; biases, norm parameters, '
+                           'position tables and the ViT class token are '
+                           'skipped: optim.decay_role).')
   schedule: str = _f('constant', 'Learning-rate schedule after warmup.')
   warmup_steps: int = _f(0, 'Linear warmup steps (>= 0): step s < N uses '
                          '(s + 1) / N of the rate, so the first step moves.')
@@ -298,8 +301,9 @@ def validate(cfg: Config) -> Config:
            f'one of {", ".join(choices)}', getattr(cfg, name))
   for name, kind in field_types().items():
     value = getattr(cfg, name)
-    if kind is float:
-      _check(math.isfinite(value), name, 'a finite number', value)
+    if kind is float:  # computed in float32: beyond its range is inf
+      _check(math.isfinite(value) and abs(value) <= FLOAT32_MAX, name,
+             'a finite number within float32 range (|x| <= 3.4e38)', value)
   for name in ('batch_size', 'learning_rate', 'log_every', 'checkpoint_every',
                'keep_checkpoints', 'grad_accum_steps', 'heartbeat_timeout_s',
                'init_timeout_s', 'vocab_size', 'seq_len', 'max_len',
@@ -344,6 +348,12 @@ def validate(cfg: Config) -> Config:
   if cfg.tokenizer == 'bpe' and cfg.vocab_size < 260:
     raise ConfigError('vocab_size', 'byte-level BPE needs >= 260 (4 special '
                       f'tokens + 256 bytes); got {cfg.vocab_size}')
+  if cfg.coordinator_address:
+    host, _, port = cfg.coordinator_address.rpartition(':')
+    if not (host and port.isdigit() and 0 < int(port) < 65536):
+      raise ConfigError('coordinator_address', "must look like 'host:port' "
+                        'with a port in 1..65535 (got '
+                        f'{cfg.coordinator_address!r})')
   if cfg.coordinator_address and (cfg.num_processes <= 0 or cfg.process_id < 0):
     raise ConfigError(
         'coordinator_address', 'needs --num_processes and --process_id as well')

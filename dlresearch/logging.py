@@ -63,8 +63,16 @@ def _jsonable(v):
   return v
 
 
+class MetricsWriteError(Exception):
+  """metrics.jsonl could not be written; its earlier lines are intact."""
+
+
 class JsonlWriter:
-  """Appends one flushed JSON line per call to ``path``.
+  """Appends one JSON line per call to ``path``, whole or not at all.
+
+  Each line goes out in one ``write`` on an ``O_APPEND`` descriptor; when
+  that fails (a full disk), the file is cut back to its last complete line
+  and MetricsWriteError says what could not be written.
 
   With a ``clock`` (e.g. ``time.monotonic``) every line gets ``time``: the
   seconds since this writer opened plus the ``time`` of the file's last
@@ -84,18 +92,33 @@ class JsonlWriter:
       offset = _last_time(data)
     self._offset = offset
     self._start = clock() if clock else None
-    self._f = open(path, 'a', encoding='utf-8')
+    self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    self._size = os.fstat(self._fd).st_size
 
   def write(self, step, split, metrics):
     line = {'step': int(step), 'split': split}
     if self.clock is not None and 'time' not in metrics:
       line['time'] = round(self._offset + self.clock() - self._start, 3)
     line.update({k: _jsonable(v) for k, v in metrics.items()})
-    self._f.write(json.dumps(line) + '\n')
-    self._f.flush()
+    data = (json.dumps(line) + '\n').encode()
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view):]
+    except OSError as e:
+      try:
+        os.ftruncate(self._fd, self._size)  # no partial line stays
+      except OSError:
+        pass
+      raise MetricsWriteError(
+          f'could not write the {split} line of step {step} to {self.path}: '
+          f'{e.strerror}; its earlier lines are intact') from None
+    self._size += len(data)
 
   def close(self):
-    self._f.close()
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
 
 
 def _last_time(data: bytes) -> float:
@@ -257,10 +280,16 @@ def default_writer(workdir: str, total_steps: int, batch_size: int,
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
   """metrics.jsonl as dicts, one per (step, split), the last written winning."""
   lines = {}
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    for raw in f:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with open(path, encoding='utf-8') as f:
+    for number, raw in enumerate(f, 1):
+      if not raw.endswith('\n'):
+        break  # a partial last line (a crash mid-write): never complete
       if raw.strip():
-        line = json.loads(raw)
+        try:
+          line = json.loads(raw)
+        except ValueError as e:
+          raise ValueError(f'{path}:{number} is not JSON ({e})') from None
         lines[(line['step'], line['split'])] = line
   out = sorted(lines.values(), key=lambda l: (l['step'], l['split']))
   return [l for l in out if split is None or l['split'] == split]

@@ -1,7 +1,9 @@
 """Optimizer factory: optax chains built from the config.
 
 Order of the chain: clip by global norm -> (freeze mask) -> optimizer with
-weight decay on kernels only (biases and norm scales/offsets are skipped).
+weight decay decided by each parameter's role (``decay_role``): weight
+matrices and token/entity embedding tables decay; biases, norm scales,
+position tables and the ViT class token do not.
 SGD/Nesterov take ``--momentum``; Adam/AdamW take ``--adam_b1``,
 ``--adam_b2`` and ``--adam_eps``.
 """
@@ -66,9 +68,50 @@ def schedule(cfg: Config, num_steps: int) -> optax.Schedule:
   return warmup_then(base, warmup, main)
 
 
+# Weight decay by role, read from a parameter's name and its module's name
+# (never its rank: the q/k/v biases of attention are [heads, head_dim]).
+# Decayed: the weights of Dense/Conv/DenseGeneral layers (attention
+# projections included) and recurrent weight matrices, and token or entity
+# embedding tables (as BERT, GPT-2 and most LM code do). Not decayed: biases
+# (also per-entity bias tables such as ``user_bias``), norm scales/offsets,
+# learned position tables and the ViT class token (as timm and big_vision).
+_DECAY_LEAVES = frozenset({'kernel', 'recurrent_kernel', 'embedding'})
+_NO_DECAY_LEAVES = frozenset({'bias', 'recurrent_bias', 'scale', 'offset',
+                              'cls', 'pos_embedding'})
+_POSITION_MODULE = re.compile(r'(^|_)pos(ition)?(_|$)|positions?_')
+_BIAS_MODULE = re.compile(r'(^|_)bias$')
+_EMBED_LEAF = re.compile(r'_(embed|embedding)$')
+
+
+def decay_role(path: str) -> tuple[bool, str]:
+  """(decayed?, which rule decided) for a '/'-joined parameter path."""
+  parts = path.split('/')
+  leaf, module = parts[-1], (parts[-2] if len(parts) > 1 else '')
+  if leaf in _NO_DECAY_LEAVES:
+    return False, f'{leaf} parameter'
+  if _POSITION_MODULE.search(leaf) or (leaf == 'embedding' and
+                                        _POSITION_MODULE.search(module)):
+    return False, 'position table'
+  if leaf == 'embedding' and _BIAS_MODULE.search(module):
+    return False, 'per-entity bias table'
+  if leaf in _DECAY_LEAVES:
+    return True, f'{leaf} parameter'
+  if _EMBED_LEAF.search(leaf):
+    return True, 'embedding table'
+  return False, 'unknown role (not decayed)'
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def decay_mask(params):
-  """True for parameters that get weight decay: kernels and embeddings."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for the parameters weight decay applies to (see ``decay_role``)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decay_role('/'.join(map(_key_name, path)))[0], params)
 
 
 def path_names(params) -> dict:

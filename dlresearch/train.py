@@ -331,6 +331,23 @@ def write_plots(workdir: str, counts=None, class_names=None,
                               os.path.join(out, 'confusion_matrix.png'),
                               title_split=split)
 
+@jax.jit
+def count_non_finite(tree) -> jax.Array:
+  """How many NaN/inf values the floating-point leaves of ``tree`` hold."""
+  counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return sum(counts, jnp.int32(0))
+
+
+def _non_finite_reason(state) -> str | None:
+  """Why ``state`` must not be saved or trained on, or None."""
+  bad = {name: int(count_non_finite(getattr(state, name)))
+         for name in ('params', 'opt_state', 'model_state')}
+  bad = {k: v for k, v in bad.items() if v}
+  if not bad:
+    return None
+  return 'non-finite values in ' + ', '.join(f'{k} ({v})' for k, v in bad.items())
+
 
 def _fetch_finite(step: int, host_metrics) -> dict[str, float]:
   """A step's metrics as floats; NonFiniteLossError if loss/grads blew up."""
@@ -455,9 +472,14 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
   recorded = None if fresh else config_lib.read_recorded(workdir)
   if recorded is not None:
     config_lib.check_resume(recorded, cfg, workdir)
+  if cfg.init_from and fresh and not cfg.eval_only:
+    problem = checkpoint.describe_init_from(cfg.init_from)
+    if problem:
+      raise ConfigError('init_from', problem)
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
   created = not os.path.exists(workdir)
+  before = set() if created else set(os.listdir(workdir))
   lock = None
   if jax.process_index() == 0 and not cfg.eval_only:
     lock = workdir_lib.WorkdirLock(workdir).acquire()  # one writer per workdir
@@ -465,8 +487,20 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
     return _run_locked(cfg, workdir, data, eval_hooks, writer, preemption,
                        mesh, fresh)
   except BaseException:
-    if created and not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-      shutil.rmtree(workdir, ignore_errors=True)  # failed before training
+    if (jax.process_index() == 0 and
+        'metrics.jsonl' not in before and
+        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
+      # Failed before training: remove what this start wrote (config.json,
+      # a tokenizer, empty checkpoints/, the lock file, while still held).
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+      else:
+        for name in set(os.listdir(workdir)) - before:
+          path = os.path.join(workdir, name)
+          if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
     raise
   finally:
     if lock is not None:
@@ -509,6 +543,11 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
   state, start, data_state = _initial_state(cfg, ckpt, create, shardings,
                                             abstract_state, workdir)
+  if start > num_steps and not cfg.eval_only:
+    raise ConfigError('num_steps', f'{workdir} is already at step {start}, '
+                      f'past {num_steps}; it does not train backwards: use '
+                      '--eval_only to evaluate it, or a new --workdir (with '
+                      '--init_from to start from its params)')
   state = strategy.from_saved(state)
   p_train = strategy.train_step(make_train_step(
       model, task, tx, cfg.grad_accum_steps, cfg.ema_decay))
@@ -560,7 +599,16 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   def save(step, state, step_metrics=None):
     if step_metrics is not None:
       _fetch_finite(step, strategy.host(step_metrics))
-    ckpt.save(step, state_lib.to_checkpoint(strategy.to_saved(state)),
+    saved = strategy.to_saved(state)
+    # The loss and gradients above come from before the update; the state
+    # saved is after it (an overflowing learning rate turns it to inf/NaN).
+    reason = _non_finite_reason(saved)
+    if reason:
+      raise NonFiniteLossError(
+          f'{reason} after the update of step {step}: the run diverged. '
+          'Lower --learning_rate or set --grad_clip_norm; no checkpoint of '
+          'this state was written.')
+    ckpt.save(step, state_lib.to_checkpoint(saved),
               {**train_iter.state(), **best.state_dict()})
 
   def finish(step, state, track=True) -> dict:
@@ -754,7 +802,8 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state, workdir):
     # The newest checkpoint that reads and verifies; corrupt ones are moved
     # aside (never deleted) when training, left in place by --eval_only.
     state, data_state, _ = ckpt.restore_latest_good(
-        state_lib.to_checkpoint(abstract_state), move_aside=not cfg.eval_only)
+        state_lib.to_checkpoint(abstract_state), move_aside=not cfg.eval_only,
+        check=lambda tree: _non_finite_reason(state_lib.from_checkpoint(tree)))
     state = state_lib.from_checkpoint(state)
     logging.info('resumed from step %d', data_state['step'])
     if cfg.eval_only and cfg.eval_checkpoint:

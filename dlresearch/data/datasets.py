@@ -21,6 +21,7 @@ to the feature's channel count. No TensorFlow is involved.
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import glob
 import gzip
 import hashlib
 import os
@@ -174,11 +175,34 @@ def _prepare(name: str, data_dir: str, manual_dir: str | None) -> None:
       multihost_utils.sync_global_devices(f'dlresearch_prepare_{name}')
 
 
+def _check_manual_files(name: str, data_dir: str,
+                        manual_dir: str | None) -> None:
+  """One line naming the fix when a builder's raw files are missing.
+
+  Checked before TFDS creates anything in ``data_dir``, and only while the
+  dataset is not prepared there (no ``dataset_info.json`` yet).
+  """
+  base = _base_name(name)
+  if base != 'fashion_mnist_local':
+    return
+  prepared = glob.glob(os.path.join(glob.escape(os.path.expanduser(data_dir)),
+                                    base, '*', 'dataset_info.json'))
+  directory = manual_dir or DEFAULT_MANUAL_DIRS[base]
+  missing = [] if prepared else fashion_mnist_local.missing_files(directory)
+  if missing:
+    raise DatasetNotFoundError(
+        f'Fashion-MNIST files missing in {directory} ({", ".join(missing)}); '
+        'fetch them once with: python -c "from dlresearch.data.datasets '
+        "import fetch_fashion_mnist as f; print(f('$HOME/.cache/dlresearch/"
+        "fashion-mnist'))\" and pass the printed directory as --manual_dir")
+
+
 def _open(
     name: str, data_dir: str, manual_dir: str | None
 ) -> tfds.core.DatasetBuilder:
   """A builder for `name` whose data is prepared (offline ones on demand)."""
   data_dir = os.fspath(data_dir)
+  _check_manual_files(name, data_dir, manual_dir)
   builder = _builder(name, data_dir)
   if _base_name(name) in OFFLINE_BUILDERS and not builder.is_prepared():
     _prepare(name, data_dir, manual_dir)

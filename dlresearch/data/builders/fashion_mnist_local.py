@@ -104,11 +104,15 @@ def write_idx(path: os.PathLike | str, array: np.ndarray) -> None:
     f.write(header + body)
 
 
+def missing_files(directory) -> list[str]:
+  """The IDX files absent from ``directory`` (checked before preparing)."""
+  directory = epath.Path(directory)
+  return [name for pair in FILES.values() for name in pair
+          if not (directory / name).exists()]
+
+
 def _find_files(directory: epath.Path) -> None:
-  missing = [
-      name for pair in FILES.values() for name in pair
-      if not (directory / name).exists()
-  ]
+  missing = missing_files(directory)
   if missing:
     raise FileNotFoundError(
         f'Fashion-MNIST files missing in {directory}: {", ".join(missing)}.\n'

@@ -25,10 +25,11 @@ from absl import logging
 
 
 class QuietLibraries:
-  """A logging filter: drops orbax's routine INFO/WARNING lines (and tfds'
-  and grain's INFO); errors, and everyone else's warnings, still show."""
+  """A logging filter: drops orbax's routine INFO/WARNING lines (and the INFO
+  of tfds, grain and jax's backend probing, e.g. "Unable to initialize
+  backend 'tpu'"); errors, and everyone else's warnings, still show."""
 
-  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+  NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')
 
   def filter(self, record):
     path = record.pathname

@@ -406,3 +406,16 @@ def test_fetch_fashion_mnist_runs_apt_get_download_and_dpkg_x(tmp_path,
   for name in datasets.FASHION_MNIST_SHA256:
     got = (pathlib.Path(path) / name).read_bytes()
     assert got == (target / name).read_bytes()
+
+
+def test_missing_raw_files_and_unknown_names_are_one_line(tmp_path):
+  data_dir = tmp_path / 'tfds'
+  with pytest.raises(datasets.DatasetNotFoundError) as e:
+    datasets.get_source('shakespeare', 'train', str(data_dir),
+                        str(tmp_path / 'no_raw_files'))
+  assert '\n' not in str(e.value)
+  assert 'python -m dlresearch.data.fetch shakespeare' in str(e.value)
+  assert not data_dir.exists()  # nothing was created
+  with pytest.raises(datasets.DatasetNotFoundError) as e:
+    datasets.get_source('no_such_dataset', 'train', str(data_dir))
+  assert '\n' not in str(e.value) and 'unknown dataset' in str(e.value)

@@ -37,6 +37,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import decode as tfds_decode
 from tensorflow_datasets.core import example_parser
 
+from dlresearch.data import fetch
+
 # Importing the builder modules registers them with TFDS.
 # pylint: disable=unused-import
 from dlresearch.data.builders import adult
@@ -114,13 +116,7 @@ def _base_name(name: str) -> str:
 
 def _prepare_instructions(name: str, data_dir: str) -> str:
   """How to prepare a TFDS dataset that needs TensorFlow to build."""
-  try:
-    builder_cls = tfds.builder_cls(_base_name(name))
-  except tfds.core.registered.DatasetNotFoundError:
-    return (
-        f'{name!r} is not a registered TFDS dataset either; check the name,'
-        f' or copy a prepared ArrayRecord copy to {data_dir}/{name}/.'
-    )
+  builder_cls = tfds.builder_cls(_base_name(name))
   manual = getattr(builder_cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   config = (
       'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR), '
@@ -144,6 +140,13 @@ def _prepare_instructions(name: str, data_dir: str) -> str:
 
 
 def _not_found(name: str, data_dir: str) -> DatasetNotFoundError:
+  try:
+    tfds.builder_cls(_base_name(name))
+  except tfds.core.registered.DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f'--dataset: unknown dataset {name!r} (not prepared in {data_dir} and '
+        f'not a registered TFDS dataset); offline ones: '
+        f'{", ".join(OFFLINE_BUILDERS)}')
   return DatasetNotFoundError(
       f'Dataset {name!r} is not prepared in data_dir={data_dir!r} (searched'
       f' {os.path.join(data_dir, _base_name(name))}).\n'
@@ -180,21 +183,35 @@ def _check_manual_files(name: str, data_dir: str,
   """One line naming the fix when a builder's raw files are missing.
 
   Checked before TFDS creates anything in ``data_dir``, and only while the
-  dataset is not prepared there (no ``dataset_info.json`` yet).
+  dataset is not prepared there (no ``dataset_info.json`` yet): for
+  Fashion-MNIST its IDX files, for the builders that read what
+  ``python -m dlresearch.data.fetch NAME`` writes, a non-empty directory.
   """
   base = _base_name(name)
-  if base != 'fashion_mnist_local':
+  if base not in OFFLINE_BUILDERS:
     return
   prepared = glob.glob(os.path.join(glob.escape(os.path.expanduser(data_dir)),
                                     base, '*', 'dataset_info.json'))
-  directory = manual_dir or DEFAULT_MANUAL_DIRS[base]
-  missing = [] if prepared else fashion_mnist_local.missing_files(directory)
-  if missing:
+  if prepared:
+    return
+  if base == 'fashion_mnist_local':
+    directory = manual_dir or DEFAULT_MANUAL_DIRS[base]
+    missing = fashion_mnist_local.missing_files(directory)
+    if missing:
+      raise DatasetNotFoundError(
+          f'Fashion-MNIST files missing in {directory} ({", ".join(missing)}); '
+          'fetch them once with: python -c "from dlresearch.data.datasets '
+          "import fetch_fashion_mnist as f; print(f('$HOME/.cache/dlresearch/"
+          "fashion-mnist'))\" and pass the printed directory as --manual_dir")
+    return
+  if base not in fetch.SOURCES:
+    return
+  directory = pathlib.Path(manual_dir) if manual_dir else fetch.default_dest(base)
+  if not directory.is_dir() or not any(directory.iterdir()):
     raise DatasetNotFoundError(
-        f'Fashion-MNIST files missing in {directory} ({", ".join(missing)}); '
-        'fetch them once with: python -c "from dlresearch.data.datasets '
-        "import fetch_fashion_mnist as f; print(f('$HOME/.cache/dlresearch/"
-        "fashion-mnist'))\" and pass the printed directory as --manual_dir")
+        f'the raw files of {base} are not in {directory}; fetch them once '
+        f'with: {fetch.command_line(base)} (or pass --manual_dir=DIR where '
+        'they are)')
 
 
 def _open(

@@ -27,7 +27,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dlresearch import checkpoint, config as config_lib
+from dlresearch import checkpoint, config as config_lib, init as init_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
 from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.config import Config, ConfigError
@@ -362,6 +362,9 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   tx, lr_schedule = optim.make(cfg, num_steps, abstract_params)
   create = functools.partial(state_lib.create, model, tx, args, kwargs, cfg.seed)
   shapes = jax.eval_shape(create)
+  task = tasks.freeze_backbone(  # --probe / --freeze: batch stats stay put
+      task, probe=cfg.probe, trainable=optim.trainable(cfg, abstract_params),
+      model_state=shapes.model_state)
   shardings = parallel.state_shardings(shapes, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -370,7 +373,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
-  state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state)
+  state, start = _initial_state(cfg, ckpt, create, shardings, abstract_state,
+                                model, workdir)
   state = strategy.from_saved(state)
   p_train = strategy.train_step(
       make_train_step(model, task, tx, cfg.grad_accum_steps))
@@ -450,7 +454,8 @@ def build_model(cfg: Config, data_kwargs: dict):
     raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
 
 
-def _initial_state(cfg, ckpt, create, shardings, abstract_state):
+def _initial_state(cfg, ckpt, create, shardings, abstract_state, model,
+                   workdir):
   """Resume order: workdir checkpoint, then --init_from params, then fresh.
 
   Returns the state as global arrays laid out by ``shardings``.
@@ -463,10 +468,8 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state):
     logging.info('resumed from step %d', data_state['step'])
     return state, data_state['step']
   state = jax.jit(create, out_shardings=shardings)()
-  if cfg.init_from:
-    pretrained = checkpoint.load_variables(cfg.init_from)
-    params, _, _ = checkpoint.merge_pretrained(state.params, pretrained['params'])
-    model_state, _, _ = checkpoint.merge_pretrained(
-        state.model_state, pretrained['model_state'], 'model_state')
+  if cfg.init_from:  # dlresearch/init.py: what loads, what is new, the report
+    params, model_state, _ = init_lib.initialize(
+        cfg, model, state.params, state.model_state, workdir)
     state = state.replace(params=params, model_state=model_state)
   return state, 0

@@ -219,6 +219,8 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
     'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
     'process_id', 'heartbeat_timeout_s', 'init_timeout_s',
+    # Transfer learning: read only when a run starts fresh / where from.
+    'new_head', 'pretrained_tokenizer',
 })
 
 

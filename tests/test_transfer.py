@@ -243,3 +243,36 @@ def test_no_module_unpickles_outside_the_restricted_reader():
           if needle in text:
             offenders.append(f'{os.path.relpath(path, ROOT)}: {needle}')
   assert offenders == []
+
+
+def test_predict_workdir_uses_the_runs_eval_preprocessing(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from experiments.cnn_imagenet import PRESETS  # pylint: disable=g-import-not-at-top
+  preset = PRESETS['quickstart']
+  cfg = config_lib.override(preset.config, {
+      **preset.tiny, 'data_dir': str(tmp_path / 'tfds'), 'num_steps': 60,
+      'num_train_examples': 500})
+  workdir = tmp_path / 'run'
+  train.run(cfg, str(workdir))
+  digits = load_digits()
+  paths = []
+  for i in (0, 1):  # stored as the raw 8x8 values 0..16 (uint8)
+    path = tmp_path / f'digit{i}.png'
+    Image.fromarray(digits.images[i].astype(np.uint8)).save(path)
+    paths.append(str(path))
+  r = _predict(f'--workdir={workdir}', '--json', '--top_k=10', *paths)
+  assert r.returncode == 0, r.stderr[-2000:]
+  outs = [json.loads(line) for line in r.stdout.strip().splitlines()]
+  assert [o['image'] for o in outs] == paths
+  for o in outs:
+    assert sorted(t['index'] for t in o['top_k']) == list(range(10))
+    assert sum(t['probability'] for t in o['top_k']) == pytest.approx(1, abs=1e-4)
+  # Same probabilities as the restored model on the training pipeline's input.
+  import dlresearch  # pylint: disable=g-import-not-at-top
+  run = dlresearch.restore(str(workdir))
+  x = digits.images[0].astype(np.float32)[None, :, :, None] / 255.0  # 'scale'
+  want = np.asarray(jax.nn.softmax(run.predict(x)))[0]
+  got = {t['index']: t['probability'] for t in outs[0]['top_k']}
+  np.testing.assert_allclose([got[i] for i in range(10)], want, atol=1e-5)
+  assert {t['label'] for t in outs[0]['top_k']} == {str(i) for i in range(10)}

@@ -179,6 +179,32 @@ class Config:
                                 'before a peer is declared dead (> 0).')
   init_timeout_s: int = _f(300, 'Multi-host: seconds to wait for every '
                            'process to join (> 0).')
+  # Responsible AI.
+  audit_group: str = _f('', 'Comma-separated group columns of the dataset '
+                        "(e.g. 'sex' or 'sex,race'; ClassLabel or int "
+                        'features, never fed to the model): every eval line '
+                        "adds per-group metrics ('group/sex=Female/accuracy', "
+                        "selection_rate, tpr, fpr, count) and the gaps "
+                        "('fairness/sex/demographic_parity_difference', "
+                        '_ratio, equalized_odds_difference); the positive '
+                        'class is 1. Empty: none. Data kind classification.')
+  # Applications.
+  alert_rate: float = _f(0.001, 'Anomaly evals (--data_kind=anomaly): the '
+                         'fraction of eval examples flagged, highest scores '
+                         'first, for precision_at_alert_rate and '
+                         'recall_at_alert_rate; in (0, 1] (0.001 = 0.1%).')
+  normal_class: int = _f(0, 'One-class anomaly detection on a labelled image '
+                         'dataset: the class id trained on as normal (>= 0; '
+                         'every other class is an anomaly at test time). -1: '
+                         'each class in turn, one run per class and a '
+                         'per-class table (experiments.anomaly).')
+  ranking_k: int = _f(10, 'Retrieval evals (--data_kind=retrieval): the '
+                      'length K of each recommended list for recall@K and '
+                      'ndcg@K (>= 1).')
+  pretrained: str = _f('', 'Transfer demos (experiments.xray): the '
+                       'torchvision MobileNetV2 ImageNet weights (.pth); '
+                       'empty: the file `python -m dlresearch.data.fetch '
+                       'mobilenet_v2_imagenet` cached.')
   # Transfer learning.
   new_head: str = _f('', "Regex over '/'-joined parameter paths that are "
                      'freshly initialised (sized to this data) instead of '
@@ -218,7 +244,8 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'init_from', 'sample', 'prompt', 'max_new_tokens', 'temperature', 'top_k',
     'beam_size', 'bleu_examples', 'bleu_tokenize', 'mesh', 'parallelism',
     'grad_accum_steps', 'remat', 'coordinator_address', 'num_processes',
-    'process_id', 'heartbeat_timeout_s', 'init_timeout_s',
+    'process_id', 'heartbeat_timeout_s', 'init_timeout_s', 'audit_group',
+    'alert_rate', 'ranking_k',
     # Transfer learning: read only when a run starts fresh / where from.
     'new_head', 'pretrained_tokenizer',
 })
@@ -257,6 +284,10 @@ def validate(cfg: Config) -> Config:
     _check(getattr(cfg, name) >= 0, name, '>= 0', getattr(cfg, name))
   _check(cfg.process_id >= -1, 'process_id', '>= 0 (or -1 to detect)',
          cfg.process_id)
+  _check(0 < cfg.alert_rate <= 1, 'alert_rate', 'in (0, 1]', cfg.alert_rate)
+  _check(cfg.normal_class >= -1, 'normal_class', '>= 0 (or -1 for every '
+         'class in turn)', cfg.normal_class)
+  _check(cfg.ranking_k >= 1, 'ranking_k', '>= 1', cfg.ranking_k)
   _check(0 <= cfg.label_smoothing < 1, 'label_smoothing', 'in [0, 1)',
          cfg.label_smoothing)
   if cfg.probe and not cfg.new_head:

@@ -19,7 +19,8 @@ which makes the variables traced arguments.
 - ``token_attributions``: integrated gradients on the output of a text
   model's token embedding, summed over the embedding dimension.
 
-Renderers: ``overlay_png`` (heatmap over an image) and ``tokens_html``.
+Renderers: ``overlay_png`` (heatmap over an image), ``tokens_html`` and
+``tokens_html_page`` (several examples on one page).
 """
 
 from collections.abc import Callable, Sequence
@@ -195,6 +196,18 @@ def module_paths(model: nn.Module, variables, x, **apply_kwargs) -> list[str]:
     jax.eval_shape(functools.partial(model.apply, **apply_kwargs), variables,
                    x)
   return paths
+
+
+def feature_map_layers(model: nn.Module, variables, x,
+                       **apply_kwargs) -> list[str]:
+  """Paths of the submodules whose output is a ``[B, h, w, K]`` feature map
+  (Grad-CAM candidates), in call order; the last is the usual choice."""
+  out = []
+  for path in module_paths(model, variables, x, **apply_kwargs):
+    shape = _layer_shape(model, variables, x, path, apply_kwargs)
+    if len(shape.shape) == 4:
+      out.append(path)
+  return out
 
 
 def _layer_shape(model, variables, x, layer, apply_kwargs):
@@ -443,13 +456,7 @@ def overlay_png(image: Any, heatmap: Any, path: str | os.PathLike, *,
   img.save(path, format='PNG')
 
 
-def tokens_html(tokens: Sequence[str], scores: Any,
-                path: str | os.PathLike | None = None) -> str:
-  """HTML with each token shaded by its score (red > 0, blue < 0).
-
-  Scores are scaled by the largest magnitude; each token's exact score is in
-  its ``title``. Returns the HTML and writes it to ``path`` when given.
-  """
+def _token_spans(tokens: Sequence[str], scores: Any) -> str:
   scores = np.asarray(scores, np.float64).reshape(-1)
   if len(tokens) != scores.shape[0]:
     raise ValueError(f'{len(tokens)} tokens but {scores.shape[0]} scores')
@@ -462,9 +469,40 @@ def tokens_html(tokens: Sequence[str], scores: Any,
         f'<span style="background-color: rgba({color},{strength:.3f});'
         f' padding: 1px 2px" title="{score:.6g}">{html.escape(str(token))}'
         '</span>')
-  text = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>'
+  return ' '.join(spans)
+
+
+def _page(body: str) -> str:
+  return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>'
           '<body style="font-family: monospace; line-height: 1.8">\n'
-          + ' '.join(spans) + '\n</body></html>\n')
+          + body + '\n</body></html>\n')
+
+
+def tokens_html_page(rows: Sequence[tuple[str, Sequence[str], Any]],
+                     path: str | os.PathLike | None = None) -> str:
+  """One HTML page of several examples: ``(caption, tokens, scores)`` each.
+
+  Each row is shaded as in ``tokens_html`` (scaled by its own largest
+  magnitude) under its caption. Returns the HTML; writes it to ``path``.
+  """
+  body = '\n'.join(f'<p><b>{html.escape(caption)}</b><br>\n'
+                   f'{_token_spans(tokens, scores)}</p>'
+                   for caption, tokens, scores in rows)
+  text = _page(body)
+  if path is not None:
+    with open(path, 'w', encoding='utf-8') as f:
+      f.write(text)
+  return text
+
+
+def tokens_html(tokens: Sequence[str], scores: Any,
+                path: str | os.PathLike | None = None) -> str:
+  """HTML with each token shaded by its score (red > 0, blue < 0).
+
+  Scores are scaled by the largest magnitude; each token's exact score is in
+  its ``title``. Returns the HTML and writes it to ``path`` when given.
+  """
+  text = _page(_token_spans(tokens, scores))
   if path is not None:
     with open(path, 'w', encoding='utf-8') as f:
       f.write(text)

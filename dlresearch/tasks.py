@@ -13,6 +13,14 @@ step returns sums (``loss``, ``accuracy``, ...) and ``count``; sums add up
 across batches, devices and hosts (``add_sums``); ``finalize_sums`` divides
 once at the end. Eval batches carry ``_valid`` (0.0 for padding examples).
 
+Per-group fairness metrics (``--audit_group``): ``Classification`` with
+``groups`` adds, on eval batches that carry the group columns, per-group
+confusion counts under ``group_sums/<key>/<count>`` ([num_groups] arrays,
+``audit.group_metric_sums``). ``finalize_sums`` keeps those as raw sums (not
+divided by ``count``) and ``Classification.finalize`` turns them into the
+eval-line keys ``group/<key>=<name>/<metric>`` and ``fairness/<key>/<gap>``
+(``audit.finalize_group_metrics``).
+
 This module also holds the per-example losses (``LOSSES``).
 """
 
@@ -25,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from dlresearch import audit
 
 # ---------------------------------------------------------------------------
 # Per-example losses. Each returns an array of shape [batch] (or [batch, T]).
@@ -102,13 +112,24 @@ def add_sums(a: Mapping[str, jax.Array] | None, b: Mapping[str, jax.Array]):
   return {k: a[k] + b[k] for k in b}
 
 
+GROUP_SUMS = 'group_sums/'  # prefix of per-group sums kept undivided
+
+
 def finalize_sums(sums: Mapping[str, jax.Array]) -> dict[str, float]:
-  """Divides every sum by ``count`` (a float per metric, full precision)."""
-  sums = {k: float(np.asarray(v, np.float64)) for k, v in jax.device_get(sums).items()}
+  """Divides every sum by ``count`` (a float per metric, full precision).
+
+  Per-group sums (keys starting with ``GROUP_SUMS``) stay raw float64
+  arrays, for the task's ``finalize``.
+  """
+  sums = jax.device_get(sums)
+  raw = {k: np.asarray(v, np.float64) for k, v in sums.items()
+         if k.startswith(GROUP_SUMS)}
+  sums = {k: float(np.asarray(v, np.float64)) for k, v in sums.items()
+          if k not in raw}
   count = sums.pop('count')
   if count <= 0:
     raise ValueError('no examples were evaluated (count is 0)')
-  return {k: v / count for k, v in sums.items()}
+  return {**{k: v / count for k, v in sums.items()}, **raw}
 
 
 # ---------------------------------------------------------------------------
@@ -128,13 +149,21 @@ def apply_model(model, variables, args, kwargs, *, train: bool, rng):
 
 @dataclasses.dataclass(frozen=True)
 class Classification:
-  """One label per example: softmax/sigmoid cross-entropy or MSE."""
+  """One label per example: softmax/sigmoid cross-entropy or MSE.
+
+  ``groups``: ``((key, (group names...)), ...)``: batch columns of int group
+  ids (never model inputs). On eval batches that carry them, the sums add
+  each group's confusion counts and ``finalize`` the per-group metrics and
+  fairness gaps (positive class ``pos_label``; see the module docstring).
+  """
 
   input_key: str = 'image'
   label_key: str = 'label'
   mask_key: str = ''  # a [B, T] padding mask passed to sequence models
   loss: str = 'softmax_xent'
   label_smoothing: float = 0.0
+  groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+  pos_label: int = 1
 
   def model_inputs(self, batch):
     kwargs = {'mask': batch[self.mask_key]} if self.mask_key else {}
@@ -149,11 +178,24 @@ class Classification:
     smoothing = self.label_smoothing if train else 0.0
     per_example = LOSSES[self.loss](logits, labels, smoothing)
     sums = classification_sums(logits, labels, per_example,
-                                       batch.get('_valid'))
+                               batch.get('_valid'))
+    if not train:
+      for key, names in self.groups:
+        if key in batch:
+          counts = audit.group_metric_sums(
+              logits, labels, batch.get('_valid'), batch[key], len(names),
+              pos_label=self.pos_label)
+          sums.update({f'{GROUP_SUMS}{key}/{k}': v for k, v in counts.items()})
     return sums, model_state
 
   def finalize(self, m):
-    return m
+    out = {k: v for k, v in m.items() if not k.startswith(GROUP_SUMS)}
+    for key, names in self.groups:
+      prefix = f'{GROUP_SUMS}{key}/'
+      if f'{prefix}count' in m:
+        sums = {k: m[prefix + k] for k in audit.COUNT_NAMES}
+        out.update(audit.finalize_group_metrics(sums, names, key))
+    return out
 
 
 def _token_sums(logits, targets, mask, valid, label_smoothing):
@@ -223,6 +265,119 @@ class Seq2Seq:
 
   def finalize(self, m):
     return _per_token_finalize(m, 'bits_per_token')
+
+
+# ---------------------------------------------------------------------------
+# Applications: anomaly detection and recommendation.
+
+
+def _valid_mask(batch, n: int) -> jax.Array:
+  valid = batch.get('_valid')
+  return (jnp.ones(n, jnp.float32) if valid is None
+          else valid.astype(jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruction:
+  """An autoencoder: ``x -> reconstruction``; the loss is the per-example MSE.
+
+  Eval lines carry ``loss``, the mean reconstruction error over the eval
+  split (normal and anomalous examples alike); the anomaly scores and their
+  metrics come from an eval hook (``dlresearch.hooks_apps``).
+  """
+
+  input_key: str = 'x'
+
+  def model_inputs(self, batch):
+    return (batch[self.input_key],), {}
+
+  def __call__(self, model, variables, batch, *, train, rng=None):
+    x = batch[self.input_key]
+    recon, model_state = apply_model(model, variables, (x,), {}, train=train,
+                                     rng=rng)
+    mask = _valid_mask(batch, x.shape[0])
+    return {'loss': jnp.sum(mse(recon, x) * mask),
+            'count': jnp.sum(mask)}, model_state
+
+  def finalize(self, m):
+    return m
+
+
+@dataclasses.dataclass(frozen=True)
+class RatingRegression:
+  """Explicit ratings: ``model(users, items) -> [B]`` predicted ratings.
+
+  The loss is the squared error; eval adds ``rmse`` (the square root of the
+  mean squared error, ``loss``) and ``mae``.
+  """
+
+  user_key: str = 'user'
+  item_key: str = 'item'
+  rating_key: str = 'rating'
+
+  def model_inputs(self, batch):
+    return (batch[self.user_key], batch[self.item_key]), {}
+
+  def __call__(self, model, variables, batch, *, train, rng=None):
+    args, kwargs = self.model_inputs(batch)
+    pred, model_state = apply_model(model, variables, args, kwargs,
+                                    train=train, rng=rng)
+    err = pred.astype(jnp.float32) - batch[self.rating_key].astype(jnp.float32)
+    mask = _valid_mask(batch, err.shape[0])
+    return {'loss': jnp.sum(err ** 2 * mask),
+            'mae': jnp.sum(jnp.abs(err) * mask),
+            'count': jnp.sum(mask)}, model_state
+
+  def finalize(self, m):
+    m = dict(m)
+    m['rmse'] = math.sqrt(max(m['loss'], 0.0))
+    return m
+
+
+@dataclasses.dataclass(frozen=True)
+class InBatchRetrieval:
+  """Two-tower retrieval with in-batch negatives.
+
+  ``model(users, items, genres) -> [B, B]`` logits: row ``b`` scores user
+  ``b`` against every item of the batch; its own item (the diagonal) is the
+  positive. Columns holding the same item as row ``b``'s positive and
+  padding columns are not negatives. With ``logq_correction`` the training
+  logits are reduced by the log of each item's sampling probability
+  (``batch['item_log_q']``: its share of the train interactions; Yi et al.
+  2019), so popular items, which are negatives more often, are not
+  under-scored. Eval reports the plain in-batch ``loss`` and ``accuracy``
+  (the positive ranks first in its row); recall/NDCG over all items come
+  from an eval hook.
+  """
+
+  logq_correction: bool = True
+
+  def model_inputs(self, batch):
+    return (batch['user'], batch['item'], batch['genres']), {}
+
+  def __call__(self, model, variables, batch, *, train, rng=None):
+    args, kwargs = self.model_inputs(batch)
+    logits, model_state = apply_model(model, variables, args, kwargs,
+                                      train=train, rng=rng)
+    logits = logits.astype(jnp.float32)
+    b = logits.shape[0]
+    if train and self.logq_correction:
+      logits = logits - batch['item_log_q'].astype(jnp.float32)[None, :]
+    mask = _valid_mask(batch, b)
+    items = batch['item']
+    diagonal = jnp.eye(b, dtype=bool)
+    # Padding rows keep their own (finite) diagonal, so 0 * loss stays 0.
+    excluded = ((items[:, None] == items[None, :]) | (mask[None, :] == 0)
+                ) & ~diagonal
+    logits = jnp.where(excluded, -jnp.inf, logits)
+    per_example = -jnp.diagonal(jax.nn.log_softmax(logits, axis=1))
+    correct = jnp.argmax(logits, axis=1) == jnp.arange(b)
+    return {'loss': jnp.sum(per_example * mask),
+            'accuracy': jnp.sum(correct * mask),
+            'count': jnp.sum(mask)}, model_state
+
+  def finalize(self, m):
+    return m
 
 
 # ---------------------------------------------------------------------------

@@ -378,7 +378,10 @@ def dataset_info(
   inputs = [k for k in keys if k != label_key]
   if not inputs:
     raise ValueError(f'Dataset {name!r} has no input feature besides labels.')
-  input_key = next((k for k in ('image', 'x') if k in inputs), inputs[0])
+  # 'features' (tabular vectors) wins over group columns such as 'sex',
+  # whatever order the reloaded info lists them in.
+  input_key = next((k for k in ('image', 'x', 'features') if k in inputs),
+                   inputs[0])
   shape = tuple(features[input_key].shape)
   splits = {k: v.num_examples for k, v in info.splits.items()}
   if splits and 'train' not in splits:

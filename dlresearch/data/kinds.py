@@ -10,7 +10,9 @@ checkpoints (resume, ``--eval_only``): artefacts a kind keeps in the workdir
 Kinds:
 
 - ``classification``: images or feature vectors with a class label from a
-  TFDS dataset (``tasks.Classification``).
+  TFDS dataset (``tasks.Classification``). With ``--audit_group=sex,...``
+  the eval batches also carry those group columns (never passed to the
+  model) and eval lines add per-group metrics and fairness gaps.
 - ``lm``: next-token rows packed from the documents of ``--text_key``, each
   ended by ``<eos>`` (``tasks.LanguageModel``); ``--sample`` adds a sampled
   continuation to each eval.
@@ -37,6 +39,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 import numpy as np
+import tensorflow_datasets as tfds
 
 from dlresearch import hooks, tasks
 from dlresearch.config import Config, ConfigError
@@ -193,21 +196,24 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
     raise ConfigError('pipeline', f'{cfg.dataset} has images of varying size '
                       'and cannot be held in memory; use --pipeline=grain')
   keys = (key, info.label_key)
+  groups = audit_groups(cfg, splits['eval'], key, info.label_key)
 
   def make(split, train):
+    keys_ = keys if train else keys + tuple(g for g, _ in groups)
     example_fn = (pipeline.image_example_fn(cfg.augment, cfg.image_size, train,
                                             key) if is_image else None)
     batch_fn = (pipeline.image_batch_fn(cfg.normalize, key) if is_image else
                 (lambda b: {**b, key: b[key].astype(np.float32)}))
     if in_memory:
       arrays = datasets.load_in_memory(cfg.dataset, split, data_dir, manual_dir)
-      return pipeline.ArrayDataset({k: arrays[k] for k in keys}, example_fn,
+      return pipeline.ArrayDataset({k: arrays[k] for k in keys_}, example_fn,
                                    batch_fn)
     source = datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
-    return pipeline.SourceDataset(source, example_fn, batch_fn, keys)
+    return pipeline.SourceDataset(source, example_fn, batch_fn, keys_)
 
   task = tasks.Classification(input_key=key, label_key=info.label_key,
-                              loss=cfg.loss, label_smoothing=cfg.label_smoothing)
+                              loss=cfg.loss, label_smoothing=cfg.label_smoothing,
+                              groups=groups)
   train, evals = make(splits['train'], True), make(splits['eval'], False)
   if cfg.image_channels:
     if not is_image:
@@ -222,6 +228,43 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
     train, evals = (permute_positions(d, key, perm) for d in (train, evals))
   return pipeline.Data(train, evals, task, {'num_classes': info.num_classes},
                        use_grain=not in_memory)
+
+
+def audit_groups(cfg: Config, split: str, input_key: str, label_key: str
+                 ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+  """``((column, group names), ...)`` of ``--audit_group`` on ``split``.
+
+  A ClassLabel column gives its names; an integer column the names '0' ..
+  'max' (its largest value in ``split``). Raises ``ConfigError``
+  (``audit_group``) for a missing column, the model input or label, or a
+  column of another kind.
+  """
+  wanted = [k.strip() for k in cfg.audit_group.split(',') if k.strip()]
+  if not wanted:
+    return ()
+  data_dir, manual_dir = _dirs(cfg)
+  source = datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
+  info = getattr(source, 'dataset_info', None)
+  features = info.features if info is not None else {}
+  out = []
+  for name in dict.fromkeys(wanted):
+    if name not in features:
+      raise ConfigError('audit_group', f'{cfg.dataset} has no column {name!r}; '
+                        f'its columns: {", ".join(features.keys())}')
+    if name in (input_key, label_key):
+      raise ConfigError('audit_group', f'{name!r} is the model input or label, '
+                        'not a group column')
+    feature = features[name]
+    if isinstance(feature, tfds.features.ClassLabel):
+      out.append((name, tuple(feature.names)))
+      continue
+    dtype = np.dtype(getattr(feature, 'np_dtype', np.float32))
+    if feature.shape != () or not np.issubdtype(dtype, np.integer):
+      raise ConfigError('audit_group', f'column {name!r} is {feature!r}; a '
+                        'group column is a ClassLabel or an integer scalar')
+    values = np.asarray(text.read_column(source, name))
+    out.append((name, tuple(str(i) for i in range(int(values.max()) + 1))))
+  return tuple(out)
 
 
 def repeat_channels(ds, key: str, channels: int):

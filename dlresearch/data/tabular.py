@@ -13,6 +13,7 @@ dicts or tuples). Readers never download; a missing cache raises
   autoencoder; ``creditcard_split`` does all three.
 - ``shuttle``: Statlog Shuttle (mlbench), 58,000 rows x 9; the majority class
   ``Rad.Flow`` (45,586) is normal, the other six classes anomalous.
+  ``shuttle_split``: Statlog's own train (43,500) / test (14,500) rows.
 - ``movielens``: MovieLens latest-small (2016 cut, dslabs), 100,004 ratings of
   9,066 movies by 671 users, read from an R lazy-load database
   (``read_lazyload``). ``index_ratings`` maps ids to dense indices and builds
@@ -201,6 +202,28 @@ def shuttle(data_dir: PathLike | None = None) -> dict[str, np.ndarray]:
   normal = list(class_names).index(SHUTTLE_NORMAL_CLASS)
   return {'features': features, 'labels': (classes != normal).astype(np.int32),
           'classes': classes, 'class_names': class_names}
+
+
+SHUTTLE_TRAIN_FRAC = 0.75  # 43,500 of 58,000 rows: Statlog's shuttle.trn
+
+
+def shuttle_split(data_dir: PathLike | None = None) -> dict[str, np.ndarray]:
+  """Shuttle in Statlog's own train/test split, standardised.
+
+  mlbench's table is Statlog's training file (43,500 rows, 34,108 normal)
+  followed by its test file (14,500 rows, 11,478 normal): the first
+  ``SHUTTLE_TRAIN_FRAC`` of the rows (exactly the 43,500) train, the rest
+  test. Features are standardised with the statistics of all train rows.
+
+  Returns:
+    ``x_train``, ``y_train``, ``x_test``, ``y_test`` (labels 1 = anomaly).
+  """
+  data = shuttle(data_dir)
+  x, y = data['features'], data['labels']
+  cut = int(round(SHUTTLE_TRAIN_FRAC * len(x)))
+  x_train, x_test = standardize(x[:cut], x[cut:])
+  return {'x_train': x_train, 'y_train': y[:cut],
+          'x_test': x_test, 'y_test': y[cut:]}
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""The ``ratings`` and ``retrieval`` data kinds: recommendation.
+
+Data (``--dataset=movielens``): MovieLens latest-small, read from the files
+``python -m dlresearch.data.fetch movielens`` cached (or ``--manual_dir``).
+Users and movies get dense indices over the whole table
+(``tabular.index_ratings``); each user's latest 20% of ratings (by
+timestamp) are the eval split, the rest train
+(``tabular.per_user_time_split``).
+
+- ``ratings``: explicit ratings, ``(user, item) -> rating`` with
+  ``tasks.RatingRegression`` (e.g. ``matrix_factorization``, whose global
+  offset starts at the train mean). Eval lines: ``rmse``, ``mae``, and the
+  baseline of global mean + user + item biases fitted on train,
+  ``bias_rmse`` / ``bias_mae``.
+- ``retrieval``: every rating is an interaction; a two-tower model
+  (``two_tower``: user ID tower; item tower of ID + genres) trains with
+  in-batch negatives (``tasks.InBatchRetrieval``, log-q corrected). Eval
+  lines: ``recall@K`` and ``ndcg@K`` (``--ranking_k``) over all items the
+  user did not rate in training, with ``most_popular_recall@K`` /
+  ``most_popular_ndcg@K`` of the most-popular baseline.
+
+``user_top_titles`` gives a trained model's top titles for a user.
+"""
+
+import functools
+import os
+
+import numpy as np
+
+from dlresearch import hooks_apps, recommend, tasks
+from dlresearch.config import Config, ConfigError
+from dlresearch.data import kinds, pipeline, tabular
+
+TEST_FRAC = 0.2  # each user's latest 20% of ratings are held out
+READERS = {'movielens': tabular.movielens}
+
+
+@functools.lru_cache(maxsize=2)
+def _load(dataset: str, manual_dir: str) -> tuple[dict, dict, dict]:
+  if dataset not in READERS:
+    raise ConfigError('dataset', f'the ratings kinds read {", ".join(READERS)}'
+                      f' (got {dataset!r})')
+  raw = os.path.expanduser(manual_dir) if manual_dir else None
+  index = tabular.index_ratings(READERS[dataset](raw))
+  train, test = tabular.per_user_time_split(index, TEST_FRAC, user_key='user')
+  keys = ('user', 'item', 'rating')
+  return index, {k: train[k] for k in keys}, {k: test[k] for k in keys}
+
+
+def load(cfg: Config) -> tuple[dict, dict, dict]:
+  """``(index, train, test)``: the item table and the two rating splits.
+
+  ``index`` is ``tabular.index_ratings``'s output (``user_ids``,
+  ``item_ids``, ``titles``, ``genres``, ...); ``train`` / ``test`` hold
+  ``user``, ``item`` (dense int32) and ``rating``.
+  """
+  return _load(cfg.dataset, cfg.manual_dir)
+
+
+def _sizes(cfg: Config, index: dict, **extra) -> dict:
+  return kinds.model_sizes(cfg, num_users=len(index['user_ids']),
+                           num_items=len(index['item_ids']),
+                           num_genres=index['genres'].shape[1], **extra)
+
+
+@kinds.register('ratings')
+def ratings(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
+  """Explicit rating regression against the bias baseline."""
+  del workdir, fresh
+  index, train, test = load(cfg)
+  sizes = _sizes(cfg, index, init_offset=float(np.mean(train['rating'])))
+  return pipeline.Data(
+      pipeline.ArrayDataset(train), pipeline.ArrayDataset(test),
+      tasks.RatingRegression(), sizes,
+      eval_hooks=[hooks_apps.bias_baseline_hook(train, test)])
+
+
+@kinds.register('retrieval')
+def retrieval(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
+  """Two-tower retrieval against the most-popular baseline."""
+  del workdir, fresh
+  index, train, test = load(cfg)
+  genres = index['genres'].astype(np.float32)
+  counts = np.bincount(train['item'], minlength=len(genres))
+  log_q = np.log(np.maximum(counts, 1) / len(train['item'])).astype(np.float32)
+
+  def features(batch):
+    return {**batch, 'genres': genres[batch['item']],
+            'item_log_q': log_q[batch['item']]}
+
+  def dataset(split):
+    return pipeline.ArrayDataset({'user': split['user'], 'item': split['item']},
+                                 batch_fn=features)
+
+  hook = hooks_apps.retrieval_hook(cfg, train, test, len(index['user_ids']),
+                                   genres)
+  return pipeline.Data(dataset(train), dataset(test), tasks.InBatchRetrieval(),
+                       _sizes(cfg, index), eval_hooks=[hook])
+
+
+def user_top_titles(model, variables, cfg: Config, user_id: int,
+                    k: int = 10) -> list[str]:
+  """The ``k`` best-scored titles for MovieLens user ``user_id``.
+
+  Movies the user rated (train or held out) are never recommended.
+
+  Raises:
+    KeyError: no such user.
+  """
+  index, _, _ = load(cfg)
+  where = np.searchsorted(index['user_ids'], user_id)
+  if where >= len(index['user_ids']) or index['user_ids'][where] != user_id:
+    raise KeyError(f'no user {user_id} in {cfg.dataset} (user ids '
+                     f'{index["user_ids"][0]}..{index["user_ids"][-1]})')
+  scores = hooks_apps.score_items(model, variables, np.array([where]),
+                                  index['genres'].astype(np.float32))[0]
+  seen = index['item'][index['user'] == where]
+  return recommend.top_titles(scores, seen, index['titles'], k)

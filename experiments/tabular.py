@@ -1,0 +1,63 @@
+r"""Tabular classification: an MLP on UCI Adult (income > 50K).
+
+    python -m dlresearch.data.fetch adult        # once: the raw files
+    python -m experiments.tabular --preset=adult --workdir=runs/adult
+    python -m experiments.tabular --preset=adult --tiny --workdir=runs/adult_tiny
+    python -m experiments.tabular --preset=adult --audit_group=sex,race
+
+Data: the ``adult`` TFDS dataset (32,561 train / 16,281 test rows; 108
+features: six standardised numeric columns and one-hot categoricals; see
+``dlresearch/data/builders/adult.py``). The group columns ``sex``,
+``race`` and ``age_bucket`` are not model inputs; ``--audit_group`` adds
+their per-group metrics and fairness gaps to every eval line. After
+training, the run fits scikit-learn baselines on exactly the same feature
+vectors and split (``--baselines``, default on: logistic regression and
+histogram gradient boosting), prints them next to the MLP and writes
+``WORKDIR/baselines.json``.
+
+Presets:
+
+adult
+  MLP 108-256-256-2 (ReLU, dropout 0.2), AdamW 1e-3 (weight decay 1e-4),
+  cosine, batch 256, 10 epochs (1,272 steps). Hyperparameters were fixed
+  before looking at the test split (Adult has no validation split).
+  Published reference: about 85% test accuracy for logistic regression and
+  MLPs, 86-87% for gradient-boosted trees. Measured (seeds 0/1/2, 2 CPU
+  cores shared with other jobs): MLP 85.9 / 85.8 / 85.8% test accuracy;
+  on the same split scikit-learn logistic regression 85.3%, histogram
+  gradient boosting 87.3 / 87.5 / 87.3%. The tiny form (20 steps, one
+  hidden layer of 16) is a smoke test, not a result.
+"""
+
+from absl import flags
+
+from dlresearch import cli
+from dlresearch.config import Config
+
+flags.DEFINE_bool('baselines', True, 'After training: fit scikit-learn '
+                  'logistic regression and gradient boosting on the same '
+                  'split and write WORKDIR/baselines.json.')
+
+PRESETS = {
+    'adult': cli.Preset(
+        Config(dataset='adult', model='mlp', batch_size=256,
+               eval_batch_size=1024, num_epochs=10, optimizer='adamw',
+               learning_rate=1e-3, weight_decay=1e-4, schedule='cosine',
+               model_kwargs={'features': [256, 256], 'dropout_rate': 0.2},
+               log_every=100, eval_every=0, checkpoint_every=1272,
+               keep_checkpoints=1),
+        tiny=dict(num_steps=20, log_every=5, checkpoint_every=20,
+                  model_kwargs={'features': [16]})),
+}
+
+
+def run(cfg, workdir):
+  from dlresearch import baselines, train  # pylint: disable=g-import-not-at-top
+  result = train.run(cfg, workdir)
+  if flags.FLAGS.baselines and not result.get('preempted'):
+    result.update(baselines.run_and_write(cfg, workdir))
+  return result
+
+
+if __name__ == '__main__':
+  cli.main('tabular', PRESETS, default_preset='adult', run=run)

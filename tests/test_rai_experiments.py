@@ -1,0 +1,295 @@
+"""End-to-end tests of the responsible-AI tools on tiny runs.
+
+``--audit_group`` eval lines against ``audit.model_audit`` on the restored
+model's predictions; the tabular experiment with its scikit-learn
+baselines; ``experiments.audit``'s files; explanations of an image CNN run
+and a text Transformer run; drift monitoring quiet on an unshifted split and
+firing on a planted shift. Datasets are tiny TFDS builders written here.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from dlresearch import audit, config as config_lib, rai, train
+from dlresearch.config import Config, ConfigError
+from dlresearch.data import kinds
+import dlresearch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = {0: ['bad', 'awful', 'dull'], 1: ['good', 'great', 'fine']}
+FILLER = ['the', 'film', 'was', 'a', 'plot', 'and', 'cast']
+
+
+class ToyTabular(tfds.core.GeneratorBasedBuilder):
+  """6 features; label from features 0 and 1; 'sex' is not a feature."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            'sex': tfds.features.ClassLabel(names=['Female', 'Male']),
+            'features': tfds.features.Tensor(shape=(6,), dtype=np.float32),
+            'label': tfds.features.ClassLabel(names=['no', 'yes']),
+        }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(0, 480),
+            'test': self._generate_examples(1, 200)}
+
+  def _generate_examples(self, seed, n):
+    rng = np.random.default_rng(seed)
+    sex = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    x[:, 1] += 2.0 * sex  # a proxy of the group inside the features
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0.2).astype(int)
+    for i in range(n):
+      yield i, {'features': x[i], 'label': int(y[i]), 'sex': int(sex[i])}
+
+
+class ToyText(tfds.core.GeneratorBasedBuilder):
+  """Short 'reviews' whose label is given by one sentiment word."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            'text': tfds.features.Text(),
+            'label': tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(0, 256),
+            'test': self._generate_examples(1, 64)}
+
+  def _generate_examples(self, seed, n):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      label = int(rng.integers(2))
+      words = list(rng.choice(FILLER, 5))
+      words.insert(int(rng.integers(6)), str(rng.choice(WORDS[label])))
+      yield i, {'text': ' '.join(words), 'label': label}
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  for builder in (ToyTabular, ToyText):
+    builder(data_dir=path).download_and_prepare(file_format='array_record')
+  return path
+
+
+def _tabular_cfg(data_dir, **kw):
+  return config_lib.validate(Config(
+      dataset='toy_tabular', data_dir=data_dir, model='mlp',
+      model_kwargs={'features': [16]}, batch_size=32, eval_batch_size=64,
+      num_steps=60, learning_rate=1e-2, log_every=30, checkpoint_every=60,
+      **kw))
+
+
+@pytest.fixture(scope='module')
+def tabular_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('tabular'))
+  result = train.run(_tabular_cfg(data_dir, audit_group='sex'), workdir)
+  return workdir, result
+
+
+def _last_eval(workdir):
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  return [l for l in lines if l['split'] == 'eval'][-1]
+
+
+def test_audit_group_eval_lines_equal_model_audit(tabular_run, data_dir):
+  workdir, result = tabular_run
+  line = _last_eval(workdir)
+  # The contract's keys, in the eval line and the run's result.
+  for key in ('group/sex=Female/accuracy', 'group/sex=Male/tpr',
+              'group/sex=Female/selection_rate', 'group/sex=Male/fpr',
+              'fairness/sex/demographic_parity_difference',
+              'fairness/sex/demographic_parity_ratio',
+              'fairness/sex/equalized_odds_difference'):
+    assert key in line and key in result, key
+  assert not any(k.startswith('group_sums') for k in line)
+  # The group column is not a model input: the first layer sees 6 features.
+  run = dlresearch.restore(workdir)
+  assert run.variables['params']['hidden_0']['kernel'].shape == (6, 16)
+  data = rai.split_data(run, '', ['sex'])
+  assert data.task.input_key == 'features'
+  assert data.groups == (('sex', ('Female', 'Male')),)
+  # Independent reference: model_audit on the restored model's predictions.
+  got = rai.predict(run, data.dataset, data.task)
+  assert len(got['label']) == 200
+  probs = np.exp(got['logits']) / np.exp(got['logits']).sum(1, keepdims=True)
+  names = np.array(['Female', 'Male'])[got['sex']]
+  ref = audit.model_audit(got['label'], probs.argmax(1), probs[:, 1],
+                          {'sex': names}, n_bootstrap=0)
+  assert line['accuracy'] == pytest.approx(
+      ref['overall']['accuracy']['value'], abs=1e-6)
+  for name in ('Female', 'Male'):
+    g = ref['groups']['sex'][name]
+    assert line[f'group/sex={name}/count'] == g['count']
+    for metric in ('accuracy', 'selection_rate', 'tpr', 'fpr'):
+      assert line[f'group/sex={name}/{metric}'] == pytest.approx(
+          g[metric]['value'], abs=1e-6), (name, metric)
+  for gap, entry in ref['gaps']['sex'].items():
+    assert line[f'fairness/sex/{gap}'] == pytest.approx(entry['value'],
+                                                        abs=1e-6)
+  # The model learned something, and the groups differ in selection rate.
+  assert line['accuracy'] > 0.8
+  assert line['fairness/sex/demographic_parity_difference'] > 0.05
+
+
+def test_audit_group_rejects_unknown_and_input_columns(data_dir):
+  with pytest.raises(ConfigError, match='--audit_group: toy_tabular has no '
+                     "column 'age'"):
+    kinds.build(_tabular_cfg(data_dir, audit_group='age'), '/unused')
+  with pytest.raises(ConfigError, match='model input or label'):
+    kinds.build(_tabular_cfg(data_dir, audit_group='sex,label'), '/unused')
+
+
+def _run(module, *args, timeout=600):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=env)
+
+
+def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = _run('experiments.tabular', '--preset=adult', '--tiny',
+              '--dataset=toy_tabular', f'--data_dir={data_dir}',
+              '--batch_size=32', '--eval_batch_size=64', '--num_steps=40',
+              f'--workdir={workdir}', '--audit_group=sex')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'baseline/logistic_regression/accuracy=' in proc.stdout
+  found = json.load(open(f'{workdir}/baselines.json'))['baselines']
+  # The label is linear in the features: logistic regression nails it.
+  assert found['logistic_regression']['accuracy'] > 0.9
+  assert found['hist_gradient_boosting']['accuracy'] > 0.8
+  proc = _run('experiments.audit', f'--workdir={workdir}', '--group_key=sex',
+              '--n_bootstrap=50')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = pathlib.Path(workdir) / 'audit'
+  with open(out / 'predictions.csv') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['label', 'prediction', 'score', 'group']
+  assert len(rows) == 201 and {r[3] for r in rows[1:]} == {'Female', 'Male'}
+  report = json.load(open(out / 'report.json'))
+  accuracy = np.mean([r[0] == r[1] for r in rows[1:]])
+  assert report['overall']['accuracy']['value'] == pytest.approx(accuracy)
+  assert report['overall']['accuracy']['value'] == pytest.approx(
+      _last_eval(workdir)['accuracy'], abs=1e-6)
+  lo, hi = report['gaps']['sex']['demographic_parity_difference']['ci']
+  assert lo <= report['gaps']['sex']['demographic_parity_difference'][
+      'value'] <= hi
+  assert report['data']['rows'] == 480
+  assert set(report['data']['groups']['sex']) == {'Female', 'Male'}
+  assert (out / 'sex_accuracy.png').stat().st_size > 1000
+  assert (out / 'sex_gaps.png').exists()
+  # Bad input: one line, non-zero exit, nothing written.
+  proc = _run('experiments.audit', f'--workdir={workdir}', '--group_key=age',
+              f'--out={tmp_path}/bad')
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: --audit_group: toy_tabular has no column 'age'")
+  assert not (tmp_path / 'bad').exists()
+
+
+def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
+  workdir, _ = tabular_run
+  run = dlresearch.restore(workdir)
+  report = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+                           num_examples=3, steps=128)
+  assert report['modality'] == 'vector'
+  assert report['completeness_gap']['max'] < 1e-2
+  top = report['examples'][0]['top_features']
+  assert len(top) == 6  # fewer features than top_k
+  # The label depends on features 0 and 1 only: they lead the ranking.
+  leaders = [{t['feature'] for t in e['top_features'][:2]}
+             for e in report['examples']]
+  assert sum(l == {'f0', 'f1'} for l in leaders) >= 2
+  assert (tmp_path / 'ig' / 'example_000.png').exists()
+  with pytest.raises(ConfigError, match='grad_cam'):
+    rai.explain_run(run, 'grad_cam', str(tmp_path / 'bad'))
+  assert not (tmp_path / 'bad').exists()
+  metrics = pathlib.Path(workdir) / 'metrics.jsonl'
+  before = metrics.read_text()
+  quiet = rai.monitor_run(run, 'test', str(tmp_path / 'm0'))
+  assert quiet['alerts'] == [] and metrics.read_text() == before
+  # Women only: feature 1 (the group's proxy) shifts down.
+  shifted = rai.monitor_run(run, 'test', str(tmp_path / 'm1'),
+                            live_filter='sex=Female', max_rows=2000)
+  assert 60 < shifted['rows'] < 140  # about half of the 200 test rows
+  assert shifted['feature_ks']['f1']['p_value'] < 1e-3
+  assert any('f1' in a for a in shifted['alerts'])
+  lines = [json.loads(l) for l in metrics.read_text().splitlines()]
+  alerts = [l for l in lines if l['split'] == 'monitor']
+  assert [l['alert'] for l in alerts] == shifted['alerts']
+  assert alerts[0]['live_filter'] == 'sex=Female'
+  assert alerts[0]['step'] == run.step
+
+
+def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):
+  from experiments.cnn_imagenet import PRESETS
+  preset = PRESETS['quickstart']
+  data_dir = str(tmp_path_factory.mktemp('digits'))
+  cfg = config_lib.override(preset.config, {
+      **preset.tiny, 'data_dir': data_dir, 'num_steps': 60})
+  workdir = str(tmp_path / 'run')
+  train.run(cfg, workdir)
+  run = dlresearch.restore(workdir)
+  cam = rai.explain_run(run, 'grad_cam', str(tmp_path / 'cam'),
+                        num_examples=4)
+  assert cam['layer'] == 'conv2' and len(cam['files']) == 4
+  ig = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+                       num_examples=4, steps=128)
+  logits = np.array([e['target_logit'] for e in ig['examples']])
+  assert ig['completeness_gap']['max'] < 0.01 * np.abs(logits).max()
+  from PIL import Image
+  img = Image.open(tmp_path / 'ig' / 'example_000.png')
+  assert img.size == (224, 224)
+  quiet = rai.monitor_run(run, 'test', str(tmp_path / 'm0'))
+  assert quiet['features'] == 'inputs' and quiet['alerts'] == []
+  rotated = rai.monitor_run(run, 'test', str(tmp_path / 'm1'),
+                            live_transform='rotate:45')
+  assert rotated['mmd']['p_value'] < 0.01 and rotated['alerts']
+  assert rotated['accuracy']['live'] < rotated['accuracy']['reference']
+  with pytest.raises(ConfigError, match='--live_transform'):
+    rai.monitor_run(run, 'test', str(tmp_path / 'm2'), live_transform='blur')
+
+
+def test_explain_a_text_transformer_run(data_dir, tmp_path):
+  from experiments.text_classify import PRESETS
+  preset = PRESETS['rt_transformer']
+  cfg = config_lib.override(preset.config, {
+      **preset.tiny, 'dataset': 'toy_text', 'data_dir': data_dir,
+      'num_steps': 60, 'max_len': 48, 'tokenizer': 'char', 'batch_size': 32,
+      'checkpoint_every': 60})
+  workdir = str(tmp_path / 'run')
+  assert train.run(cfg, workdir)['accuracy'] > 0.9
+  run = dlresearch.restore(workdir)
+  ig = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+                       num_examples=4)
+  assert ig['modality'] == 'text' and ig['files'] == ['tokens.html']
+  page = (tmp_path / 'ig' / 'tokens.html').read_text()
+  assert page.count('<p>') == 4 and 'background-color' in page
+  for e in ig['examples']:
+    assert len(e['tokens']) == len(e['scores'])
+    assert e['completeness_gap'] < 0.05 * max(1.0, abs(e['target_logit']))
+  roll = rai.explain_run(run, 'attention_rollout', str(tmp_path / 'roll'),
+                         num_examples=2)
+  scores = roll['examples'][0]['scores']
+  assert len(scores) == len(roll['examples'][0]['tokens'])
+  assert all(s >= 0 for s in scores)

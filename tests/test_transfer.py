@@ -18,7 +18,7 @@ from dlresearch import tasks, train
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds
 from dlresearch.models import registry
-from tests.test_weights import mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+from tests.test_weights import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -276,3 +276,36 @@ def test_predict_workdir_uses_the_runs_eval_preprocessing(tmp_path):
   got = {t['index']: t['probability'] for t in outs[0]['top_k']}
   np.testing.assert_allclose([got[i] for i in range(10)], want, atol=1e-5)
   assert {t['label'] for t in outs[0]['top_k']} == {str(i) for i in range(10)}
+
+
+def test_minilm_probe_trains_only_the_head_on_mean_pooled_embeddings(
+    minilm_dir, tmp_path):  # noqa: F811
+  from dlresearch import checkpoint, weights  # pylint: disable=g-import-not-at-top
+  from dlresearch.data import kinds_pretrained, pipeline  # pylint: disable=g-import-not-at-top
+  from experiments.finetune import PRESETS  # pylint: disable=g-import-not-at-top
+  cfg = PRESETS['minilm_rotten_tomatoes'].config.replace(
+      init_from=f'hf:{minilm_dir}', pretrained_tokenizer=str(minilm_dir),
+      probe=True, num_steps=3, batch_size=8, eval_batch_size=8, max_len=16,
+      num_train_examples=0, log_every=1)
+  tok = kinds_pretrained.load_tokenizer(kinds_pretrained.tokenizer_path(cfg), 16)
+  texts = ['a wonderful, moving film', 'dull and lifeless'] * 8
+  arrays = {**kinds_pretrained.encode(tok, texts),
+            'label': np.array([1, 0] * 8, np.int32)}
+  assert arrays['inputs'][0, 0] == tok.token_to_id('[CLS]')
+  data = pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),
+                       tasks.Classification(input_key='inputs', mask_key='mask'),
+                       {'vocab_size': tok.get_vocab_size(), 'num_classes': 2})
+  workdir = tmp_path / 'run'
+  train.run(cfg, str(workdir), data=data)
+  report = json.loads((workdir / init.REPORT_FILE).read_text())
+  assert report['new'] == ['params/head/bias', 'params/head/kernel']
+  assert report['skipped'] == ['params/pooler/bias', 'params/pooler/kernel']
+  assert len(report['loaded']) == 101  # 3 embeddings, embed_norm (2), 6 x 16
+  params = checkpoint.load_variables(str(workdir))['params']
+  sd = weights.read(f'hf:{minilm_dir}')
+  np.testing.assert_array_equal(params['token_embed']['embedding'],
+                                sd['embeddings.word_embeddings.weight'])
+  np.testing.assert_array_equal(
+      params['encoder']['block_5']['mlp']['fc2']['kernel'],
+      sd['encoder.layer.5.output.dense.weight'].T)
+  assert float(np.abs(params['head']['kernel']).max()) > 0

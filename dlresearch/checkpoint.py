@@ -20,8 +20,9 @@ name orbax does not list, so it is neither restored nor rotated) and resumes
 from the previous one. Checkpoints written before manifests existed are
 restored with a warning.
 
-Resume order (``train.run``): a checkpoint in the workdir, else the params of
-``--init_from``, else a fresh init.
+Resume order (``train.run``): a checkpoint in the workdir, else the variables
+of ``--init_from`` (``load_variables`` here; what loads is decided by
+``dlresearch/init.py``), else a fresh init.
 """
 
 import datetime
@@ -625,24 +626,3 @@ def _variables(restore, step_dir: str, step: int) -> dict:
             'step': int(np.asarray(state['step']))}
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise CorruptCheckpointError(step, _one_line(e)) from e
-
-
-def merge_pretrained(target, pretrained, what: str = 'params'):
-  """Copies every leaf of ``pretrained`` whose path and shape match ``target``.
-
-  Leaves that are missing or differ in shape (e.g. a new classifier head)
-  keep their fresh values. Returns (merged tree, loaded paths, skipped paths).
-  """
-  flat_t = flax.traverse_util.flatten_dict(flax.core.unfreeze(target), sep='/')
-  flat_p = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep='/')
-  loaded, skipped = [], []
-  for key, value in flat_t.items():
-    src = flat_p.get(key)
-    if src is not None and tuple(np.shape(src)) == tuple(value.shape):
-      flat_t[key] = jax.device_put(np.asarray(src, dtype=value.dtype), value.sharding)
-      loaded.append(key)
-    else:
-      skipped.append(key)
-  logging.info('init_from %s: loaded %d arrays, kept %d fresh: %s', what,
-               len(loaded), len(skipped), skipped[:10])
-  return flax.traverse_util.unflatten_dict(flat_t, sep='/'), loaded, skipped

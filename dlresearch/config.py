@@ -257,6 +257,25 @@ class Config:
   profile_steps: str = _f('', 'START:END: write a jax.profiler trace of steps '
                           'START..END-1 to WORKDIR/profile (open with '
                           'TensorBoard\'s profile plugin); empty: none.')
+  # Transfer learning.
+  new_head: str = _f('', "Regex over '/'-joined parameter paths that are "
+                     'freshly initialised (sized to this data) instead of '
+                     "loaded from --init_from, e.g. '^head/'; --probe trains "
+                     'only these. Empty: every parameter must load.')
+  probe: bool = _f(False, 'Linear probe: train only --new_head; the backbone '
+                   'runs in eval mode, so its parameters and batch-norm '
+                   'statistics stay bit-identical.')
+  lr_multipliers: str = _f('', "Per-group learning rates: 'REGEX=FACTOR,...' "
+                           "over '/'-joined parameter paths (first match "
+                           "wins; factor >= 0), e.g. '^block=0.1'.")
+  num_train_examples: int = _f(0, 'Train on a stratified subset of this many '
+                               'train examples, drawn with --seed (>= 0; 0 = '
+                               'all).')
+  image_channels: int = _f(0, 'Repeat single-channel images to this many '
+                           'channels (0 = as stored; 3 for ImageNet models).')
+  pretrained_tokenizer: str = _f('', 'hf_text_classification: a Hugging Face '
+                                 'tokenizer.json, or the model directory '
+                                 'holding one.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -282,6 +301,8 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'alert_rate', 'ranking_k', 'early_stopping_patience', 'eval_max_examples',
     'test_split', 'top_p', 'progress', 'model_summary', 'plots',
     'compilation_cache', 'profile_steps', 'eval_checkpoint',
+    # Transfer learning: read only when a run starts fresh / where from.
+    'new_head', 'pretrained_tokenizer',
 })
 
 
@@ -315,7 +336,7 @@ def validate(cfg: Config) -> Config:
   for name in ('eval_batch_size', 'eval_every', 'warmup_steps', 'image_size',
                'grain_workers', 'grain_threads', 'weight_decay',
                'grad_clip_norm', 'momentum', 'seed', 'top_k', 'bleu_examples',
-               'num_processes'):
+               'num_processes', 'num_train_examples', 'image_channels'):
     _check(getattr(cfg, name) >= 0, name, '>= 0', getattr(cfg, name))
   _check(cfg.process_id >= -1, 'process_id', '>= 0 (or -1 to detect)',
          cfg.process_id)
@@ -342,6 +363,9 @@ def validate(cfg: Config) -> Config:
       cfg.eval_checkpoint.isdigit()):
     raise ConfigError('eval_checkpoint', "must be empty, 'best' or a step "
                       f'number (got {cfg.eval_checkpoint!r})')
+  if cfg.probe and not cfg.new_head:
+    raise ConfigError('probe', "needs --new_head (the parameters it trains, "
+                      "e.g. '^head/')")
   if cfg.batch_size % cfg.grad_accum_steps:
     raise ConfigError('grad_accum_steps', f'must divide --batch_size='
                       f'{cfg.batch_size} (got {cfg.grad_accum_steps})')

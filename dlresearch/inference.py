@@ -113,3 +113,130 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
     raise ValueError(f'{workdir}: cannot rebuild the model: {e}') from None
   variables, found = _variables(workdir, step)
   return Restored(cfg, model, variables, found, workdir, tokenizer)
+
+
+# ---------------------------------------------------------------------------
+# Predictors: inputs as files/strings -> class probabilities, with the
+# model's own eval preprocessing (experiments/predict.py).
+
+
+@dataclasses.dataclass
+class Predictor:
+  """``images(paths)`` / ``texts(strings)`` -> probabilities ``[N, classes]``."""
+
+  model: Any
+  variables: dict
+  labels: list[str] | None
+  image_fn: Any = None  # path -> float32 [H, W, C]
+  text_fn: Any = None  # list[str] -> (ids, mask)
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(lambda v, x, kw: jax.nn.softmax(
+        self.model.apply(v, x, train=False, **kw), -1))
+
+  def images(self, paths) -> np.ndarray:
+    if self.image_fn is None:
+      raise ValueError('this model classifies texts: use --text')
+    x = np.stack([self.image_fn(p) for p in paths])
+    return np.asarray(self._apply(self.variables, x, {}))
+
+  def texts(self, texts) -> np.ndarray:
+    if self.text_fn is None:
+      raise ValueError('this model classifies images, not --text')
+    ids, mask = self.text_fn(list(texts))
+    return np.asarray(self._apply(self.variables, ids, {'mask': mask}))
+
+
+def _read_image(path: str, mode: str) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image = image.convert(mode)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f'{path}: not a readable image ({e})') from None
+  x = np.asarray(image, np.uint8)
+  return x[..., None] if x.ndim == 2 else x
+
+
+def _label_names(cfg: Config) -> list[str] | None:
+  from dlresearch.data import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    manual = os.path.expanduser(cfg.manual_dir) if cfg.manual_dir else None
+    builder = datasets._open(cfg.dataset, os.path.expanduser(cfg.data_dir),  # pylint: disable=protected-access
+                             manual)
+    return list(builder.info.features[cfg.label_key].names)
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None  # indices are shown instead
+
+
+def from_workdir(workdir: str) -> Predictor:
+  """A predictor for a trained run, preprocessing as its eval split."""
+  from dlresearch.data import datasets, pipeline, transforms  # pylint: disable=g-import-not-at-top
+  run = restore(workdir)
+  cfg = run.config
+  pred = Predictor(run.model, run.variables, _label_names(cfg))
+  if cfg.data_kind == 'hf_text_classification':
+    from dlresearch.data import kinds_pretrained  # pylint: disable=g-import-not-at-top
+    tok = kinds_pretrained.load_tokenizer(
+        os.path.join(run.workdir, kinds_pretrained.SAVED_TOKENIZER), cfg.max_len)
+    pred.text_fn = lambda t: tuple(kinds_pretrained.encode(tok, t).values())
+  elif cfg.data_kind == 'text_classification':
+    pred.text_fn = lambda t: text.pad_batch(
+        run.tokenizer.encode_batch(t), cfg.max_len, run.tokenizer.pad_id)
+  elif cfg.data_kind == 'classification':
+    info = datasets.dataset_info(cfg.dataset, os.path.expanduser(cfg.data_dir),
+                                 os.path.expanduser(cfg.manual_dir) or None)
+    stored = info.input_shape
+    mode = 'L' if stored and stored[-1] == 1 else 'RGB'
+    size = cfg.image_size or (stored[0] if stored else 0)
+    batch_fn = pipeline.image_batch_fn(cfg.normalize)
+
+    def image_fn(path):
+      x = _read_image(path, mode)
+      if size:
+        x = transforms.resize_center_crop(x, size) if cfg.image_size else (
+            np.asarray(transforms.resize_center_crop(x, size, 1.0)))
+      if cfg.image_channels and x.shape[-1] != cfg.image_channels:
+        x = np.repeat(x, cfg.image_channels, -1)
+      return batch_fn({'image': x[None]})['image'][0]
+
+    pred.image_fn = image_fn
+  else:
+    raise ValueError(f'{workdir}: a {cfg.data_kind} run does not classify '
+                     'images or texts')
+  return pred
+
+
+def from_weights(model_name: str, spec: str) -> Predictor:
+  """A predictor for converted weights (``torch:``/``safetensors:``/``hf:``)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from dlresearch import init as init_lib  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights import imagenet  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights.errors import WeightsError  # pylint: disable=g-import-not-at-top
+  if not init_lib.is_foreign(spec):
+    raise ValueError(f'--init_from={spec}: use torch:PATH, safetensors:PATH or '
+                     'hf:DIR (or --workdir for a run of ours)')
+  cfg = Config(model=model_name, init_from=spec)
+  try:
+    base = train.build_model(cfg, {'num_classes': 1000})
+    model, variables = init_lib.foreign_model(cfg, base)
+  except (ConfigError, WeightsError) as e:
+    raise ValueError(str(e)) from None
+  if getattr(model, 'num_classes', None) is None:
+    raise ValueError(f'{spec} has no classification head')
+  path = pathlib.Path(os.path.expanduser(spec.split(':', 1)[1]))
+  labels = None
+  if spec.startswith('hf:'):
+    id2label = json.loads((path / 'config.json').read_text()).get('id2label')
+    if id2label:
+      labels = [id2label[str(i)] for i in range(len(id2label))]
+    from dlresearch.data import kinds_pretrained  # pylint: disable=g-import-not-at-top
+    tok = kinds_pretrained.load_tokenizer(path / 'tokenizer.json', 128)
+    return Predictor(model, variables, labels, text_fn=lambda t: tuple(
+        kinds_pretrained.encode(tok, t).values()))
+  if model.num_classes == 1000 and (path.parent / imagenet.CLASS_NAMES_FILE).is_file():
+    labels = imagenet.class_names(path.parent)
+  return Predictor(model, variables, labels, image_fn=lambda p: imagenet.preprocess(
+      _read_image(p, 'RGB')))

@@ -6,16 +6,18 @@ matrices and token/entity embedding tables decay; biases, norm scales,
 position tables and the ViT class token do not.
 SGD/Nesterov take ``--momentum``; Adam/AdamW take ``--adam_b1``,
 ``--adam_b2`` and ``--adam_eps``.
+Per-group learning-rate factors: ``--lr_multipliers``.
 """
 
 import re
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from dlresearch.config import Config
+from dlresearch.config import Config, ConfigError
 
 
 class FreezeError(ValueError):
@@ -155,12 +157,90 @@ def make(cfg: Config, num_steps: int, params=None) -> tuple[
                             eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
                             mask=decay_mask))
   tx = optax.chain(*parts)
-  if cfg.freeze:
-    if params is None:
-      raise ValueError('freezing parameters needs the params tree')
-    mask = trainable_mask(params, cfg.freeze)
+  mask = trainable(cfg, params)
+  if mask is not None:
     labels = jax.tree.map(lambda t: 'train' if t else 'freeze', mask)
     tx = optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
+  if cfg.lr_multipliers:
+    tx = optax.chain(tx, scale_by_multipliers(params, cfg.lr_multipliers))
   return tx, lr
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning: what trains (--freeze, --probe), per-group learning rates.
+
+
+def trainable(cfg: Config, params) -> Any:
+  """The trainable-parameter mask of ``--freeze``/``--probe``; None: all train.
+
+  ``--probe`` trains only the parameters matching ``--new_head``; a frozen
+  parameter gets no optimizer state (``optax.multi_transform``).
+  """
+  if not cfg.freeze and not cfg.probe:
+    return None
+  if params is None:
+    raise ValueError('freezing parameters needs the params tree')
+  mask = trainable_mask(params, cfg.freeze) if cfg.freeze else None
+  if cfg.probe:
+    head = trainable_mask(params, cfg.new_head)  # False on the head
+    head = jax.tree.map(lambda t: not t, head)
+    mask = head if mask is None else jax.tree.map(
+        lambda a, b: a and b, mask, head)
+  return mask
+
+
+def parse_multipliers(spec: str) -> list[tuple[re.Pattern, float]]:
+  """``'REGEX=FACTOR,...'`` -> [(pattern, factor)]; ConfigError if malformed."""
+  out = []
+  for part in spec.split(','):
+    regex, sep, factor = part.rpartition('=')
+    try:
+      if not sep or not regex:
+        raise ValueError(f'{part!r} is not REGEX=FACTOR')
+      value = float(factor)
+      if not value >= 0 or value == float('inf'):
+        raise ValueError(f'factor {factor!r} must be a finite number >= 0')
+      out.append((re.compile(regex), value))
+    except (ValueError, re.error) as e:
+      raise ConfigError('lr_multipliers', f'{e} (in {spec!r})') from None
+  return out
+
+
+def multipliers(params, spec: str):
+  """The tree of learning-rate factors: the first matching regex's, else 1."""
+  rules = parse_multipliers(spec)
+  names = path_names(params)
+  used = set()
+
+  def factor(name):
+    for i, (pattern, value) in enumerate(rules):
+      if pattern.search(name):
+        used.add(i)
+        return value
+    return 1.0
+
+  tree = jax.tree.map(factor, names)
+  unused = [rules[i][0].pattern for i in range(len(rules)) if i not in used]
+  if unused:
+    raise ConfigError('lr_multipliers', f'{unused[0]!r} matches no parameter '
+                      '(or only ones an earlier rule took)')
+  return tree
+
+
+def scale_by_multipliers(params, spec: str) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its ``--lr_multipliers`` factor.
+
+  Placed after the optimizer, so the factor scales the step exactly as a
+  per-group learning rate (decoupled weight decay included); stateless.
+  """
+  if params is None:
+    raise ValueError('--lr_multipliers needs the params tree')
+  factors = multipliers(params, spec)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 

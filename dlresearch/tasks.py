@@ -26,8 +26,9 @@ This module also holds the per-example losses (``LOSSES``).
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -377,3 +378,74 @@ class InBatchRetrieval:
 
   def finalize(self, m):
     return m
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning: a frozen backbone, batch statistics included.
+
+
+def frozen_state_paths(trainable, model_state) -> frozenset:
+  """Model-state paths (``'batch_stats/block1/dw_bn/mean'``) of frozen modules.
+
+  A module is frozen when every parameter it holds is frozen (``trainable``
+  is False for each); its batch statistics are then frozen too.
+  """
+  if trainable is None or not model_state:
+    return frozenset()
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(trainable), sep='/')
+  modules: dict[str, bool] = {}
+  for path, train in flat.items():
+    module = path.rsplit('/', 1)[0]
+    modules[module] = modules.get(module, False) or bool(train)
+  stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(model_state),
+                                          sep='/')
+  return frozenset(p for p in stats
+                   if modules.get(p.split('/', 1)[1].rsplit('/', 1)[0]) is False)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenBackbone:
+  """A task whose frozen part does not change in training.
+
+  ``eval_mode`` (``--probe``): the model runs in eval mode in training too
+  (batch norm normalises with its running statistics and does not update
+  them; no dropout), so only the trained head can change. ``keep``: model
+  state paths (``frozen_state_paths``) whose new values are dropped after
+  each training step (``--freeze`` of batch-normalised layers): a frozen
+  layer's statistics stay bit-identical. Everything else is the inner task.
+  """
+
+  task: Any
+  eval_mode: bool = False
+  keep: frozenset = frozenset()
+
+  def model_inputs(self, batch):
+    return self.task.model_inputs(batch)
+
+  def finalize(self, m):
+    return self.task.finalize(m)
+
+  def __getattr__(self, name):  # the inner task's fields (input_key, ...)
+    if name == 'task':
+      raise AttributeError(name)
+    return getattr(self.task, name)
+
+  def __call__(self, model, variables, batch, *, train, rng=None):
+    sums, model_state = self.task(model, variables, batch,
+                                  train=train and not self.eval_mode, rng=rng)
+    if train and self.keep and model_state:
+      new = flax.traverse_util.flatten_dict(flax.core.unfreeze(model_state),
+                                            sep='/')
+      old = flax.traverse_util.flatten_dict(
+          flax.core.unfreeze({k: variables[k] for k in model_state}), sep='/')
+      new.update({p: old[p] for p in self.keep if p in new})
+      model_state = flax.traverse_util.unflatten_dict(new, sep='/')
+    return sums, model_state
+
+
+def freeze_backbone(task, *, probe: bool, trainable, model_state):
+  """``task``, or a ``FrozenBackbone`` of it when something is frozen."""
+  keep = frozen_state_paths(trainable, model_state)
+  if not probe and not keep:
+    return task
+  return FrozenBackbone(task, eval_mode=probe, keep=keep)

@@ -29,6 +29,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from dlresearch import checkpoint, config as config_lib, ema as ema_lib
+from dlresearch import init as init_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
 from dlresearch import plot, policy, summary as summary_lib
 from dlresearch import tasks, workdir as workdir_lib
@@ -533,6 +534,9 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   create = functools.partial(state_lib.create, model, tx, args, kwargs,
                              cfg.seed, ema=cfg.ema_decay > 0)
   shapes = jax.eval_shape(create)
+  task = tasks.freeze_backbone(  # --probe / --freeze: batch stats stay put
+      task, probe=cfg.probe, trainable=optim.trainable(cfg, abstract_params),
+      model_state=shapes.model_state)
   shardings = parallel.state_shardings(shapes, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -542,7 +546,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
   state, start, data_state = _initial_state(cfg, ckpt, create, shardings,
-                                            abstract_state, workdir)
+                                            abstract_state, model,
+                                            workdir)
   if start > num_steps and not cfg.eval_only:
     raise ConfigError('num_steps', f'{workdir} is already at step {start}, '
                       f'past {num_steps}; it does not train backwards: use '
@@ -791,7 +796,8 @@ def build_model(cfg: Config, data_kwargs: dict):
     raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
 
 
-def _initial_state(cfg, ckpt, create, shardings, abstract_state, workdir):
+def _initial_state(cfg, ckpt, create, shardings, abstract_state, model,
+                   workdir):
   """Resume order: workdir checkpoint, then --init_from params, then fresh.
 
   Returns ``(state, start step, data state)``, the state as global arrays
@@ -811,11 +817,9 @@ def _initial_state(cfg, ckpt, create, shardings, abstract_state, workdir):
       return state, step, data_state
     return state, data_state['step'], data_state
   state = jax.jit(create, out_shardings=shardings)()
-  if cfg.init_from:
-    pretrained = checkpoint.load_variables(cfg.init_from)
-    params, _, _ = checkpoint.merge_pretrained(state.params, pretrained['params'])
-    model_state, _, _ = checkpoint.merge_pretrained(
-        state.model_state, pretrained['model_state'], 'model_state')
+  if cfg.init_from:  # dlresearch/init.py: what loads, what is new, the report
+    params, model_state, _ = init_lib.initialize(
+        cfg, model, state.params, state.model_state, workdir)
     state = state.replace(params=params, model_state=model_state)
   return state, 0, {}
 

@@ -169,15 +169,23 @@ def test_eval_only_and_init_from(tmp_path, data_dir):
   assert again['step'] == 30 and again['accuracy'] == trained['accuracy']
   with pytest.raises(config_lib.ConfigError, match='--eval_only: no checkpoint'):
     train.run(tiny_quickstart(data_dir, eval_only=True), str(tmp_path / 'empty'))
-  # Fine-tune with a new head size: the conv trunk is loaded, the head is fresh.
+  # Fine-tune with a new head size: the conv trunk is loaded, the head is
+  # fresh because --new_head names it (without it: an error naming both shapes).
   cfg = tiny_quickstart(data_dir, num_steps=1, init_from=str(first),
                         learning_rate=1e-9, model_kwargs={'num_classes': 12})
-  train.run(cfg, str(tmp_path / 'second'))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'params/head/bias has shape \(10,\) in the source but \(12,\)'):
+    train.run(cfg, str(tmp_path / 'refused'))
+  assert not (tmp_path / 'refused').exists()
+  train.run(cfg.replace(new_head='^head/'), str(tmp_path / 'second'))
   a = checkpoint.load_variables(str(first))['params']
   b = checkpoint.load_variables(str(tmp_path / 'second'))['params']
   np.testing.assert_allclose(b['conv1']['kernel'], a['conv1']['kernel'], atol=1e-6)
-  head = [k for k in a if a[k]['kernel'].shape[-1] == 10][-1]
-  assert b[head]['kernel'].shape[-1] == 12
+  assert b['head']['kernel'].shape[-1] == 12
+  report = json.loads((tmp_path / 'second' / 'init_report.json').read_text())
+  assert report['new'] == ['params/head/bias', 'params/head/kernel']
+  assert report['skipped'] == ['params/head/bias', 'params/head/kernel']
+  assert 'params/conv1/kernel' in report['loaded']
 
 
 def test_cli_resolves_tiny_and_overrides():

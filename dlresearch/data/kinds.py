@@ -82,7 +82,72 @@ def build(cfg: Config, workdir: str, fresh: bool = True) -> pipeline.Data:
   if cfg.data_kind not in _KINDS:
     raise ConfigError('data_kind', f'unknown data kind {cfg.data_kind!r}; '
                       f'known: {", ".join(names())}')
-  return _KINDS[cfg.data_kind](cfg, workdir, fresh)
+  data = _KINDS[cfg.data_kind](cfg, workdir, fresh)
+  if cfg.num_train_examples:
+    data.train = train_subset(data.train, cfg.num_train_examples, cfg.seed,
+                              getattr(data.task, 'label_key', None))
+  return data
+
+
+# ---------------------------------------------------------------------------
+# --num_train_examples: a stratified, seeded subset of the train split.
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """``n`` indices whose class counts are proportional to ``labels``'.
+
+  Each class gets ``floor(n * share)``; the examples left over go to the
+  classes with the largest remainders (ties: the lower class). Examples are
+  drawn without replacement by a NumPy generator seeded with ``seed``; the
+  result is sorted.
+  """
+  labels = np.asarray(labels).reshape(len(labels), -1)[:, 0]
+  classes, counts = np.unique(labels, return_counts=True)
+  exact = n * counts / counts.sum()
+  take = np.floor(exact).astype(int)
+  order = np.lexsort((classes, -(exact - take)))
+  take[order[:n - take.sum()]] += 1
+  rng = np.random.default_rng([seed, n])
+  out = [rng.choice(np.flatnonzero(labels == c), k, replace=False)
+         for c, k in zip(classes, take)]
+  return np.sort(np.concatenate(out))
+
+
+def train_subset(ds, n: int, seed: int, label_key: str | None):
+  """``n`` examples of ``ds``, stratified by ``label_key`` when there is one."""
+  if n > ds.num_examples:
+    raise ConfigError('num_train_examples', f'{n} is more than the train '
+                      f'split holds ({ds.num_examples} examples)')
+  if isinstance(ds, pipeline.ArrayDataset):
+    labels = ds.arrays.get(label_key) if label_key else None
+  else:
+    labels = (np.asarray([ds.source[i][label_key] for i in range(ds.num_examples)])
+              if label_key else None)
+  if labels is None:
+    idx = np.sort(np.random.default_rng([seed, n]).choice(
+        ds.num_examples, n, replace=False))
+  else:
+    idx = stratified_indices(labels, n, seed)
+  logging.info('train subset: %d of %d examples (seed %d)', n,
+               ds.num_examples, seed)
+  if isinstance(ds, pipeline.ArrayDataset):
+    return dataclasses.replace(ds, arrays={k: v[idx] for k, v in
+                                           ds.arrays.items()})
+  return dataclasses.replace(ds, source=_Indexed(ds.source, idx))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Indexed:
+  """The examples ``indices`` of a random-access source."""
+
+  source: object
+  indices: np.ndarray
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
 
 
 def model_sizes(cfg: Config, **sizes) -> dict:
@@ -155,6 +220,11 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                               loss=cfg.loss, label_smoothing=cfg.label_smoothing,
                               groups=groups)
   train, evals = make(splits['train'], True), make(splits['eval'], False)
+  if cfg.image_channels:
+    if not is_image:
+      raise ConfigError('image_channels', f'{cfg.dataset} has no images')
+    train, evals = (repeat_channels(d, key, cfg.image_channels)
+                    for d in (train, evals))
   if cfg.shuffle_spatial:
     if info.input_shape is None:
       raise ConfigError('shuffle_spatial', f'{cfg.dataset} has inputs of '
@@ -221,6 +291,25 @@ def audit_groups(cfg: Config, split: str, input_key: str, label_key: str
     values = np.asarray(text.read_column(source, name))
     out.append((name, tuple(str(i) for i in range(int(values.max()) + 1))))
   return tuple(out)
+
+
+def repeat_channels(ds, key: str, channels: int):
+  """``ds`` with single-channel images repeated to ``channels`` (before the
+  normalisation, so e.g. grey Fashion-MNIST becomes grey RGB for ImageNet
+  models)."""
+  inner = ds.batch_fn
+
+  def batch_fn(batch):
+    x = batch[key]
+    if x.shape[-1] != channels:
+      if x.shape[-1] != 1:
+        raise ConfigError('image_channels', f'images have {x.shape[-1]} '
+                          f'channels; only 1 can be repeated to {channels}')
+      x = np.repeat(x, channels, axis=-1)
+    batch = {**batch, key: x}
+    return inner(batch) if inner else batch
+
+  return dataclasses.replace(ds, batch_fn=batch_fn)
 
 
 SHUFFLE_SEED = 0  # --shuffle_spatial's permutation, the same for every run

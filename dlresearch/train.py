@@ -770,7 +770,7 @@ def _summarize(cfg, workdir, model, args, kwargs, state, batch, p_train,
     text = summary_lib.summary(model, args, kwargs, state, compiled,
                                batch_size=cfg.batch_size)
     summary_lib.write(workdir, text)
-    print(text, file=sys.stderr, flush=True)
+    print(text, flush=True)  # stdout: what the run is; stderr stays for logs
   return compiled or p_train
 
 

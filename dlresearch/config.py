@@ -257,6 +257,13 @@ class Config:
   profile_steps: str = _f('', 'START:END: write a jax.profiler trace of steps '
                           'START..END-1 to WORKDIR/profile (open with '
                           'TensorBoard\'s profile plugin); empty: none.')
+  # Speed.
+  cpu_eigen_convs: bool = _f(True, 'On CPU, compile the jitted train/eval '
+                             'steps so that XLA lowers convolutions to Eigen '
+                             'instead of YNNPACK (2-2.6x faster CNN steps on '
+                             'small CPUs; same results to float32 rounding). '
+                             'Ignored on GPU/TPU and under '
+                             '--parallelism=pmap; false: XLA\'s defaults.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -282,6 +289,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'alert_rate', 'ranking_k', 'early_stopping_patience', 'eval_max_examples',
     'test_split', 'top_p', 'progress', 'model_summary', 'plots',
     'compilation_cache', 'profile_steps', 'eval_checkpoint',
+    'cpu_eigen_convs',
 })
 
 

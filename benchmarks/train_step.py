@@ -1,120 +1,169 @@
-r"""Train-step throughput of dlresearch against the measured CPU references.
+r"""Train-step throughput of ``dlresearch.train.run`` on the benchmark workloads.
 
-    python benchmarks/train_step.py [--models=lenet,resnet18,lstm,gpt] [--rounds=5]
+    python -m benchmarks.train_step --model=lenet --json
+    python -m benchmarks.train_step --model=resnet18_cifar,gpt_small --rounds=5
 
-Runs ``dlresearch.train.train_step`` (jitted, donated state, the engine's own
-tasks and optimizer factory) on the four workloads of shared/PERF_NOTES.md
-and prints examples/s (median and spread over rounds, cycling several random
-batches) next to the figures measured there on the same kind of machine for
-plain Flax+optax and PyTorch eager. Nothing is asserted: it prints figures.
+Runs the library's own loop, ``train.run`` (the mesh, the jit strategy of
+``parallel.py`` with its compiler options, ``train.make_train_step``, donated
+state, batches from an in-memory ``pipeline.ArrayDataset`` through
+``TrainIterator`` and ``strategy.batch``, the on-device metric window, a
+metrics fetch every ``--steps`` steps), on random data of each workload's
+shapes (benchmarks/workloads.py). A round is the time between two train
+lines (``--steps`` steps, ending with the metrics fetch); the first two
+rounds are warm-up (compilation, page faults) and excluded.
+
+``--json`` prints one object per model and line: model, batch_size,
+examples_per_sec (median over rounds), examples_per_sec_min/_max, rounds,
+steps_per_round, compile_s (first round minus a median round: start-up,
+state init and step compilation), flops_per_step and gflops_per_sec (XLA's
+cost analysis of the step), peak_gflops_per_sec (a 2048x2048 matmul measured
+in the same process), pct_of_peak, the CPU model, core count and load
+average, jax version, device; on GPU also mfu (step FLOP/s over the measured
+matmul peak). Without ``--json`` a table. Nothing is asserted.
+
+Run it with XLA's default flags (not the test suite's
+``--xla_backend_optimization_level=0``, which halves these figures).
 """
 
 import functools
-import statistics
+import json
+import tempfile
 import time
 
 from absl import app, flags
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dlresearch import config as config_lib, optim, state as state_lib, tasks, train
-from dlresearch.models import registry
+from benchmarks import workloads
+from dlresearch import config as config_lib, optim, state as state_lib, train
+from dlresearch.data import pipeline
 
-flags.DEFINE_list('models', ['lenet', 'resnet18', 'lstm', 'gpt'], 'Workloads.')
-flags.DEFINE_integer('rounds', 5, 'Timed rounds per workload.')
-flags.DEFINE_integer('steps', 20, 'Steps per round.')
-FLAGS = flags.FLAGS
-
-# examples/s from shared/PERF_NOTES.md (2 vCPU Zen 4): (plain flax, torch eager)
-REFERENCE = {'lenet': (393, 1195), 'resnet18': (30, 50), 'lstm': (422, 928),
-             'gpt': (36, 45)}
+WARMUP = 2
 
 
-class BenchLeNet(nn.Module):
-  """PERF_NOTES' LeNet: conv32 3x3, conv64 3x3, maxpool 2, dense 128, dense 10."""
-
-  num_classes: int = 10
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.relu(nn.Conv(32, (3, 3), padding='VALID')(x))
-    x = nn.relu(nn.Conv(64, (3, 3), padding='VALID')(x))
-    x = nn.max_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
-    return nn.Dense(self.num_classes)(nn.relu(nn.Dense(128)(x)))
+def config(w: workloads.Workload, steps: int, rounds: int, batch_size: int = 0,
+           **overrides) -> config_lib.Config:
+  """The ``Config`` a user would write for workload ``w``."""
+  return config_lib.Config(
+      model=w.model, model_kwargs=dict(w.model_kwargs),
+      batch_size=batch_size or w.batch_size, optimizer=w.optimizer,
+      learning_rate=w.learning_rate,
+      num_steps=steps * (rounds + WARMUP), log_every=steps,
+      checkpoint_every=10**9, keep_checkpoints=1, model_summary=False,
+      plots=False, progress='none', compilation_cache='none', **overrides)
 
 
-def workload(name):
-  """(model, task, config, batch maker)."""
-  rng = np.random.default_rng(0)
-  if name == 'lenet':
-    make = lambda: {'image': rng.normal(size=(128, 28, 28, 1)).astype(np.float32),
-                    'label': rng.integers(0, 10, 128).astype(np.int32)}
-    return BenchLeNet(), tasks.Classification(), config_lib.Config(
-        optimizer='adam', batch_size=128), make
-  if name == 'resnet18':
-    make = lambda: {'image': rng.normal(size=(64, 32, 32, 3)).astype(np.float32),
-                    'label': rng.integers(0, 10, 64).astype(np.int32)}
-    return (registry.build('resnet18', num_classes=10, stem='small'),
-            tasks.Classification(),
-            config_lib.Config(optimizer='sgd', learning_rate=0.1, batch_size=64), make)
-  if name == 'lstm':
-    def make():
-      t = rng.integers(0, 128, (32, 65)).astype(np.int32)
-      return {'inputs': t[:, :-1], 'targets': t[:, 1:]}
-    return (registry.build('lstm_lm', vocab_size=128, embed_dim=64, hidden_size=256),
-            tasks.LanguageModel(), config_lib.Config(optimizer='adam', batch_size=32),
-            make)
-  if name == 'gpt':
-    def make():
-      t = rng.integers(0, 512, (16, 129)).astype(np.int32)
-      return {'inputs': t[:, :-1], 'targets': t[:, 1:]}
-    return (registry.build('transformer_lm', vocab_size=512, num_layers=4,
-                           d_model=256, num_heads=4, mlp_dim=1024, max_len=128,
-                           tie_embeddings=False),
-            tasks.LanguageModel(), config_lib.Config(optimizer='adam', batch_size=16),
-            make)
-  raise ValueError(f'unknown workload {name!r}; choose from {sorted(REFERENCE)}')
-
-
-def measure(name, rounds, steps):
-  model, task, cfg, make = workload(name)
-  batches = [make() for _ in range(4)]
-  args, kwargs = task.model_inputs(batches[0])
+def step_flops(cfg: config_lib.Config, w: workloads.Workload) -> float:
+  """XLA's FLOP count of one train step (cost analysis of the lowered step)."""
+  model = train.build_model(cfg, {})
+  batch = w.batches(1, cfg.batch_size)[0]
+  args, kwargs = w.task().model_inputs(batch)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args,
                                              train=False, **kwargs))['params']
-  tx, _ = optim.make(cfg, 10_000, params)
-  state = jax.jit(functools.partial(state_lib.create, model, tx, args, kwargs, 0))()
-  step = jax.jit(train.make_train_step(model, task, tx), donate_argnums=0)
-  t0 = time.perf_counter()
-  state, m = step(state, batches[0])
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  rates = []
-  for _ in range(rounds):
-    t0 = time.perf_counter()
-    for i in range(steps):
-      state, m = step(state, batches[i % len(batches)])
-    jax.block_until_ready(m)
-    rates.append(steps * cfg.batch_size / (time.perf_counter() - t0))
-  return compile_s, rates
+  tx, _ = optim.make(cfg, cfg.num_steps, params)
+  shapes = jax.eval_shape(functools.partial(state_lib.create, model, tx, args,
+                                            kwargs, 0))
+  step = jax.jit(train.make_train_step(model, w.task(), tx))
+  cost = step.lower(shapes, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
+
+
+class _Clock:
+  """A metric writer that timestamps train lines; ``between()`` runs outside
+  the timed windows (compare.py runs the other frameworks' rounds there)."""
+
+  def __init__(self, between=None):
+    self.between = between
+    self.start = time.perf_counter()
+    self.windows, self._resume = [], self.start
+
+  def write(self, step, split, metrics):
+    del step, metrics
+    if split != 'train':
+      return
+    now = time.perf_counter()
+    self.windows.append(now - self._resume)
+    if self.between is not None:
+      self.between(len(self.windows))
+    self._resume = time.perf_counter()
+
+  def close(self):
+    pass
+
+
+def measure(name: str, rounds: int = 5, steps: int = 10, batch_size: int = 0,
+            between=None, **overrides) -> dict:
+  """Runs ``train.run`` on workload ``name``; returns the JSON record."""
+  w = workloads.get(name)
+  cfg = config(w, steps, rounds, batch_size, **overrides)
+  b = cfg.batch_size
+  data = pipeline.Data(pipeline.ArrayDataset(w.arrays(8 * b)),
+                       pipeline.ArrayDataset(w.arrays(b, seed=1)), w.task(), {})
+  clock = _Clock(between)
+  with tempfile.TemporaryDirectory(prefix='dlresearch-bench-') as workdir:
+    train.run(cfg, workdir, data=data, writer=clock)
+  timed = clock.windows[WARMUP:]
+  rates = [steps * b / t for t in timed]
+  out = {'model': name, 'batch_size': b, **workloads.summary(rates),
+         'rounds': len(timed), 'steps_per_round': steps,
+         'compile_s': round(clock.windows[0] - float(np.median(timed)), 2),
+         '_rates': rates}
+  flops = step_flops(cfg, w)
+  out['flops_per_step'] = flops
+  out['gflops_per_sec'] = round(flops * out['examples_per_sec'] / b / 1e9, 2)
+  return out
+
+
+def with_peak(record: dict, peak: float) -> dict:
+  record = {**record, 'peak_gflops_per_sec': round(peak, 1),
+            'pct_of_peak': round(100 * record['gflops_per_sec'] / peak, 1)}
+  if jax.devices()[0].platform == 'gpu':
+    record['mfu'] = round(record['gflops_per_sec'] / peak, 4)
+  return {**record, **workloads.machine()}
 
 
 def main(argv):
   del argv
-  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].platform}')
-  print(f'{"workload":10s} {"ex/s (median)":>14s} {"min-max":>14s} {"compile s":>10s}'
-        f' {"ref flax":>9s} {"ref torch":>9s} {"vs torch":>9s}')
-  for name in FLAGS.models:
-    compile_s, rates = measure(name, FLAGS.rounds, FLAGS.steps)
-    med = statistics.median(rates)
-    flax_ref, torch_ref = REFERENCE[name]
-    print(f'{name:10s} {med:14.0f} {min(rates):6.0f}-{max(rates):<7.0f} '
-          f'{compile_s:10.1f} {flax_ref:9d} {torch_ref:9d} {med / torch_ref:8.2f}x',
-          flush=True)
+  for name in FLAGS.model:
+    workloads.get(name)  # bad names fail before anything runs
+  peak = workloads.peak_gflops()
+  if not FLAGS.json:
+    print(f'{"model":15s} {"batch":>5s} {"ex/s":>8s} {"min-max":>15s} '
+          f'{"compile s":>9s} {"GFLOP/s":>8s} {"% peak":>6s} {"load":>5s}')
+  for name in FLAGS.model:
+    rec = measure(name, FLAGS.rounds, FLAGS.steps, FLAGS.batch_size,
+                  cpu_eigen_convs=FLAGS.cpu_eigen_convs,
+                  parallelism=FLAGS.parallelism)
+    del rec['_rates']
+    rec = with_peak(rec, peak)
+    if FLAGS.json:
+      print(json.dumps(rec), flush=True)
+    else:
+      print(f'{name:15s} {rec["batch_size"]:5d} {rec["examples_per_sec"]:8.1f} '
+            f'{rec["examples_per_sec_min"]:7.1f}-{rec["examples_per_sec_max"]:<7.1f} '
+            f'{rec["compile_s"]:9.1f} {rec["gflops_per_sec"]:8.1f} '
+            f'{rec["pct_of_peak"]:6.1f} {rec["load_avg_1m"]:5.2f}', flush=True)
+  if not FLAGS.json:
+    m = workloads.machine()
+    print(f'{m["cpu"]}, {m["cpu_count"]} cores, jax {m["jax"]}; matmul peak '
+          f'{peak:.0f} GFLOP/s')
 
+
+def define_flags():
+  """This entry point's flags (not defined on import: compare.py imports us)."""
+  flags.DEFINE_list('model', ['lenet', 'resnet18_cifar', 'lstm_lm', 'gpt_small'],
+                    'Workloads: ' + ', '.join(workloads.WORKLOADS))
+  flags.DEFINE_integer('rounds', 5, 'Timed rounds per workload (after 2 warm-up).')
+  flags.DEFINE_integer('steps', 10, 'Steps per round.')
+  flags.DEFINE_integer('batch_size', 0, 'Override the workload batch size (0: its own).')
+  flags.DEFINE_bool('json', False, 'One JSON object per line.')
+  flags.DEFINE_bool('cpu_eigen_convs', True, 'The library switch of that name.')
+  flags.DEFINE_string('parallelism', 'jit', 'jit or pmap (the library switch).')
+
+
+FLAGS = flags.FLAGS
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

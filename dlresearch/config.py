@@ -276,6 +276,13 @@ class Config:
   pretrained_tokenizer: str = _f('', 'hf_text_classification: a Hugging Face '
                                  'tokenizer.json, or the model directory '
                                  'holding one.')
+  # Speed.
+  cpu_eigen_convs: bool = _f(True, 'On CPU, compile the jitted train/eval '
+                             'steps so that XLA lowers convolutions to Eigen '
+                             'instead of YNNPACK (2-2.6x faster CNN steps on '
+                             'small CPUs; same results to float32 rounding). '
+                             'Ignored on GPU/TPU and under '
+                             '--parallelism=pmap; false: XLA\'s defaults.')
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -303,6 +310,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     'compilation_cache', 'profile_steps', 'eval_checkpoint',
     # Transfer learning: read only when a run starts fresh / where from.
     'new_head', 'pretrained_tokenizer',
+    'cpu_eigen_convs',
 })
 
 

@@ -544,7 +544,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
 
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
-  strategy = parallel.strategy(cfg.parallelism, mesh, shardings)
+  strategy = parallel.strategy(cfg.parallelism, mesh, shardings,
+                              cfg.cpu_eigen_convs)
   state, start, data_state = _initial_state(cfg, ckpt, create, shardings,
                                             abstract_state, model,
                                             workdir)

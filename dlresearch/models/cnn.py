@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 from dlresearch.models import registry
 from dlresearch.models.mlp import get_activation
@@ -39,8 +40,51 @@ from dlresearch.models.mlp import get_activation
 Array = jax.Array
 ModuleDef = Any
 
+def max_pool(x: Array, window_shape: Sequence[int],
+             strides: Sequence[int] | None = None,
+             padding: str | Sequence[tuple[int, int]] = 'VALID') -> Array:
+  """``nn.max_pool`` with a fast path for non-overlapping windows.
+
+  When ``strides == window_shape`` and ``padding='VALID'`` (LeNet's 2x2/2),
+  each window becomes its own axes of a reshape and the max is a reduction:
+  on XLA:CPU flax's ``reduce_window`` backward is a scatter (60 ms of a
+  128-example LeNet step, against 18 ms here). Values equal ``nn.max_pool``
+  exactly; the gradient goes, as flax's does, to one element per window: the
+  first maximum in row-major window order (ties included). Other windows,
+  strides and paddings go to ``nn.max_pool``. Inputs are ``[..., H, W, C]``
+  (any number of spatial dims, one batch dim or more in front).
+  """
+  window = tuple(window_shape)
+  strides = window if strides is None else tuple(strides)
+  if strides != window or padding != 'VALID' or x.ndim < len(window) + 2:
+    return nn.max_pool(x, window, strides, padding)
+  nd = len(window)
+  lead = x.ndim - nd - 1
+  outs = [x.shape[lead + i] // k for i, k in enumerate(window)]
+  x = x[(slice(None),) * lead + tuple(slice(0, o * k) for o, k in zip(outs, window))]
+  split = []
+  for o, k in zip(outs, window):
+    split += [o, k]
+  x = x.reshape(*x.shape[:lead], *split, x.shape[-1])
+  axes = tuple(lead + 2 * i + 1 for i in range(nd))  # the in-window axes
+  big = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
+  # Row-major position inside the window, broadcast over the reshaped input.
+  pos = sum(
+      lax.broadcasted_iota(jnp.int32, [1] * lead + _axis_shape(nd, i, k) + [1],
+                           lead + 2 * i + 1) * int(np.prod(window[i + 1:]))
+      for i, k in enumerate(window))
+  first = jnp.min(jnp.where(x == big, pos, np.prod(window)), axis=axes,
+                  keepdims=True)
+  return jnp.sum(jnp.where(pos == first, x, jnp.zeros((), x.dtype)), axis=axes)
+
+
+def _axis_shape(nd: int, i: int, k: int) -> list[int]:
+  """``[1, 1, ..., 1, k, ...]``: the reshaped window axes, ``k`` at window dim ``i``."""
+  return [k if (j == 2 * i + 1) else 1 for j in range(2 * nd)]
+
+
 _POOLS: dict[str, Callable[..., Array]] = {
-    'max': nn.max_pool,
+    'max': max_pool,
     'avg': nn.avg_pool,
 }
 

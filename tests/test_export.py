@@ -14,9 +14,6 @@ import pytest
 
 from dlresearch import export
 
-needs_flatbuffers = pytest.mark.skipif(
-    __import__('importlib').util.find_spec('flatbuffers') is None,
-    reason="jax.export serialization needs the 'flatbuffers' package")
 
 
 class TinyCNN(nn.Module):
@@ -54,7 +51,6 @@ LOADER = textwrap.dedent('''
 ''')
 
 
-@needs_flatbuffers
 def test_exported_model_reproduces_the_logits_in_a_fresh_jax_only_process(tmp_path):
   model, variables, x = _model()
   expected = np.asarray(model.apply(variables, x, train=False))
@@ -77,7 +73,6 @@ def test_exported_model_reproduces_the_logits_in_a_fresh_jax_only_process(tmp_pa
   assert signature['format'] == 'jax.export' and signature['platforms'] == ['cpu']
 
 
-@needs_flatbuffers
 def test_params_are_constants_and_other_platforms_lower_too(tmp_path):
   model, variables, x = _model()
   # The checkpoint layout (params + model_state) is accepted as well.

@@ -33,7 +33,8 @@ PUBLISHED = {'logreg': 0.32, 'mlp': 0.68, 'cnn': 0.94, 'gru': 0.91,
 RunOne = Callable[[Config, str, bool], dict]
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+  """The CPU model name (from /proc/cpuinfo where there is one)."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
       for line in f:
@@ -48,7 +49,7 @@ def hardware() -> dict:
   """Where the table ran (CPU model, cores usable, JAX devices)."""
   import jax
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return {'cpu': _cpu_name(), 'cores': cores, 'platform': jax.devices()[0].platform,
+  return {'cpu': cpu_model(), 'cores': cores, 'platform': jax.devices()[0].platform,
           'device_count': jax.device_count(), 'jax': jax.__version__,
           'python': platform.python_version()}
 

@@ -20,7 +20,6 @@ library's presets.
 
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from typing import Any
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.mnist1d_table import cpu_model
 from dlresearch import tasks
 from dlresearch.models import cnn, registry
 
@@ -110,17 +110,6 @@ def get(name: str) -> Workload:
   if name not in WORKLOADS:
     raise SystemExit(f'unknown --model={name!r}; choose from {", ".join(WORKLOADS)}')
   return WORKLOADS[name]
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

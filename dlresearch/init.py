@@ -53,6 +53,18 @@ def is_foreign(spec: str) -> bool:
   return spec.startswith(FOREIGN)
 
 
+def describe_source(spec: str) -> str | None:
+  """Why ``--init_from=spec`` cannot be read (one line), or None.
+
+  Checked at start-up, before anything is written: a foreign spec's path
+  must exist; a run or checkpoint directory is checked by ``checkpoint``.
+  """
+  if is_foreign(spec):
+    path = os.path.expanduser(spec.partition(':')[2])
+    return None if os.path.exists(path) else f'{path} does not exist'
+  return checkpoint.describe_init_from(spec)
+
+
 def _flat(tree) -> dict[str, Any]:
   return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
 

@@ -474,11 +474,7 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
   if recorded is not None:
     config_lib.check_resume(recorded, cfg, workdir)
   if cfg.init_from and fresh and not cfg.eval_only:
-    if init_lib.is_foreign(cfg.init_from):  # torch:PATH, safetensors:, hf:DIR
-      path = os.path.expanduser(cfg.init_from.partition(':')[2])
-      problem = None if os.path.exists(path) else f'{path} does not exist'
-    else:
-      problem = checkpoint.describe_init_from(cfg.init_from)
+    problem = init_lib.describe_source(cfg.init_from)
     if problem:
       raise ConfigError('init_from', problem)
   mesh = parallel.make_mesh(cfg.mesh)

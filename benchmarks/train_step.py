@@ -16,10 +16,11 @@ rounds are warm-up (compilation, page faults) and excluded.
 examples_per_sec (median over rounds), examples_per_sec_min/_max, rounds,
 steps_per_round, compile_s (first round minus a median round: start-up,
 state init and step compilation), flops_per_step and gflops_per_sec (XLA's
-cost analysis of the step), peak_gflops_per_sec (a 2048x2048 matmul measured
-in the same process), pct_of_peak, the CPU model, core count and load
-average, jax version, device; on GPU also mfu (step FLOP/s over the measured
-matmul peak). Without ``--json`` a table. Nothing is asserted.
+cost analysis of the step), peak_gflops_per_sec (a 2048x2048 matmul, 8192x8192
+on a GPU, in ``--dtype``, measured in the same process), pct_of_peak, dtype,
+the CPU model, core count and load average, jax version, device; on GPU
+also mfu (step FLOP/s over the measured matmul peak). Without ``--json`` a
+table. Nothing is asserted.
 
 Run it with XLA's default flags (not the test suite's
 ``--xla_backend_optimization_level=0``, which halves these figures).
@@ -127,16 +128,18 @@ def main(argv):
   del argv
   for name in FLAGS.model:
     workloads.get(name)  # bad names fail before anything runs
-  peak = workloads.peak_gflops()
+  gpu = jax.devices()[0].platform == 'gpu'
+  # A 2048^2 matmul is the practical peak of a CPU; a GPU needs 8192^2 to fill.
+  peak = workloads.peak_gflops(8192 if gpu else 2048, dtype=FLAGS.dtype)
   if not FLAGS.json:
     print(f'{"model":15s} {"batch":>5s} {"ex/s":>8s} {"min-max":>15s} '
           f'{"compile s":>9s} {"GFLOP/s":>8s} {"% peak":>6s} {"load":>5s}')
   for name in FLAGS.model:
     rec = measure(name, FLAGS.rounds, FLAGS.steps, FLAGS.batch_size,
                   cpu_eigen_convs=FLAGS.cpu_eigen_convs,
-                  parallelism=FLAGS.parallelism)
+                  parallelism=FLAGS.parallelism, dtype=FLAGS.dtype)
     del rec['_rates']
-    rec = with_peak(rec, peak)
+    rec = with_peak({**rec, 'dtype': FLAGS.dtype}, peak)
     if FLAGS.json:
       print(json.dumps(rec), flush=True)
     else:
@@ -160,6 +163,9 @@ def define_flags():
   flags.DEFINE_bool('json', False, 'One JSON object per line.')
   flags.DEFINE_bool('cpu_eigen_convs', True, 'The library switch of that name.')
   flags.DEFINE_string('parallelism', 'jit', 'jit or pmap (the library switch).')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                    'Computation dtype (the library --dtype; parameters stay '
+                    'float32); the matmul peak is measured in it too.')
 
 
 FLAGS = flags.FLAGS

@@ -243,8 +243,12 @@ def _detect_k8s() -> ClusterSpec | None:
 
 
 def _detect_tpu() -> ClusterSpec | None:
-  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
-  if cloud_tpu_init.running_in_cloud_tpu_vm and not _cpu_only():
+  try:  # private; moved or gone in later jax versions
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if (getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
+      and not _cpu_only()):
     return ClusterSpec('tpu')
   return None
 

@@ -16,6 +16,7 @@ of ``default_writer``.
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Callable, Mapping, Protocol
@@ -135,7 +136,15 @@ def _last_time(data: bytes) -> float:
 
 
 class TensorBoardWriter:
-  """TensorBoard event files under ``logdir`` (tensorboardX, no TensorFlow)."""
+  """TensorBoard event files under ``logdir`` (tensorboardX, no TensorFlow).
+
+  Tags are ``split/key`` with characters TensorBoard does not allow in a tag
+  replaced by ``_`` here (``group/sex=Female/accuracy`` ->
+  ``eval/group/sex_Female/accuracy``), as tensorboardX would, but without its
+  INFO line per key and step; metrics.jsonl keeps the keys as they are.
+  """
+
+  _NOT_IN_TAG = re.compile(r'[^-/\w.]')
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter
@@ -144,7 +153,7 @@ class TensorBoardWriter:
   def write(self, step, split, metrics):
     for k, v in metrics.items():
       if isinstance(v, (int, float)):
-        self._w.add_scalar(f'{split}/{k}', v, step)
+        self._w.add_scalar(self._NOT_IN_TAG.sub('_', f'{split}/{k}'), v, step)
     self._w.flush()
 
   def close(self):

@@ -592,7 +592,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
     if with_hooks:
       for hook in hooks:
         result.update(hook(model, state))
-    writer.write(step, split, {'dataset_split': name, **result})
+    writer.write(step, split, {'dataset_split': name,  # what was evaluated
+                               'num_examples': dataset.num_examples, **result})
     return result
 
   def periodic(step, state, _=None):

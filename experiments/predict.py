@@ -11,17 +11,17 @@ ImageNet weights torchvision's (shorter side 256, centre crop 224, ImageNet
 mean/std; class names from the file fetched with the weights); for a run,
 what its eval split got (grey or colour as the dataset stores it, resize and
 centre crop to ``--image_size``, channels repeated to ``--image_channels``,
-``--normalize``; class names from the dataset). Texts need the ``--workdir``
-of a text classifier (``experiments.text_classify``, or a fine-tune of data
-kind ``hf_text_classification`` such as ``experiments.finetune
---preset=minilm_rotten_tomatoes``) and are tokenised as that run was
-trained: by the tokenizer saved in its workdir (``hf_tokenizer.json`` for a
-fine-tune), cut or padded to its ``--max_len`` (or ``--model`` with
-``--init_from=hf:DIR`` of a BERT-family classifier, its ``tokenizer.json``). ``--text`` repeats (an absl
-multi-string flag): one result per ``--text``, in the order given; a comma
-is part of the text. Without ``--json`` each input gets one line,
-``NAME: label p, label p, ...``. ``--json`` prints exactly one object per
-input, one per line::
+``--normalize``; class names from the dataset). Texts need a text
+classifier: the ``--workdir`` of ``experiments.text_classify`` or of a
+fine-tune of data kind ``hf_text_classification`` (``experiments.finetune
+--preset=minilm_rotten_tomatoes``), tokenised as that run was trained, by
+the tokenizer saved in its workdir (``hf_tokenizer.json`` for a fine-tune)
+and cut or padded to its ``--max_len``; or ``--model`` with
+``--init_from=hf:DIR`` of a BERT-family classifier and its
+``tokenizer.json``. ``--text`` repeats (an absl multi-string flag): one
+result per ``--text``, in the order given; a comma is part of the text.
+Without ``--json`` each input gets one line, ``NAME: label p, label p,
+...``. ``--json`` prints exactly one object per input, one per line::
 
   {"image": PATH, "top_k": [{"label": STR, "index": INT, "probability": FLOAT}, ...]}
 

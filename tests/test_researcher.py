@@ -320,10 +320,11 @@ def test_validation_split_for_periodic_evals_test_once_and_capped_evals(
   tests = [l for l in lines if l['split'] == 'test']
   # Periodic evals (5, 10) on the first 10 validation rows; the final one
   # (15) on all of validation; the test split once, at the end, in full.
-  assert [(l['step'], l['dataset_split'], l['num_examples']) for l in evals] == [
-      (5, 'validation', 10), (10, 'validation', 10), (15, 'validation', n_val)]
-  assert [(l['step'], l['dataset_split'], l['num_examples']) for l in tests] == [
-      (15, 'test', n_test)]
+  named = lambda lines: [(l['step'], l['dataset_split'], l['num_examples'])
+                         for l in lines]
+  assert named(evals) == [(5, 'validation', 10), (10, 'validation', 10),
+                          (15, 'validation', n_val)]
+  assert named(tests) == [(15, 'test', n_test)]
   assert result['test_loss'] == tests[0]['loss']
   # The capped eval really is the first 10 rows: recompute it by hand from
   # the checkpoint of step 5 (and check that all rows would differ).

@@ -286,7 +286,11 @@ def use_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache in ``directory`` ('none'/'': off).
 
   The default directory yields to one already configured (e.g. by
-  ``JAX_COMPILATION_CACHE_DIR``); an explicit one replaces it.
+  ``JAX_COMPILATION_CACHE_DIR``); an explicit one replaces it. Programs that
+  took at least 0.2 s to compile are kept, unless
+  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets another threshold.
+  JAX opens the cache at the first compile of the process: a later ``run``
+  in the same process keeps that cache (its directory, on or off).
   """
   if directory.lower() in ('', 'none'):
     jax.config.update('jax_enable_compilation_cache', False)
@@ -298,7 +302,8 @@ def use_compilation_cache(directory: str) -> None:
   os.makedirs(path, exist_ok=True)
   jax.config.update('jax_enable_compilation_cache', True)
   jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
 
 
 @dataclasses.dataclass
@@ -587,7 +592,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
     if with_hooks:
       for hook in hooks:
         result.update(hook(model, state))
-    writer.write(step, split, {'dataset_split': name, **result})
+    writer.write(step, split, {'dataset_split': name,  # what was evaluated
+                               'num_examples': dataset.num_examples, **result})
     return result
 
   def periodic(step, state, _=None):

@@ -3,16 +3,25 @@ r"""Top-k labels for images or texts, from a trained run or pretrained weights.
     python -m experiments.predict --model=mobilenet_v2 \
         --init_from=torch:PATH/mobilenet_v2-b0353104.pth china.jpg
     python -m experiments.predict --workdir=runs/finetune_x --json a.png b.png
-    python -m experiments.predict --workdir=runs/minilm --text="A delight."
+    python -m experiments.predict --workdir=runs/minilm --json \
+        --text="A delight." --text="A tedious mess."
 
 Each image goes through the model's own eval preprocessing: for converted
 ImageNet weights torchvision's (shorter side 256, centre crop 224, ImageNet
 mean/std; class names from the file fetched with the weights); for a run,
 what its eval split got (grey or colour as the dataset stores it, resize and
 centre crop to ``--image_size``, channels repeated to ``--image_channels``,
-``--normalize``; class names from the dataset). Texts are tokenised as the
-run was trained (its workdir's tokenizer, ``--max_len``). ``--json`` prints
-exactly one object per input, one per line::
+``--normalize``; class names from the dataset). Texts need a text
+classifier: the ``--workdir`` of ``experiments.text_classify`` or of a
+fine-tune of data kind ``hf_text_classification`` (``experiments.finetune
+--preset=minilm_rotten_tomatoes``), tokenised as that run was trained, by
+the tokenizer saved in its workdir (``hf_tokenizer.json`` for a fine-tune)
+and cut or padded to its ``--max_len``; or ``--model`` with
+``--init_from=hf:DIR`` of a BERT-family classifier and its
+``tokenizer.json``. ``--text`` repeats (an absl multi-string flag): one
+result per ``--text``, in the order given; a comma is part of the text.
+Without ``--json`` each input gets one line, ``NAME: label p, label p,
+...``. ``--json`` prints exactly one object per input, one per line::
 
   {"image": PATH, "top_k": [{"label": STR, "index": INT, "probability": FLOAT}, ...]}
 
@@ -32,7 +41,9 @@ flags.DEFINE_string('init_from', None, 'Converted weights: torch:PATH, '
                     'safetensors:PATH or hf:DIR (with --model).')
 flags.DEFINE_integer('top_k', 5, 'Labels shown per input (>= 1).')
 flags.DEFINE_bool('json', False, 'One JSON object per input.')
-flags.DEFINE_multi_string('text', [], 'A text to classify (repeatable).')
+flags.DEFINE_multi_string('text', [], 'A text to classify with a text '
+                          'classifier --workdir (repeatable: one result per '
+                          '--text, in order).')
 FLAGS = flags.FLAGS
 
 

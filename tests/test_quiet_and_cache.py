@@ -1,0 +1,178 @@
+"""Issue 12: orbax's routine log lines stay off the console, and the
+persistent compilation cache (``--compilation_cache``) fills, is reused by a
+fresh process, and is off with ``none``.
+
+The end-to-end tests share three real CLI runs (``experiments.cnn_imagenet
+--tiny`` on digits, in subprocesses): A trains 10 steps with checkpoints and
+an explicit cache directory; B resumes A's workdir (an orbax restore) to 20
+steps with the same cache directory; C evaluates the workdir
+(``--eval_only``, another restore) with ``--compilation_cache=none`` while
+``JAX_COMPILATION_CACHE_DIR`` and ``HOME`` point at empty directories.
+"""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import orbax.checkpoint
+import pytest
+
+from dlresearch import logging as log_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- the filter alone ---------------------------------------------------------
+
+
+def _record(path, level):
+  return logging.LogRecord('absl', level, path, 1, 'msg', None, None)
+
+
+def test_quiet_libraries_keeps_errors_and_other_libraries_warnings():
+  quiet = log_lib.QuietLibraries()
+  orbax_file = '/venv/site-packages/orbax/checkpoint/_src/checkpoint_manager.py'
+  assert not quiet.filter(_record(orbax_file, logging.INFO))
+  assert not quiet.filter(_record(orbax_file, logging.WARNING))
+  assert quiet.filter(_record(orbax_file, logging.ERROR))
+  assert quiet.filter(_record(orbax_file, logging.CRITICAL))
+  for noisy in ('/venv/site-packages/tensorflow_datasets/core/dataset_info.py',
+                '/venv/site-packages/grain/_src/python/data_loader.py',
+                '/venv/site-packages/jax/_src/xla_bridge.py'):
+    assert not quiet.filter(_record(noisy, logging.INFO)), noisy
+    assert quiet.filter(_record(noisy, logging.WARNING)), noisy
+  other = '/venv/site-packages/flax/core/scope.py'
+  assert quiet.filter(_record(other, logging.WARNING))
+  assert quiet.filter(_record(other, logging.INFO))
+  ours = os.path.join(ROOT, 'dlresearch', 'train.py')
+  assert quiet.filter(_record(ours, logging.INFO))
+
+
+def test_quiet_libraries_installs_once_on_absl_logger_and_handler():
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  log_lib.quiet_libraries()
+  log_lib.quiet_libraries()
+  for target in (logging.getLogger('absl'), absl_logging.get_absl_handler()):
+    assert sum(isinstance(f, log_lib.QuietLibraries)
+               for f in target.filters) == 1
+
+
+# --- real runs ----------------------------------------------------------------
+
+
+def _module_basenames(package_dir):
+  return {f for _, _, files in os.walk(package_dir) for f in files
+          if f.endswith('.py')}
+
+
+def _orbax_only_files():
+  """Basenames of orbax's modules that no other logging package shares.
+
+  absl log lines name only the file's basename; ``checkpoint.py`` (ours,
+  grain's and orbax's) and the like are left out, so a line counted as
+  orbax's is orbax's.
+  """
+  site = orbax.checkpoint.__file__.split(f'{os.sep}orbax{os.sep}')[0]
+  mine = _module_basenames(os.path.join(site, 'orbax'))
+  others = _module_basenames(os.path.join(ROOT, 'dlresearch'))
+  for name in ('tensorflow_datasets', 'jax', 'jaxlib', 'absl', 'grain', 'flax',
+               'etils', 'optax', 'tensorstore'):
+    others |= _module_basenames(os.path.join(site, name))
+  return mine - others
+
+
+ABSL_LINE = re.compile(r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([^:\s]+):\d+\]')
+PY_WARNING = re.compile(r'/orbax/\S+\.py:\d+: \w*Warning')
+
+
+def orbax_lines_below_error(stderr):
+  """stderr lines from orbax below ERROR: absl INFO/WARNING lines of an
+  orbax-only file, and Python warnings raised in orbax's code."""
+  files = _orbax_only_files()
+  out = []
+  for line in stderr.splitlines():
+    m = ABSL_LINE.match(line)
+    if m and m.group(1) in 'IW' and m.group(2) in files:
+      out.append(line)
+    elif PY_WARNING.search(line):
+      out.append(line)
+  return out
+
+
+def _cache_entries(directory):
+  if not os.path.isdir(directory):
+    return set()
+  return {n for n in os.listdir(directory) if n.endswith('-cache')}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp('quiet')
+  workdir, cache = str(base / 'run'), str(base / 'cache')
+  env_cache, home = base / 'env_cache', base / 'home'
+  env_cache.mkdir()
+  home.mkdir()
+  env = {**os.environ, 'PYTHONPATH': ROOT,
+         # Every program the runs compile is kept (no compile-time threshold).
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_LOG_COMPILES': '1'}  # cache hits are logged at WARNING
+  common = ['--progress=lines', '--model_summary=false', '--plots=false']
+
+  def cli(*args, **extra_env):
+    done = subprocess.run(
+        [sys.executable, '-m', 'experiments.cnn_imagenet', *args, *common],
+        cwd=ROOT, env={**env, **extra_env}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+  first = cli('--tiny', f'--workdir={workdir}',
+              f'--data_dir={base / "tfds"}', f'--compilation_cache={cache}',
+              '--num_steps=10', '--checkpoint_every=5', '--eval_every=5',
+              '--schedule=constant')
+  after_first = _cache_entries(cache)
+  resumed = cli(f'--workdir={workdir}', '--num_steps=20',
+                f'--compilation_cache={cache}')
+  after_resume = _cache_entries(cache)
+  off = cli(f'--workdir={workdir}', '--eval_only', '--compilation_cache=none',
+            JAX_COMPILATION_CACHE_DIR=str(env_cache), HOME=str(home))
+  return dict(first=first, resumed=resumed, off=off, after_first=after_first,
+              after_resume=after_resume, env_cache=str(env_cache),
+              home=str(home), workdir=workdir)
+
+
+def test_orbax_below_error_never_reaches_stderr_of_save_and_restore(runs):
+  assert os.listdir(os.path.join(runs['workdir'], 'checkpoints'))
+  assert 'resumed from step 10' in runs['resumed'].stderr
+  for name in ('first', 'resumed', 'off'):
+    stderr = runs[name].stderr
+    assert orbax_lines_below_error(stderr) == [], name
+    assert 'final eval at step' in runs[name].stdout  # the runs did run
+
+
+def test_compilation_cache_is_filled_then_reused_by_a_fresh_process(runs):
+  names = {n.split('-')[0] for n in runs['after_first']}
+  assert {'jit_train_step', 'jit_eval_step'} <= names, names
+  # The resumed run (a fresh process) compiles the same train and eval
+  # steps: read back from the cache, and nothing new written for them.
+  stderr = runs['resumed'].stderr
+  assert "Persistent compilation cache hit for 'jit_train_step'" in stderr
+  assert "Persistent compilation cache hit for 'jit_eval_step'" in stderr
+  new = runs['after_resume'] - runs['after_first']
+  assert not {n for n in new if n.startswith(('jit_train_step',
+                                              'jit_eval_step'))}, new
+  # The first run found nothing to reuse.
+  assert 'Persistent compilation cache hit' not in runs['first'].stderr
+
+
+def test_compilation_cache_none_writes_nothing(runs):
+  assert 'final eval at step 20' in runs['off'].stdout
+  assert os.listdir(runs['env_cache']) == []
+  # Not the default directory either (other libraries' caches may appear).
+  assert not os.path.exists(os.path.join(runs['home'], '.cache', 'dlresearch'))
+  entries = [f for _, _, fs in os.walk(runs['home']) for f in fs
+             if f.startswith('jit_')]
+  assert entries == []
+  assert 'Persistent compilation cache hit' not in runs['off'].stderr

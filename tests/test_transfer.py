@@ -361,11 +361,18 @@ def test_predict_text_of_an_hf_tokenizer_run_uses_the_workdirs_copy(
       'model_kwargs': {'hidden_size': 16, 'num_layers': 1, 'num_heads': 2,
                        'mlp_dim': 32},
       'data_dir': rt_data_dir, 'manual_dir': rotten_tomatoes_dir,
-      'eval_split': 'test', 'num_steps': 4, 'learning_rate': 1e-3,
-      'progress': 'none', 'plots': False, 'model_summary': False})
+      'eval_split': 'test[:10]', 'test_split': 'test', 'num_steps': 4,
+      'learning_rate': 1e-3, 'progress': 'none', 'plots': False,
+      'model_summary': False})
   workdir = str(tmp_path / 'run')
   train.run(cfg, workdir)
   shutil.rmtree(given)
+  # Eval lines name their split; the test split is evaluated once, at the end.
+  lines = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  evals = [(l['split'], l['dataset_split'], l['num_examples'])
+           for l in lines if l['split'] != 'train']
+  assert set(evals[:-1]) == {('eval', 'test[:10]', 10)}
+  assert evals[-1] == ('test', 'test', 16)
   texts = list(TEXTS)
   r = _predict(f'--workdir={workdir}', '--top_k=2',
                *[f'--text={t}' for t in texts])

@@ -70,18 +70,24 @@ def hf_text_classification(cfg: Config, workdir: str,
     os.makedirs(workdir, exist_ok=True)
     shutil.copyfile(path, os.path.join(workdir, SAVED_TOKENIZER))
   fields = ('text_key', 'label_key')
-  out = []
-  for train in (True, False):
-    _, source = kinds.open_split(cfg, train=train)
+
+  def arrays(source):
     cols = kinds.read_columns(cfg, source, fields)
-    arrays = encode(tok, cols[cfg.text_key])
-    arrays['label'] = np.asarray(cols[cfg.label_key], np.int32)
-    out.append(pipeline.ArrayDataset(arrays))
-    if train:
-      classes = kinds.num_classes(source, cfg.label_key, arrays['label'])
+    out = encode(tok, cols[cfg.text_key])
+    out['label'] = np.asarray(cols[cfg.label_key], np.int32)
+    return pipeline.ArrayDataset(out)
+
+  _, train_src = kinds.open_split(cfg, train=True)
+  train = arrays(train_src)
+  classes = kinds.num_classes(train_src, cfg.label_key, train.arrays['label'])
+  eval_name, eval_src = kinds.open_split(cfg, train=False)
+  test = kinds.open_test(cfg, eval_name)
   task = tasks.Classification(input_key='inputs', label_key='label',
                               mask_key='mask', loss=cfg.loss,
                               label_smoothing=cfg.label_smoothing)
   sizes = kinds.model_sizes(cfg, vocab_size=tok.get_vocab_size(),
                             num_classes=classes)
-  return pipeline.Data(out[0], out[1], task, sizes)
+  return pipeline.Data(train, arrays(eval_src), task, sizes,
+                       eval_split=eval_name,
+                       test=arrays(test[1]) if test else None,
+                       test_split=test[0] if test else '')

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 
 from dlresearch import checkpoint, config as config_lib, ema as ema_lib
 from dlresearch import init as init_lib
@@ -289,21 +290,25 @@ def use_compilation_cache(directory: str) -> None:
   ``JAX_COMPILATION_CACHE_DIR``); an explicit one replaces it. Programs that
   took at least 0.2 s to compile are kept, unless
   ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets another threshold.
-  JAX opens the cache at the first compile of the process: a later ``run``
-  in the same process keeps that cache (its directory, on or off).
+  JAX opens its cache once, at the first compile of the process; a change
+  here (another directory, on or off: a second ``run`` in a notebook)
+  resets it so that the next compile opens the new one.
   """
   if directory.lower() in ('', 'none'):
-    jax.config.update('jax_enable_compilation_cache', False)
-    return
-  default = Config.__dataclass_fields__['compilation_cache'].default
-  if directory == default and jax.config.jax_compilation_cache_dir:
-    return
-  path = os.path.expanduser(directory)
-  os.makedirs(path, exist_ok=True)
-  jax.config.update('jax_enable_compilation_cache', True)
-  jax.config.update('jax_compilation_cache_dir', path)
-  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+    enabled, path = False, jax.config.jax_compilation_cache_dir
+  else:
+    enabled, path = True, os.path.expanduser(directory)
+    default = Config.__dataclass_fields__['compilation_cache'].default
+    if directory == default and jax.config.jax_compilation_cache_dir:
+      path = jax.config.jax_compilation_cache_dir
+    os.makedirs(path, exist_ok=True)
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  if (enabled, path) != (jax.config.jax_enable_compilation_cache,
+                         jax.config.jax_compilation_cache_dir):
+    jax.config.update('jax_enable_compilation_cache', enabled)
+    jax.config.update('jax_compilation_cache_dir', path)
+    compilation_cache.reset_cache()
 
 
 @dataclasses.dataclass

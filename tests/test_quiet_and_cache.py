@@ -176,3 +176,41 @@ def test_compilation_cache_none_writes_nothing(runs):
              if f.startswith('jit_')]
   assert entries == []
   assert 'Persistent compilation cache hit' not in runs['off'].stderr
+
+
+def test_a_second_run_in_one_process_opens_its_own_cache(tmp_path,
+                                                         monkeypatch):
+  """A notebook's second ``run`` with another directory (or ``none``) gets
+  it, although JAX opened the first directory at the first compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dlresearch import train  # pylint: disable=g-import-not-at-top
+
+  before = (jax.config.jax_enable_compilation_cache,
+            jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
+
+  def compile_one(scale):  # a program of its own (the scale is a constant)
+    f = jax.jit(lambda x: jax.numpy.tanh(x) * scale)
+    f(np.ones(8, np.float32)).block_until_ready()
+
+  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  try:
+    train.use_compilation_cache(first)
+    compile_one(1.5)
+    assert os.listdir(first)
+    train.use_compilation_cache(second)
+    compile_one(2.5)
+    assert os.listdir(second)
+    train.use_compilation_cache('none')
+    kept = sorted(os.listdir(first) + os.listdir(second))
+    compile_one(3.5)
+    assert sorted(os.listdir(first) + os.listdir(second)) == kept
+  finally:
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', before[2])
+    jax.config.update('jax_compilation_cache_dir', before[1])
+    jax.config.update('jax_enable_compilation_cache', before[0])
+    from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.reset_cache()

@@ -219,23 +219,22 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   task = tasks.Classification(input_key=key, label_key=info.label_key,
                               loss=cfg.loss, label_smoothing=cfg.label_smoothing,
                               groups=groups)
-  train, evals = make(splits['train'], True), make(splits['eval'], False)
+  # Every split gets the same input transforms (the test split at the end
+  # included): channel repeat, then the fixed pixel permutation.
+  sets = [make(splits['train'], True), make(splits['eval'], False),
+          make(splits['test'], False) if splits['test'] else None]
   if cfg.image_channels:
     if not is_image:
       raise ConfigError('image_channels', f'{cfg.dataset} has no images')
-    train, evals = (repeat_channels(d, key, cfg.image_channels)
-                    for d in (train, evals))
+    sets = [d if d is None else repeat_channels(d, key, cfg.image_channels)
+            for d in sets]
   if cfg.shuffle_spatial:
     if info.input_shape is None:
       raise ConfigError('shuffle_spatial', f'{cfg.dataset} has inputs of '
                         'varying size')
     perm = spatial_permutation(info.input_shape[0])
-    train, evals = (permute_positions(d, key, perm) for d in (train, evals))
-  test = None
-  if splits['test']:
-    test = make(splits['test'], False)
-    if cfg.shuffle_spatial:
-      test = permute_positions(test, key, perm)
+    sets = [d if d is None else permute_positions(d, key, perm) for d in sets]
+  train, evals, test = sets
   return pipeline.Data(train, evals, task, {'num_classes': info.num_classes},
                        use_grain=not in_memory, eval_split=splits['eval'],
                        test=test, test_split=splits['test'] or '',

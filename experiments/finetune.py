@@ -61,7 +61,8 @@ PRESETS = {
                lr_multipliers='^head/=10', schedule='cosine', log_every=10,
                checkpoint_every=1000, keep_checkpoints=1),
         tiny=dict(num_train_examples=64, num_steps=2, batch_size=16,
-                  eval_split='test[:32]', eval_batch_size=16, log_every=1)),
+                  eval_split='test[:32]', test_split='test[:64]',
+                  eval_batch_size=16, log_every=1)),
     'minilm_rotten_tomatoes': cli.Preset(
         Config(data_kind='hf_text_classification', dataset='rotten_tomatoes',
                model='bert_base',

@@ -1,4 +1,5 @@
-"""The CPU speed levers keep results: conv option, max-pool, LSTM, attention.
+"""The CPU speed levers keep results: conv option, max-pool, LSTM, attention,
+transformer backward.
 
 Each lever is checked against the code path it replaces (values and
 gradients), not timed: timings live in benchmarks/ and the README.
@@ -14,7 +15,7 @@ from jax.test_util import check_grads
 from dlresearch import logging as log_lib, parallel, tasks, train
 from dlresearch.config import Config
 from dlresearch.data import pipeline
-from dlresearch.models import attention, cnn, rnn
+from dlresearch.models import attention, cnn, rnn, transformer
 
 # ----------------------------------------------------- conv compiler option --
 
@@ -180,3 +181,35 @@ def test_explicit_attention_equals_dot_product_attention(monkeypatch, causal, pa
 
 def test_cpu_runs_the_explicit_attention_path():
   assert attention.explicit_attention() == (jax.default_backend() == 'cpu')
+
+
+# ------------------------------------------------ transformer backward pass --
+
+
+def test_materialize_gradient_is_the_identity_forward_and_backward():
+  g = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8)), jnp.float32)
+  x = jnp.ones((2, 5, 8), jnp.float32)
+  out, vjp = jax.vjp(transformer.materialize_gradient, x)
+  np.testing.assert_array_equal(out, x)
+  np.testing.assert_array_equal(vjp(g)[0], g)  # g @ I == g exactly
+
+
+def test_transformer_gradients_are_unchanged_by_materialize_gradient(monkeypatch):
+  model = transformer.TransformerLM(vocab_size=13, num_layers=3, d_model=16,
+                                    num_heads=2, max_len=8)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 13, (2, 8)), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)
+
+  def loss(params):
+    logits = model.apply(params, tokens)
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  grads = {}
+  for on in (True, False):
+    monkeypatch.setattr(transformer, '_materialize_block_gradients', lambda on=on: on)
+    grads[on] = jax.jit(jax.grad(loss))(params)
+  for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[True]))
+  monkeypatch.undo()
+  assert transformer._materialize_block_gradients() == (jax.default_backend() == 'cpu')

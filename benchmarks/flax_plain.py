@@ -3,9 +3,10 @@
 ``jax.jit`` with a donated state and XLA's default compiler options, optax,
 ``optax.softmax_cross_entropy_with_integer_labels``; no dlresearch loop,
 strategy or pooling. LeNet uses flax's ``nn.max_pool``; the LSTM LM is
-``nn.RNN(nn.OptimizedLSTMCell)``; ResNet-18 and the GPT reuse the library's
+``nn.RNN(nn.OptimizedLSTMCell)``; ResNet-18 and the GPTs reuse the library's
 linen modules (plain ``flax.linen`` code), as a script importing a model
-definition would.
+definition would. ``nanogpt_char`` uses nanoGPT's optimizer: gradient
+clipping at norm 1, then AdamW with weight decay on the 2-D parameters.
 """
 
 import time
@@ -39,6 +40,19 @@ class LSTMLM(nn.Module):
     return nn.Dense(128)(x)
 
 
+def _optimizer(w: workloads.Workload) -> optax.GradientTransformation:
+  if w.optimizer == 'sgd':
+    return optax.sgd(w.learning_rate, momentum=0.9)
+  if w.optimizer == 'adam':
+    return optax.adam(w.learning_rate)
+  kw = w.optimizer_kwargs
+  return optax.chain(
+      optax.clip_by_global_norm(kw.get('grad_clip_norm', 1e9)),
+      optax.adamw(w.learning_rate, b2=kw.get('adam_b2', 0.999),
+                  weight_decay=kw.get('weight_decay', 0.0),
+                  mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+
+
 class Runner:
   """``round(steps) -> seconds`` of plain jitted train steps."""
 
@@ -57,8 +71,7 @@ class Runner:
     variables = self.model.init(jax.random.PRNGKey(0), first, **kw)
     params = variables['params']
     self.extra = {k: v for k, v in variables.items() if k != 'params'}
-    tx = (optax.sgd(w.learning_rate, momentum=0.9) if w.optimizer == 'sgd'
-          else optax.adam(w.learning_rate))
+    tx = _optimizer(w)
     self.state = (params, tx.init(params), self.extra)
     train_kw = {} if name in ('lenet', 'lstm_lm') else {'train': True}
     mutable = list(self.extra)

@@ -1,4 +1,4 @@
-"""PyTorch eager versions of the four compared workloads, driven over a pipe.
+"""PyTorch eager versions of the compared workloads, driven over a pipe.
 
 Runs in a Python that has torch and numpy (the ``bench`` extra, or a venv of
 its own: ``--torch_python`` of ``benchmarks.compare``); imports nothing from
@@ -11,6 +11,17 @@ JSON line on stdout:
 
 A step is zero_grad, forward, loss, backward, optimizer step, on one of 4
 random batches in turn; a round ends with ``loss.item()`` (a sync).
+
+``nanogpt_char`` is nanoGPT's architecture and CPU configuration
+(github.com/karpathy/nanoGPT, ``model.py`` and the Shakespeare-char command
+of its README run on CPU), written here from its description, not its code:
+pre-LayerNorm blocks, causal self-attention through one fused ``c_attn``
+projection and ``F.scaled_dot_product_attention``, a 4x GELU MLP, learned
+positions, a final LayerNorm and a head tied to the token embedding;
+``bias=False`` (its ``train.py`` default) in the Linears and LayerNorms;
+N(0, 0.02) init with residual projections scaled by ``1/sqrt(2 layers)``;
+AdamW with weight decay on the 2-D parameters only, betas (0.9, 0.99), and
+gradient clipping at norm 1, as its training loop does.
 """
 
 import json
@@ -117,6 +128,61 @@ class GPT(nn.Module):
     return self.head(self.ln(self.blocks(x)))
 
 
+class NanoLayerNorm(nn.Module):
+  """LayerNorm with an optional bias (nanoGPT's ``bias`` switch)."""
+
+  def __init__(self, d, bias):
+    super().__init__()
+    self.weight = nn.Parameter(torch.ones(d))
+    self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+  def forward(self, x):
+    return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class NanoBlock(nn.Module):
+
+  def __init__(self, d, heads, bias):
+    super().__init__()
+    self.heads = heads
+    self.ln_1, self.ln_2 = NanoLayerNorm(d, bias), NanoLayerNorm(d, bias)
+    self.c_attn = nn.Linear(d, 3 * d, bias=bias)
+    self.attn_proj = nn.Linear(d, d, bias=bias)
+    self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=bias), nn.Linear(4 * d, d, bias=bias)
+
+  def forward(self, x):
+    b, t, d = x.shape
+    q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=2)
+    q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+               for z in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(b, t, d))
+    return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+  """nanoGPT's architecture (module docstring): 4 x d128, 4 heads, block 64."""
+
+  def __init__(self, vocab=65, d=128, layers=4, heads=4, length=64, bias=False):
+    super().__init__()
+    self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(length, d)
+    self.h = nn.Sequential(*[NanoBlock(d, heads, bias) for _ in range(layers)])
+    self.ln_f = NanoLayerNorm(d, bias)
+    self.lm_head = nn.Linear(d, vocab, bias=False)
+    self.wte.weight = self.lm_head.weight  # tied
+    for name, p in self.named_parameters():
+      if name.endswith('proj.weight'):
+        nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * layers))
+      elif p.dim() == 2:
+        nn.init.normal_(p, 0.0, 0.02)
+      elif name.endswith('bias'):
+        nn.init.zeros_(p)
+
+  def forward(self, t):
+    x = self.wte(t) + self.wpe(torch.arange(t.shape[1]))
+    return self.lm_head(self.ln_f(self.h(x)))
+
+
 def setup(name, batch_size):
   rng = np.random.default_rng(0)
   if name == 'lenet':
@@ -138,15 +204,27 @@ def setup(name, batch_size):
             for _ in range(4)]
     xs, ys = [t[:, :-1] for t in toks], [t[:, 1:] for t in toks]
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+  elif name == 'nanogpt_char':
+    model = NanoGPT()
+    toks = [torch.from_numpy(rng.integers(0, 65, (batch_size, 65))) for _ in range(4)]
+    xs, ys = [t[:, :-1] for t in toks], [t[:, 1:] for t in toks]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': 0.1},
+         {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}],
+        lr=1e-3, betas=(0.9, 0.99))
   else:
     raise ValueError(name)
   model.train()
+  clip = name == 'nanogpt_char'
 
   def step(i):
     opt.zero_grad(set_to_none=True)
     logits = model(xs[i % 4])
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys[i % 4].reshape(-1))
     loss.backward()
+    if clip:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss
 

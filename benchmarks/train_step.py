@@ -48,7 +48,7 @@ def config(w: workloads.Workload, steps: int, rounds: int, batch_size: int = 0,
   return config_lib.Config(
       model=w.model, model_kwargs=dict(w.model_kwargs),
       batch_size=batch_size or w.batch_size, optimizer=w.optimizer,
-      learning_rate=w.learning_rate,
+      learning_rate=w.learning_rate, **w.optimizer_kwargs,
       num_steps=steps * (rounds + WARMUP), log_every=steps,
       checkpoint_every=10**9, keep_checkpoints=1, model_summary=False,
       plots=False, progress='none', compilation_cache='none', **overrides)
@@ -155,7 +155,7 @@ def main(argv):
 
 def define_flags():
   """This entry point's flags (not defined on import: compare.py imports us)."""
-  flags.DEFINE_list('model', ['lenet', 'resnet18_cifar', 'lstm_lm', 'gpt_small'],
+  flags.DEFINE_list('model', list(workloads.COMPARED),
                     'Workloads: ' + ', '.join(workloads.WORKLOADS))
   flags.DEFINE_integer('rounds', 5, 'Timed rounds per workload (after 2 warm-up).')
   flags.DEFINE_integer('steps', 10, 'Steps per round.')

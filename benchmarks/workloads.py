@@ -8,6 +8,11 @@ resnet18_cifar  ResNet-18, CIFAR stem (3x3 conv, no pool), 32x32x3, batch 64,
 lstm_lm         vocab 128, embed 64, LSTM 256, T 64, batch 32, Adam
 gpt_small       4 layers, d 256, 4 heads, MLP 1024, T 128, vocab 512, batch 16,
                 Adam
+nanogpt_char    nanoGPT's CPU configuration (its README's Shakespeare-char
+                command on CPU): 4 layers, d 128, 4 heads, MLP 512, block 64,
+                char vocab 65, batch 12, dropout 0, tied embedding/head,
+                AdamW lr 1e-3, betas (0.9, 0.99), weight decay 0.1 (2-D
+                weights), gradient clipping at norm 1
 resnet50        ResNet-50 at 224x224x3, batch 64, SGD momentum (for GPUs)
 vit_s16         ViT-S/16 at 224x224x3, batch 64, Adam (for GPUs)
 =============== ============================================================
@@ -65,6 +70,8 @@ class Workload:
   learning_rate: float
   kind: str                # 'image' or 'lm'
   shape: tuple             # image HWC or (vocab, T)
+  # More Config fields of the optimizer (adamw: weight_decay, adam_b2, ...).
+  optimizer_kwargs: dict = dataclasses.field(default_factory=dict)
 
   def task(self):
     return tasks.Classification() if self.kind == 'image' else tasks.LanguageModel()
@@ -98,12 +105,17 @@ WORKLOADS = {w.name: w for w in [
         'vocab_size': 512, 'num_layers': 4, 'd_model': 256, 'num_heads': 4,
         'mlp_dim': 1024, 'max_len': 128, 'tie_embeddings': False}, 16, 'adam',
              1e-3, 'lm', (512, 128)),
+    Workload('nanogpt_char', 'transformer_lm', {
+        'vocab_size': 65, 'num_layers': 4, 'd_model': 128, 'num_heads': 4,
+        'mlp_dim': 512, 'max_len': 64, 'tie_embeddings': True}, 12, 'adamw',
+             1e-3, 'lm', (65, 64), {'weight_decay': 0.1, 'adam_b2': 0.99,
+                               'grad_clip_norm': 1.0}),
     Workload('resnet50', 'resnet50', {'num_classes': 1000}, 64, 'sgd', 0.1,
              'image', (224, 224, 3)),
     Workload('vit_s16', 'vit_s16', {'num_classes': 1000}, 64, 'adam', 1e-3,
              'image', (224, 224, 3)),
 ]}
-COMPARED = ('lenet', 'resnet18_cifar', 'lstm_lm', 'gpt_small')
+COMPARED = ('lenet', 'resnet18_cifar', 'lstm_lm', 'gpt_small', 'nanogpt_char')
 
 
 def get(name: str) -> Workload:

@@ -32,7 +32,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from dlresearch import checkpoint, config as config_lib, ema as ema_lib
 from dlresearch import init as init_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
-from dlresearch import plot, policy, summary as summary_lib
+from dlresearch import policy, summary as summary_lib
 from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds, pipeline
@@ -331,6 +331,8 @@ def write_plots(workdir: str, counts=None, class_names=None,
   """``WORKDIR/plots/curves.png`` (and ``confusion_matrix.png``)."""
   if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
     return  # a custom writer: no metrics file to plot
+  # Imported here: matplotlib costs ~0.4 s at start-up, before the first step.
+  from dlresearch import plot  # pylint: disable=import-outside-toplevel
   out = os.path.join(workdir, 'plots')
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')

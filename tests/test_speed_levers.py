@@ -1,4 +1,5 @@
-"""The CPU speed levers keep results: conv compiler option, max-pool, LSTM.
+"""The CPU speed levers keep results: conv option, max-pool, LSTM, attention,
+transformer backward.
 
 Each lever is checked against the code path it replaces (values and
 gradients), not timed: timings live in benchmarks/ and the README.
@@ -14,7 +15,7 @@ from jax.test_util import check_grads
 from dlresearch import logging as log_lib, parallel, tasks, train
 from dlresearch.config import Config
 from dlresearch.data import pipeline
-from dlresearch.models import cnn, rnn
+from dlresearch.models import attention, cnn, rnn, transformer
 
 # ----------------------------------------------------- conv compiler option --
 
@@ -149,3 +150,66 @@ def test_lstm_lm_keeps_its_parameter_names_and_shapes():
                   'recurrent_kernel': (6, 24)},
       'layer_1': {'input': {'kernel': (6, 24), 'bias': (24,)},
                   'recurrent_kernel': (6, 24)}}
+
+
+# ----------------------------------------------------------------- attention --
+
+
+@pytest.mark.parametrize('causal,padded', [(True, False), (False, True)])
+def test_explicit_attention_equals_dot_product_attention(monkeypatch, causal, padded):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+  mask = None
+  if padded:  # the last sequence is all padding: uniform weights on both paths
+    real = np.array([[1] * 7, [1] * 4 + [0] * 3, [0] * 7], bool)
+    mask = attention.padding_mask(jnp.asarray(real))
+  layer = attention.MultiHeadAttention(4)
+  params = layer.init(jax.random.key(0), x, mask=mask, causal=causal)
+  out_w = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+
+  def loss(params, x):
+    return jnp.sum(layer.apply(params, x, mask=mask, causal=causal) * out_w)
+
+  results = {}
+  for explicit in (True, False):
+    monkeypatch.setattr(attention, 'explicit_attention', lambda e=explicit: e)
+    results[explicit] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  assert float(jnp.abs(results[True][1][1]).max()) > 0
+
+
+def test_cpu_runs_the_explicit_attention_path():
+  assert attention.explicit_attention() == (jax.default_backend() == 'cpu')
+
+
+# ------------------------------------------------ transformer backward pass --
+
+
+def test_materialize_gradient_is_the_identity_forward_and_backward():
+  g = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8)), jnp.float32)
+  x = jnp.ones((2, 5, 8), jnp.float32)
+  out, vjp = jax.vjp(transformer.materialize_gradient, x)
+  np.testing.assert_array_equal(out, x)
+  np.testing.assert_array_equal(vjp(g)[0], g)  # g @ I == g exactly
+
+
+def test_transformer_gradients_are_unchanged_by_materialize_gradient(monkeypatch):
+  model = transformer.TransformerLM(vocab_size=13, num_layers=3, d_model=16,
+                                    num_heads=2, max_len=8)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 13, (2, 8)), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)
+
+  def loss(params):
+    logits = model.apply(params, tokens)
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  grads = {}
+  for on in (True, False):
+    monkeypatch.setattr(transformer, '_materialize_block_gradients', lambda on=on: on)
+    grads[on] = jax.jit(jax.grad(loss))(params)
+  for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[True]))
+  monkeypatch.undo()
+  assert transformer._materialize_block_gradients() == (jax.default_backend() == 'cpu')

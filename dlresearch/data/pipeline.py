@@ -20,7 +20,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-import grain
 import numpy as np
 
 from dlresearch.data import transforms
@@ -149,6 +148,7 @@ class TrainIterator:
   def _start(self) -> Iterator[Example]:
     if not self.threads and not self.workers:
       return (self.batch_at(s) for s in _count(self.step))
+    import grain  # pylint: disable=import-outside-toplevel  # only this path needs it
     ds = grain.MapDataset.range(self.step, 2**62).map(self.batch_at)
     it = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=max(self.threads, 1), prefetch_buffer_size=4))

@@ -8,14 +8,13 @@ train_test_split(range(1797), test_size=360, stratify=labels, random_state=0)`
 gives train 1437 / test 360, stored in the (shuffled) order that call returns;
 `split_indices` maps positions back to `load_digits()` rows. Images are raw
 uint8 tensors (`tfds.features.Tensor`), read back as numpy with no image
-decoding.
+decoding. scikit-learn is imported only when the arrays are built (it takes
+~3 s to import: no other run should pay for it).
 """
 
 from collections.abc import Iterator
 
 import numpy as np
-from sklearn import datasets as sk_datasets
-from sklearn import model_selection
 import tensorflow_datasets as tfds
 
 NUM_TEST = 360
@@ -24,6 +23,7 @@ SPLIT_SEED = 0
 
 def load_arrays() -> tuple[np.ndarray, np.ndarray]:
   """All 1797 digits: uint8 images [N, 8, 8, 1] in 0..255 and int64 labels."""
+  from sklearn import datasets as sk_datasets  # pylint: disable=import-outside-toplevel
   digits = sk_datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
   return images[..., None], digits.target.astype(np.int64)
@@ -31,6 +31,7 @@ def load_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
   """The fixed stratified split: indices into `load_digits()` per split."""
+  from sklearn import model_selection  # pylint: disable=import-outside-toplevel
   train, test = model_selection.train_test_split(
       np.arange(len(labels)),
       test_size=NUM_TEST,

@@ -15,15 +15,13 @@ import random
 import shutil
 import socket
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from dlresearch import checkpoint, train
+import _forked  # pylint: disable=g-bad-import-order
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = 'experiments.cnn_imagenet'
 STEPS = 30
 TRAIN = ['--preset=quickstart', '--tiny', f'--num_steps={STEPS}',
@@ -33,17 +31,7 @@ JOBS = min(2, os.cpu_count() or 1)  # cases that run at once (own processes)
 
 def run_cases(cases: list[dict], tmp) -> list[dict]:
   """Runs each case as a separate process; results in order."""
-  path = os.path.join(tmp, f'cases-{time.monotonic_ns()}.json')
-  with open(path, 'w') as f:
-    json.dump([{'module': MODULE, **c} for c in cases], f)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests',
-                                                      '_fork_cli.py'),
-                         path, path + '.out'], cwd=ROOT, timeout=600,
-                        capture_output=True, text=True,
-                        env={**os.environ, 'FORK_CLI_JOBS': str(JOBS)})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(path + '.out') as f:
-    return json.load(f)
+  return _forked.run([{'module': MODULE, **c} for c in cases], tmp, JOBS)
 
 
 def error_lines(result: dict) -> list[str]:

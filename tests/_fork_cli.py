@@ -21,7 +21,9 @@ Up to ``FORK_CLI_JOBS`` children (default 1; cases with ``stop_signal``
 not counted) run at once. A case starts only after the cases listed in
 ``after`` (indices) have ended and, with ``start_when_file``, once that
 file exists and is not empty (two processes that overlap); ``before``
-holds the text of the ``snapshot`` files read just before it started. A
+maps each ``snapshot`` path, as it was just before the case started, to
+the sha256 of its bytes (a directory: relative path -> sha256 of every
+file under it; missing: null). A
 case with ``stop_signal`` is sent that signal once every case without one
 has ended (a long run stopped from outside).
 
@@ -29,6 +31,7 @@ Each case is a real, separate process (own pid, signals, exit code, JAX
 backend); forking just spares the 3-4 s of imports per case on small CPUs.
 """
 
+import hashlib
 import json
 import os
 import resource
@@ -102,6 +105,16 @@ def _read(path: str) -> str:
     return f.read()
 
 
+def _snapshot(path: str):
+  def digest(p):
+    with open(p, 'rb') as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  if os.path.isdir(path):
+    return {os.path.relpath(os.path.join(d, n), path): digest(os.path.join(
+        d, n)) for d, _, names in sorted(os.walk(path)) for n in sorted(names)}
+  return digest(path) if os.path.exists(path) else None
+
+
 def _ready(case: dict, done: dict) -> bool:
   if not all(i in done for i in case.get('after', ())):
     return False
@@ -120,7 +133,7 @@ def run_cases(cases: list[dict], tmp: str, jobs: int = 1) -> list[dict]:
       busy = sum('stop_signal' not in cases[j] for j, _, _ in running.values())
       if _ready(cases[i], done) and (busy < jobs or 'stop_signal' in cases[i]):
         pending.remove(i)
-        before = {p: _read(p) for p in cases[i].get('snapshot', ())}
+        before = {p: _snapshot(p) for p in cases[i].get('snapshot', ())}
         start = time.monotonic()
         pid = _start_case(cases[i], os.path.join(tmp, f'out{i}'),
                           os.path.join(tmp, f'err{i}'))

@@ -1,48 +1,38 @@
 """Faults done to real processes: damaged checkpoints, Ctrl-C, two writers,
 a full disk, and every bad start-up input.
 
-Each case runs ``experiments.cnn_imagenet`` as its own process: forked from
+Each case runs ``experiments.cnn_imagenet`` as its own process, forked from
 one warm interpreter by ``tests/_fork_cli.py`` (the same code path as
 ``python -m experiments.cnn_imagenet ARGS``, minus 3-4 s of imports per
-case), or with ``python -m`` itself where two processes must overlap. One
-uninterrupted 30-step run (checkpoints 10, 20, 30) is the reference; the
-damage cases work on copies of it.
+case); independent cases run two at a time (JOBS), and the two writers
+overlap. One uninterrupted 30-step run (checkpoints 10, 20, 30) is the
+reference; the damage cases work on copies of it.
 """
 
+import hashlib
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from dlresearch import checkpoint, train
+import _forked  # pylint: disable=g-bad-import-order
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = 'experiments.cnn_imagenet'
 STEPS = 30
 TRAIN = ['--preset=quickstart', '--tiny', f'--num_steps={STEPS}',
          '--checkpoint_every=10', '--log_every=5', '--eval_every=0']
+JOBS = min(2, os.cpu_count() or 1)  # cases that run at once (own processes)
 
 
 def run_cases(cases: list[dict], tmp) -> list[dict]:
   """Runs each case as a separate process; results in order."""
-  path = os.path.join(tmp, f'cases-{time.monotonic_ns()}.json')
-  with open(path, 'w') as f:
-    json.dump([{'module': MODULE, **c} for c in cases], f)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tests',
-                                                      '_fork_cli.py'),
-                         path, path + '.out'], cwd=ROOT, timeout=600,
-                        capture_output=True, text=True)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(path + '.out') as f:
-    return json.load(f)
+  return _forked.run([{'module': MODULE, **c} for c in cases], tmp, JOBS)
 
 
 def error_lines(result: dict) -> list[str]:
@@ -252,7 +242,7 @@ def _stage2_cases(env) -> tuple[dict, dict]:
   add('shorter', ['--num_steps=5'])
   dirs['sigint'] = dirs['resume_after_sigint'] = tmp / 'sigint'
   add('sigint', TRAIN, signal_at=[15, 'SIGINT', 1])
-  add('resume_after_sigint', TRAIN)
+  add('resume_after_sigint', TRAIN, after=[list(cases).index('sigint')])
   dirs['sigint_twice'] = tmp / 'sigint_twice'
   add('sigint_twice', TRAIN, signal_at=[15, 'SIGINT', 2])
   # Adam's first step moves every weight by ~lr; with decoupled decay on
@@ -402,29 +392,25 @@ def test_bad_start_up_inputs_are_one_line_and_write_nothing(env):
 
 def test_second_writer_refuses_naming_the_holder(env):
   workdir = env['tmp'] / 'busy'
-  holder = subprocess.Popen(
-      [sys.executable, '-m', MODULE, '--preset=quickstart', '--tiny',
-       f'--data_dir={env["data_dir"]}', f'--workdir={workdir}',
-       '--num_steps=1000000', '--log_every=5', '--checkpoint_every=100000'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 180
-    while not (workdir / 'metrics.jsonl').exists() or not (
-        workdir / 'metrics.jsonl').read_text().strip():
-      assert time.time() < deadline and holder.poll() is None, 'never started'
-      time.sleep(0.2)
-    config = (workdir / 'config.json').read_text()
-    [second] = run_cases([{'argv': [
-        '--preset=quickstart', '--tiny', f'--data_dir={env["data_dir"]}',
-        f'--workdir={workdir}', '--seed=1']}], str(env['tmp']))
-    holder.send_signal(signal.SIGTERM)
-    _, err = holder.communicate(timeout=120)
-  finally:
-    holder.kill()
+  metrics, config = workdir / 'metrics.jsonl', workdir / 'config.json'
+  # The holder trains (for ever) until the second run has ended, then is
+  # sent SIGTERM; the second starts once the holder has written a line.
+  holder, second = run_cases([
+      {'argv': ['--preset=quickstart', '--tiny',
+                f'--data_dir={env["data_dir"]}', f'--workdir={workdir}',
+                '--num_steps=1000000', '--log_every=5',
+                '--checkpoint_every=100000'], 'stop_signal': 'SIGTERM'},
+      {'argv': ['--preset=quickstart', '--tiny',
+                f'--data_dir={env["data_dir"]}', f'--workdir={workdir}',
+                '--seed=1'], 'start_when_file': str(metrics),
+       'snapshot': [str(config)]}], str(env['tmp']))
   line = assert_one_line(second)
-  assert f'in use by pid {holder.pid} on host {socket.gethostname()}' in line
-  assert holder.returncode == 0, err[-2000:]
-  assert (workdir / 'config.json').read_text() == config  # seed 0's config
+  assert f'in use by pid {holder["pid"]} on host {socket.gethostname()}' in line
+  assert holder['code'] == 0, holder['stderr'][-2000:]
+  assert 'stopped by SIGTERM' in holder['stdout'], holder['stdout'][-2000:]
+  assert hashlib.sha256(config.read_bytes()).hexdigest() == second['before'][
+      str(config)]  # seed 0's config, untouched by the second
+  assert json.loads(config.read_text())['config']['seed'] == 0
   assert all(json.loads(l) for l in raw_lines(workdir))
 
 

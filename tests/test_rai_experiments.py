@@ -11,8 +11,6 @@ import csv
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +20,8 @@ from dlresearch import audit, config as config_lib, rai, train
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds
 import dlresearch
+import _forked  # pylint: disable=g-bad-import-order
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = {0: ['bad', 'awful', 'dull'], 1: ['good', 'great', 'fine']}
 FILLER = ['the', 'film', 'was', 'a', 'plot', 'and', 'cast']
 
@@ -159,28 +157,27 @@ def test_audit_group_rejects_unknown_and_input_columns(data_dir):
     kinds.build(_tabular_cfg(data_dir, audit_group='sex,label'), '/unused')
 
 
-def _run(module, *args, timeout=600):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout,
-                        env=env)
-
-
 def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
+  """The three command lines, each its own process (one warm parent)."""
   workdir = str(tmp_path / 'run')
-  proc = _run('experiments.tabular', '--preset=adult', '--tiny',
-              '--dataset=toy_tabular', f'--data_dir={data_dir}',
-              '--batch_size=32', '--eval_batch_size=64', '--num_steps=40',
-              f'--workdir={workdir}', '--audit_group=sex')
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert 'baseline/logistic_regression/accuracy=' in proc.stdout
+  train_proc, proc, bad = _forked.run([
+      {'module': 'experiments.tabular', 'argv': [
+          '--preset=adult', '--tiny', '--dataset=toy_tabular',
+          f'--data_dir={data_dir}', '--batch_size=32', '--eval_batch_size=64',
+          '--num_steps=40', f'--workdir={workdir}', '--audit_group=sex']},
+      {'module': 'experiments.audit', 'after': [0], 'argv': [
+          f'--workdir={workdir}', '--group_key=sex', '--n_bootstrap=50']},
+      # Bad input: one line, non-zero exit, nothing written.
+      {'module': 'experiments.audit', 'after': [0], 'argv': [
+          f'--workdir={workdir}', '--group_key=age', f'--out={tmp_path}/bad']},
+  ], tmp_path, env={'JAX_PLATFORMS': 'cpu'})
+  assert train_proc['code'] == 0, train_proc['stderr'][-2000:]
+  assert 'baseline/logistic_regression/accuracy=' in train_proc['stdout']
   found = json.load(open(f'{workdir}/baselines.json'))['baselines']
   # The label is linear in the features: logistic regression nails it.
   assert found['logistic_regression']['accuracy'] > 0.9
   assert found['hist_gradient_boosting']['accuracy'] > 0.8
-  proc = _run('experiments.audit', f'--workdir={workdir}', '--group_key=sex',
-              '--n_bootstrap=50')
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc['code'] == 0, proc['stderr'][-2000:]
   out = pathlib.Path(workdir) / 'audit'
   with open(out / 'predictions.csv') as f:
     rows = list(csv.reader(f))
@@ -198,11 +195,8 @@ def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
   assert set(report['data']['groups']['sex']) == {'Female', 'Male'}
   assert (out / 'sex_accuracy.png').stat().st_size > 1000
   assert (out / 'sex_gaps.png').exists()
-  # Bad input: one line, non-zero exit, nothing written.
-  proc = _run('experiments.audit', f'--workdir={workdir}', '--group_key=age',
-              f'--out={tmp_path}/bad')
-  assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith(
+  assert bad['code'] != 0
+  assert bad['stderr'].strip().splitlines()[-1].startswith(
       "error: --audit_group: toy_tabular has no column 'age'")
   assert not (tmp_path / 'bad').exists()
 

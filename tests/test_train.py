@@ -13,6 +13,7 @@ import pytest
 from dlresearch import checkpoint, cli, config as config_lib, train
 from dlresearch import logging as log_lib
 from experiments.cnn_imagenet import PRESETS
+import _forked  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,13 +27,6 @@ def tiny_quickstart(data_dir, **overrides):
   preset = PRESETS['quickstart']
   return config_lib.override(preset.config,
                              {**preset.tiny, 'data_dir': data_dir, **overrides})
-
-
-def experiment(*args, timeout=180):
-  """Runs the cnn_imagenet entrypoint in a subprocess."""
-  return subprocess.run(
-      [sys.executable, '-m', 'experiments.cnn_imagenet', *args], cwd=ROOT,
-      capture_output=True, text=True, timeout=timeout)
 
 
 def test_quickstart_tiny_trains_and_writes_everything(tmp_path, data_dir):
@@ -123,14 +117,44 @@ def test_sigterm_or_ctrl_c_checkpoints_at_next_step(tmp_path, data_dir, sig,
   assert f'stopped by {name} at step {step}' in out
 
 
-def test_nan_loss_stops_with_step_and_saves_nothing_non_finite(tmp_path, data_dir):
-  r = experiment('--preset=quickstart', '--tiny', f'--data_dir={data_dir}',
-                 f'--workdir={tmp_path}', '--optimizer=sgd',
-                 '--learning_rate=1e30', '--num_steps=20', '--log_every=1',
-                 '--checkpoint_every=1')
-  assert r.returncode == 3
-  assert 'Traceback' not in r.stderr
-  line = [l for l in r.stderr.splitlines() if l.startswith('error:')]
+BAD_INPUTS = [
+    (['--bogus_flag=1'], "Unknown command line flag 'bogus_flag'"),
+    (['--num_steps=abc'], '--num_steps: expected int'),
+    (['--batch_size=-8'], '--batch_size: must be > 0'),
+    (['--learning_rate=0'], '--learning_rate: must be > 0'),
+    (['--batch_size=12'], '--batch_size: 12 does not divide evenly over 8 devices'),
+    (['--dataset=imagenet2012'], 'imagenet2012'),
+]
+
+
+@pytest.fixture(scope='module')
+def cli_runs(tmp_path_factory, data_dir):
+  """The NaN run and every bad input, each its own `python -m
+  experiments.cnn_imagenet` process (forked from one warm parent)."""
+  tmp = tmp_path_factory.mktemp('cli')
+  common = ['--preset=quickstart', '--tiny', f'--data_dir={data_dir}']
+  nan = tmp / 'nan'
+  cases = [{'module': 'experiments.cnn_imagenet', 'argv': [
+      *common, f'--workdir={nan}', '--optimizer=sgd', '--learning_rate=1e30',
+      '--num_steps=20', '--log_every=1', '--checkpoint_every=1']}]
+  workdirs = []
+  for i, (args, _) in enumerate(BAD_INPUTS):
+    workdir = tmp / f'bad{i}'
+    workdir.mkdir()
+    (workdir / 'keep.txt').write_text('precious')
+    workdirs.append(workdir)
+    cases.append({'module': 'experiments.cnn_imagenet',
+                  'argv': [*common, f'--workdir={workdir}', *args]})
+  results = _forked.run(cases, tmp)
+  return {'nan': (nan, results[0]),
+          'bad': list(zip(workdirs, results[1:]))}
+
+
+def test_nan_loss_stops_with_step_and_saves_nothing_non_finite(cli_runs):
+  tmp_path, r = cli_runs['nan']
+  assert r['code'] == 3
+  assert 'Traceback' not in r['stderr']
+  line = [l for l in r['stderr'].splitlines() if l.startswith('error:')]
   assert len(line) == 1 and 'non-finite loss' in line[0] and 'at step ' in line[0]
   bad_step = int(line[0].split('at step ')[1].split(':')[0])
   ckpt_dir = tmp_path / 'checkpoints'
@@ -141,23 +165,14 @@ def test_nan_loss_stops_with_step_and_saves_nothing_non_finite(tmp_path, data_di
       assert np.isfinite(leaf).all()
 
 
-@pytest.mark.parametrize('args,needle', [
-    (['--bogus_flag=1'], "Unknown command line flag 'bogus_flag'"),
-    (['--num_steps=abc'], '--num_steps: expected int'),
-    (['--batch_size=-8'], '--batch_size: must be > 0'),
-    (['--learning_rate=0'], '--learning_rate: must be > 0'),
-    (['--batch_size=12'], '--batch_size: 12 does not divide evenly over 8 devices'),
-    (['--dataset=imagenet2012'], 'imagenet2012'),
-])
-def test_bad_input_gives_one_clear_error(tmp_path, data_dir, args, needle):
-  workdir = tmp_path / 'w'
-  workdir.mkdir()
-  (workdir / 'keep.txt').write_text('precious')
-  r = experiment('--preset=quickstart', '--tiny', f'--data_dir={data_dir}',
-                 f'--workdir={workdir}', *args, timeout=120)
-  assert r.returncode != 0
-  assert needle in r.stderr, r.stderr[-3000:]
-  assert 'Traceback' not in r.stderr
+@pytest.mark.parametrize('case', range(len(BAD_INPUTS)),
+                         ids=[' '.join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gives_one_clear_error(cli_runs, case):
+  needle = BAD_INPUTS[case][1]
+  workdir, r = cli_runs['bad'][case]
+  assert r['code'] != 0
+  assert needle in r['stderr'], r['stderr'][-3000:]
+  assert 'Traceback' not in r['stderr']
   assert (workdir / 'keep.txt').read_text() == 'precious'
   assert not (workdir / 'metrics.jsonl').exists()
 

@@ -30,10 +30,11 @@ mobilenet_fashion_mnist
   the new head at 10x (``--lr_multipliers=^head/=10``), batch 32, evaluated
   on the first 1,000 test images. Measured (final-step test accuracy, 2
   shared CPU cores, AMD EPYC Zen 4; linear probe / full fine-tune / from
-  scratch): 100 examples, 30 steps: 64.6 / 59.4 / 10.0% (3 seeds); 1,000
-  examples, 60 steps: 76.4 (3 seeds) / 74.2 / 9.4% (2 seeds); all 60,000,
-  100 steps: 77.9 / 79.1 / 48.0% (1 seed). 50-160 s wall per run on a quiet
-  machine (conversion and compilation included). Table: README.
+  scratch, mean of seeds 0-2): 100 examples, 30 steps: 64.6 / 59.4 /
+  10.0%; 1,000 examples, 60 steps: 76.4 / 75.2 / 9.6%; all 60,000, 100
+  steps: 78.5 / 79.7 / 47.2%. 50-160 s wall per run on a quiet machine
+  (conversion, compilation and the final 10,000-image test eval included).
+  Table: README.
 
 minilm_rotten_tomatoes
   sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, mean

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dlresearch import checkpoint, train
+from dlresearch.data import datasets
 import _forked  # pylint: disable=g-bad-import-order
 
 MODULE = 'experiments.cnn_imagenet'
@@ -204,6 +205,9 @@ def env(tmp_path_factory):
   if not ro_mounted:
     os.chmod(ro, 0o555)  # read-only for anyone but root
   startup = start_up_cases(tmp, data_dir)
+  # The cases run two at a time and several read digits from data_dir:
+  # prepare it here first, so that no two processes prepare it at once.
+  datasets.load_in_memory('digits', 'test', data_dir, None)
   try:
     results = run_cases(
         [{'argv': [*TRAIN, f'--data_dir={data_dir}', f'--workdir={ref}']}]

@@ -603,6 +603,14 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
                                'num_examples': dataset.num_examples, **result})
     return result
 
+  def evaluate_test(step, state) -> dict:
+    """The held-out test split, once (never ranked): ``test_*`` keys."""
+    if data.test is None:
+      return {}
+    test = evaluate(step, state, data.test, 'test', data.test_split,
+                    with_hooks=False)
+    return {f'test_{k}': v for k, v in test.items()}
+
   def periodic(step, state, _=None):
     result = evaluate(step, state)
     if best.update(step, state, result):
@@ -635,10 +643,7 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
     result = evaluate(step, state, data.eval)
     if track and not cfg.eval_max_examples:  # ranked like the periodic evals
       best.update(step, state, result)
-    if data.test is not None and not cfg.eval_only:
-      test = evaluate(step, state, data.test, 'test', data.test_split,
-                      with_hooks=False)
-      result.update({f'test_{k}': v for k, v in test.items()})
+    result.update(evaluate_test(step, state))
     counts = _confusion(cfg, model, task, data, strategy, state,
                         eval_batch_size) if cfg.plots else None
     if is_chief and cfg.plots:
@@ -649,13 +654,9 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   window = WindowMean()
   profiler = Profiler(cfg.profile_steps, workdir)
   try:
-    if cfg.eval_only:
-      if cfg.test_split and cfg.test_split != 'none' and data.test is not None:
-        test = evaluate(start, state, data.test, 'test', data.test_split,
-                        with_hooks=False)
-        return {'step': start, **evaluate(start, state, data.eval),
-                **{f'test_{k}': v for k, v in test.items()}}
-      return {'step': start, **evaluate(start, state, data.eval)}
+    if cfg.eval_only:  # the test split only when named (--test_split)
+      test = evaluate_test(start, state) if cfg.test_split else {}
+      return {'step': start, **evaluate(start, state, data.eval), **test}
     train_iter = pipeline.TrainIterator(
         data.train, cfg.batch_size, cfg.seed, step=start,
         process_index=jax.process_index(), process_count=jax.process_count(),

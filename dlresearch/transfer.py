@@ -32,14 +32,13 @@ GRAD_CAM_LAYER = 'final_bn'  # the last 7x7 feature map, before its ReLU6
 
 def clopper_pearson(k: int, n: int,
                     confidence: float = 0.95) -> tuple[float, float]:
-  """Exact two-sided interval of a binomial proportion ``k / n``."""
+  """Exact two-sided interval of a binomial proportion ``k / n`` (scipy's
+  ``binomtest(...).proportion_ci(method='exact')``)."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
   if not 0 <= k <= n or n <= 0:
     raise ValueError(f'need 0 <= k <= n and n > 0 (got k={k}, n={n})')
-  alpha = 1 - confidence
-  lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
-  hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
-  return lo, hi
+  ci = stats.binomtest(k, n).proportion_ci(confidence, method='exact')
+  return float(ci.low), float(ci.high)
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray,

@@ -344,7 +344,7 @@ def extract(name: str, archive: str | os.PathLike,
   dest = _dest(name, dest)
   dest.mkdir(parents=True, exist_ok=True)
   for fname, data in sorted(files.items()):
-    tmp = dest / (fname + '.tmp')
+    tmp = dest / f'{fname}.{os.getpid()}.tmp'  # two processes may fetch at once
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, dest / fname)

@@ -34,7 +34,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from dlresearch.models import registry
+from dlresearch.models import cpu_fusion, registry
 from dlresearch.models.mlp import get_activation
 
 Array = jax.Array
@@ -407,6 +407,11 @@ class ResNet(nn.Module):
     k = (kernel, kernel)
     x = conv(self.width, k, stride, padding=kernel // 2, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))
+    # On CPU the stem's and each block's output are written out once, not
+    # recomputed into the next weight gradient's transposed copy (cpu_fusion:
+    # 1.10x on the ResNet-18 CIFAR step).
+    materialize = cpu_fusion.materialize if cpu_fusion.enabled() else lambda v: v
+    x = materialize(x)
     if use_pool:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     feats['stem'] = x
@@ -420,6 +425,7 @@ class ResNet(nn.Module):
             zero_init_residual=self.zero_init_residual,
             name=f'stage{i + 1}_block{j + 1}',
         )(x)
+        x = materialize(x)
       feats[f'stage{i + 1}'] = x
     x = feats['pre_logits'] = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)

@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlresearch.models import registry
+from dlresearch.models import cpu_fusion, registry
 from dlresearch.models.attention import MultiHeadAttention, padding_mask
 from dlresearch.models.mlp import ACTIVATIONS, get_activation
 
@@ -145,40 +145,6 @@ class DecodePositions(nn.Module):
     return start + jnp.arange(length)
 
 
-@jax.custom_vjp
-def materialize_gradient(x: Array) -> Array:
-  """Identity whose backward pass writes the incoming gradient out once.
-
-  On XLA:CPU the gradient of the residual stream (the sum through every
-  later block's LayerNorm backward) is otherwise fused into each of its
-  consumers and recomputed there, as transposing copies that cost more than
-  the matmuls (1.66x on nanoGPT's step; README "Speed on CPU"). XLA drops
-  ``optimization_barrier`` before fusion, so the backward multiplies by the
-  identity instead: a matmul, which XLA does not fuse into its consumers.
-  Exact for finite gradients (``g @ I == g``); an inf in ``g`` spreads NaN
-  through its row. On the CPU backend only, ``TransformerStack`` applies it
-  to each block's input and ``TransformerBlock`` to each pre-LN branch output.
-  """
-  return x
-
-
-def _materialize_fwd(x):
-  return x, None
-
-
-def _materialize_bwd(_, g):
-  eye = jnp.eye(g.shape[-1], dtype=g.dtype)
-  return (jnp.einsum('...d,de->...e', g, eye, precision=jax.lax.Precision.HIGHEST),)
-
-
-materialize_gradient.defvjp(_materialize_fwd, _materialize_bwd)
-
-
-def _materialize_block_gradients() -> bool:
-  """Where ``materialize_gradient`` pays: the CPU backend."""
-  return jax.default_backend() == 'cpu'
-
-
 class MlpBlock(nn.Module):
   """``fc2(act(fc1(x)))`` with ``fc1: d -> mlp_dim``, ``fc2: mlp_dim -> d``."""
 
@@ -229,9 +195,9 @@ class TransformerBlock(nn.Module):
       return_weights: bool = False,
   ) -> tuple[Array, dict[str, Array]]:
     weights = {}
-    # On CPU a pre-LN branch's output gradient is written out once too (see
-    # materialize_gradient): 1.05x on the gpt_small step, no change on nanoGPT's.
-    materialize = _materialize_block_gradients()
+    # On CPU a pre-LN branch's output gradient is materialized too
+    # (cpu_fusion): 1.05x on the gpt_small step, no change on nanoGPT's.
+    materialize = cpu_fusion.enabled()
 
     def residual(x, branch, norm_name):
       # use_fast_variance=False: E[(x - mean)^2], exact on offset inputs
@@ -241,7 +207,7 @@ class TransformerBlock(nn.Module):
       drop = nn.Dropout(self.dropout_rate, deterministic=not train)
       if self.norm_first:
         out = drop(branch(norm(x)))
-        return x + (materialize_gradient(out) if materialize else out)
+        return x + (cpu_fusion.materialize_gradient(out) if materialize else out)
       return norm(x + drop(branch(x)))
 
     attention = functools.partial(
@@ -279,8 +245,9 @@ class TransformerBlock(nn.Module):
 class TransformerStack(nn.Module):
   """``num_layers`` blocks ``block_0..`` (+ ``ln_final`` when ``norm_first``).
 
-  On CPU each block's input passes through ``materialize_gradient`` (same
-  values and gradients, a faster backward pass).
+  On CPU (``cpu_fusion.enabled()``) each block's input passes through
+  ``cpu_fusion.materialize_gradient`` (same values and gradients, a faster
+  backward pass).
 
   Returns ``(x, weights)``; ``weights`` is a tuple of per-block weight dicts
   (empty dicts unless ``return_weights``).
@@ -315,10 +282,10 @@ class TransformerStack(nn.Module):
     # Under remat the flags are static (positional indices count ``self``).
     block_cls = (nn.remat(TransformerBlock, static_argnums=(5, 6, 7))
                  if self.remat else TransformerBlock)
-    materialize = _materialize_block_gradients()
+    materialize = cpu_fusion.enabled()
     for i in range(self.num_layers):
       if materialize:
-        x = materialize_gradient(x)
+        x = cpu_fusion.materialize_gradient(x)
       x, weights = block_cls(
           num_heads=self.num_heads, mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
           attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,

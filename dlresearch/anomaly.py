@@ -61,44 +61,24 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def auroc(labels, scores) -> float:
-  """Area under the ROC curve; tied scores count one half (Mann-Whitney).
-
-  NaN when only one class is present.
-  """
+  """Area under the ROC curve (``sklearn.metrics.roc_auc_score``: tied scores
+  count one half). NaN when only one class is present."""
   labels, scores = _check(labels, scores)
-  n_pos, n_neg = labels.sum(), (~labels).sum()
-  if n_pos == 0 or n_neg == 0:
+  if labels.all() or not labels.any():
     return float('nan')
-  # Average ranks (1-based) of tied groups.
-  order = np.argsort(scores, kind='stable')
-  sorted_scores = scores[order]
-  starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-  ends = np.r_[starts[1:], len(scores)]
-  group_rank = (starts + 1 + ends) / 2.0
-  ranks = np.empty(len(scores))
-  ranks[order] = np.repeat(group_rank, ends - starts)
-  u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-  return float(u / (n_pos * n_neg))
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top (start-up)
+  return float(metrics.roc_auc_score(labels, scores))
 
 
 def average_precision(labels, scores) -> float:
-  """Sum over distinct thresholds of (recall step) x precision.
-
-  The step-wise (not interpolated) area of scikit-learn: tied scores form
-  one threshold. NaN when there is no anomaly.
-  """
+  """Step-wise (not interpolated) area under the precision-recall curve
+  (``sklearn.metrics.average_precision_score``: tied scores form one
+  threshold). NaN when there is no anomaly."""
   labels, scores = _check(labels, scores)
-  n_pos = labels.sum()
-  if n_pos == 0:
+  if not labels.any():
     return float('nan')
-  order = np.argsort(-scores, kind='stable')
-  sorted_scores, hits = scores[order], labels[order]
-  # Last index of each group of equal scores = a threshold.
-  last = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])
-  tp = np.cumsum(hits)[last]
-  precision = tp / (last + 1)
-  recall = tp / n_pos
-  return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top (start-up)
+  return float(metrics.average_precision_score(labels, scores))
 
 
 def alert_count(n: int, alert_rate: float) -> int:

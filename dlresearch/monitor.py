@@ -4,8 +4,8 @@ Statistics, each comparing a reference sample with a live one:
 
 - ``psi``: population stability index over quantile bins of the reference,
   ``sum (a - e) ln(a / e)`` (rule of thumb: < 0.1 stable, > 0.2 shifted).
-- ``ks``: two-sample Kolmogorov-Smirnov statistic with its asymptotic
-  p-value (Kolmogorov's series with Stephens' small-sample correction).
+- ``ks``: two-sample Kolmogorov-Smirnov statistic and p-value
+  (``scipy.stats.ks_2samp``).
 - ``mmd``: unbiased squared maximum mean discrepancy with a Gaussian kernel
   (bandwidth by the median heuristic) and a permutation p-value; one jitted
   program over all permutations.

@@ -136,8 +136,9 @@ def machine() -> dict:
 def peak_gflops(n: int = 2048, reps: int = 10, dtype=jnp.float32) -> float:
   """Median GFLOP/s of an ``n x n`` matmul under jax.jit (the practical peak).
 
-  Three warm-up calls first: one (as before 2026-11-30) read 148 GFLOP/s at
-  the start of a run that read 285 at its end.
+  Three warm-up calls, then the median of ``reps``. The host's own speed
+  still moves: runs on 2026-11-30 read 188-209 GFLOP/s at their start and
+  269-276 at their end, so compare.py prints both.
   """
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
   f = jax.jit(lambda a, b: a @ b)

@@ -21,7 +21,7 @@ import importlib
 from dlresearch import host_memory
 
 # Before jax starts its CPU backend: XLA:CPU's per-step buffers reused, not
-# faulted in again every step (host_memory.py; 1.1-1.3x on the CPU benchmarks).
+# faulted in again every step (host_memory.py; 1.04-1.20x on the CPU benchmarks).
 host_memory.keep_freed_memory()
 
 __version__ = '0.1.0'

@@ -9,7 +9,7 @@ train step (README "Speed on CPU"):
 - ResNet forward: each residual block's output (BatchNorm + add + ReLU, and
   the blocks before it) recomputed into the channel-major copy that the next
   convolution's weight gradient reads: 21% of the ResNet-18 step, where a
-  plain transpose of the written-out tensor is ~20x faster.
+  plain transpose of the written-out tensor is 15-20x faster.
 - Transformer backward: the residual stream's gradient (the sum through
   every later block's LayerNorm backward) recomputed in each consumer as
   transposing copies that cost more than the matmuls.

@@ -31,7 +31,6 @@ Each case is a real, separate process (own pid, signals, exit code, JAX
 backend); forking just spares the 3-4 s of imports per case on small CPUs.
 """
 
-import hashlib
 import json
 import os
 import resource
@@ -52,6 +51,8 @@ from dlresearch import cli, train  # noqa: E402,F401
 from dlresearch.data import kinds  # noqa: E402
 
 kinds.names()  # imports the kinds_*.py modules
+
+import _forked  # noqa: E402  (this directory: the snapshot shared with tests)
 
 
 def _signal_at(step: int, name: str, count: int) -> None:
@@ -105,16 +106,6 @@ def _read(path: str) -> str:
     return f.read()
 
 
-def _snapshot(path: str):
-  def digest(p):
-    with open(p, 'rb') as f:
-      return hashlib.sha256(f.read()).hexdigest()
-  if os.path.isdir(path):
-    return {os.path.relpath(os.path.join(d, n), path): digest(os.path.join(
-        d, n)) for d, _, names in sorted(os.walk(path)) for n in sorted(names)}
-  return digest(path) if os.path.exists(path) else None
-
-
 def _ready(case: dict, done: dict) -> bool:
   if not all(i in done for i in case.get('after', ())):
     return False
@@ -133,7 +124,7 @@ def run_cases(cases: list[dict], tmp: str, jobs: int = 1) -> list[dict]:
       busy = sum('stop_signal' not in cases[j] for j, _, _ in running.values())
       if _ready(cases[i], done) and (busy < jobs or 'stop_signal' in cases[i]):
         pending.remove(i)
-        before = {p: _snapshot(p) for p in cases[i].get('snapshot', ())}
+        before = {p: _forked.snapshot(p) for p in cases[i].get('snapshot', ())}
         start = time.monotonic()
         pid = _start_case(cases[i], os.path.join(tmp, f'out{i}'),
                           os.path.join(tmp, f'err{i}'))

@@ -9,7 +9,6 @@ overlap. One uninterrupted 30-step run (checkpoints 10, 20, 30) is the
 reference; the damage cases work on copies of it.
 """
 
-import hashlib
 import json
 import os
 import random
@@ -412,7 +411,7 @@ def test_second_writer_refuses_naming_the_holder(env):
   assert f'in use by pid {holder["pid"]} on host {socket.gethostname()}' in line
   assert holder['code'] == 0, holder['stderr'][-2000:]
   assert 'stopped by SIGTERM' in holder['stdout'], holder['stdout'][-2000:]
-  assert hashlib.sha256(config.read_bytes()).hexdigest() == second['before'][
+  assert _forked.snapshot(config) == second['before'][
       str(config)]  # seed 0's config, untouched by the second
   assert json.loads(config.read_text())['config']['seed'] == 0
   assert all(json.loads(l) for l in raw_lines(workdir))

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import pathlib
 
 import pytest
 
@@ -14,12 +13,6 @@ import _forked  # pylint: disable=g-bad-import-order
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
-
-
-def snapshot(workdir: pathlib.Path) -> dict:
-  """Every file under ``workdir`` -> sha256 of its bytes."""
-  return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(workdir.rglob('*')) if p.is_file()}
 
 
 def test_config_fields_all_have_help_and_may_change_names_real_fields():
@@ -63,7 +56,7 @@ def test_cli_flows_on_a_recorded_workdir(first, data_dir):
   assert '--num_steps=10' in record['command_line']
   assert 'git_dirty' in record and 'versions' in record
   config_bytes = (work / 'config.json').read_bytes()
-  before = snapshot(work)
+  before = _forked.snapshot(work)
 
   # Each command line its own process, in order (one warm parent); the
   # workdir's files are hashed just before each starts.
@@ -121,7 +114,7 @@ def test_changed_max_len_on_a_translation_workdir_is_refused(tmp_path):
   (tmp_path / 'checkpoints' / '30').mkdir(parents=True)
   (tmp_path / 'config.json').write_text(json.dumps(
       {'config': config_lib.to_json(recorded)}))
-  before = snapshot(tmp_path)
+  before = _forked.snapshot(tmp_path)
   with pytest.raises(ConfigError, match='--max_len: .* --max_len=16, not 12'):
     train.run(recorded.replace(max_len=12), str(tmp_path))
-  assert snapshot(tmp_path) == before
+  assert _forked.snapshot(tmp_path) == before

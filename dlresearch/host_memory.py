@@ -41,13 +41,12 @@ def _user_tunes_malloc(environ) -> bool:
           or 'glibc.malloc' in environ.get('GLIBC_TUNABLES', ''))
 
 
-def keep_freed_memory(environ=None) -> bool:
+def keep_freed_memory() -> bool:
   """Applies the settings above once; returns whether they are in effect."""
   global applied
-  environ = os.environ if environ is None else environ
   if applied:
     return True
-  if environ.get(ENV, '1') == '0' or _user_tunes_malloc(environ):
+  if os.environ.get(ENV, '1') == '0' or _user_tunes_malloc(os.environ):
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')

@@ -17,8 +17,15 @@ which runs on process 0 after every process's writes and before the rename,
 so a step directory never appears without it. Restoring verifies it first;
 ``restore_latest_good`` moves a step that fails to ``corrupt-<step>/`` (a
 name orbax does not list, so it is neither restored nor rotated) and resumes
-from the previous one. Checkpoints written before manifests existed are
-restored with a warning.
+from the previous one. A step is refused the same way when its content is of
+another step (the manifest's ``step``, the data iterator's ``step`` or the
+state's ``step`` differ from the directory's name: a directory copied or
+renamed by hand), and when it cannot be verified: no manifest (written before
+manifests existed, or deleted with orbax's ``_CHECKPOINT_METADATA``) or a
+manifest format newer than this version. Orbax keeps no checksum of the array
+bytes (a flipped bit in ``d/*`` restores without complaint), so its own
+metadata cannot stand in for the manifest. ``DLRESEARCH_ALLOW_UNVERIFIED_RESTORE=1``
+restores such unverifiable steps anyway, with a warning.
 
 Resume order (``train.run``): a checkpoint in the workdir, else the variables
 of ``--init_from`` (``load_variables`` here; what loads is decided by
@@ -50,6 +57,8 @@ TMP_MARKER = '.orbax-checkpoint-tmp'
 _UNHASHED = frozenset({'_CHECKPOINT_METADATA', 'commit_success.txt',
                        INTEGRITY_FILE})
 _CHUNK = 1 << 20
+# Set to 1 to restore steps that cannot be verified (no integrity.json).
+ALLOW_UNVERIFIED_ENV = 'DLRESEARCH_ALLOW_UNVERIFIED_RESTORE'
 
 
 class CheckpointError(Exception):
@@ -62,6 +71,19 @@ class CorruptCheckpointError(CheckpointError):
   def __init__(self, step: int, reason: str):
     super().__init__(f'checkpoint step {step} is unreadable ({reason})')
     self.step, self.reason = step, reason
+
+
+class UnverifiedCheckpointError(CorruptCheckpointError):
+  """Step ``step`` has no usable manifest, so its bytes cannot be checked.
+
+  Refused (treated as corrupt) unless ``DLRESEARCH_ALLOW_UNVERIFIED_RESTORE=1``.
+  """
+
+
+def unverified_allowed() -> bool:
+  """Whether the user opted in to restoring unverifiable steps."""
+  return os.environ.get(ALLOW_UNVERIFIED_ENV, '').strip().lower() in (
+      '1', 'true', 'yes')
 
 
 class NoGoodCheckpointError(CheckpointError):
@@ -157,11 +179,14 @@ def write_manifest(step_dir: str, step: int) -> dict:
 
 
 def verify_step_dir(step_dir: str, step: int) -> bool:
-  """True if ``step_dir`` matches its manifest; False if it has none.
+  """True if ``step_dir`` matches its manifest and holds step ``step``.
 
   Raises CorruptCheckpointError on a missing, unreadable, resized or changed
-  file, an unreadable manifest, or a missing manifest in a step that was
-  written with one.
+  file, an unreadable manifest, a missing manifest in a step that was written
+  with one, or a manifest of another step. A step that cannot be verified (no
+  manifest at all, or a newer manifest format) raises
+  UnverifiedCheckpointError, or returns False when the user opted in
+  (``DLRESEARCH_ALLOW_UNVERIFIED_RESTORE=1``).
   """
   if not os.path.isdir(step_dir):
     raise CorruptCheckpointError(step, f'{step_dir} is missing')
@@ -169,12 +194,14 @@ def verify_step_dir(step_dir: str, step: int) -> bool:
   if not os.path.exists(path):
     if _written_with_manifest(step_dir):
       raise CorruptCheckpointError(step, f'{INTEGRITY_FILE} is missing')
-    return False
+    return _unverified(step, f'it has no {INTEGRITY_FILE} (written by an '
+                       'older dlresearch, or deleted)')
   try:
     with open(path) as f:
       manifest = json.load(f)
     files = manifest['files']
     version = int(manifest['format_version'])
+    written_step = int(manifest['step'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise CorruptCheckpointError(
         step, f'{INTEGRITY_FILE} is unreadable: {_one_line(e)}') from None
@@ -183,10 +210,12 @@ def verify_step_dir(step_dir: str, step: int) -> bool:
   except (OSError, ValueError) as e:
     raise CorruptCheckpointError(
         step, f'_CHECKPOINT_METADATA is unreadable: {_one_line(e)}') from None
+  if written_step != step:
+    raise CorruptCheckpointError(step, _other_step(written_step,
+                                                   INTEGRITY_FILE))
   if version > FORMAT_VERSION:
-    logging.warning('checkpoint step %d has integrity format %d (newer than '
-                    '%d); not verified', step, version, FORMAT_VERSION)
-    return False
+    return _unverified(step, f'its {INTEGRITY_FILE} has format {version}, '
+                       f'newer than this version reads ({FORMAT_VERSION})')
   for rel, expected in sorted(files.items()):
     full = os.path.join(step_dir, rel)
     if not os.path.exists(full):
@@ -202,6 +231,44 @@ def verify_step_dir(step_dir: str, step: int) -> bool:
     if sha != expected['sha256']:
       raise CorruptCheckpointError(step, f'{rel} has changed (sha256 mismatch)')
   return True
+
+
+def _unverified(step: int, why: str) -> bool:
+  """False (restore unverified) if the user opted in, else refuse."""
+  if unverified_allowed():
+    return False
+  raise UnverifiedCheckpointError(
+      step, f'{why}, so its bytes cannot be verified; set '
+      f'{ALLOW_UNVERIFIED_ENV}=1 to restore unverified checkpoints')
+
+
+def _other_step(found: int, where: str) -> str:
+  return (f'it holds step {found} ({where}), not the step its directory is '
+          'named for')
+
+
+def content_step_mismatch(step: int, state, data_state: dict) -> str | None:
+  """Why a restored ``(state, data_state)`` is not of step ``step``, or None.
+
+  A step directory copied or renamed by hand restores fine but would resume
+  at the wrong step and make the run skip its later saves.
+  """
+  if isinstance(data_state, dict) and 'step' in data_state:
+    try:
+      found = int(data_state['step'])
+    except (TypeError, ValueError):
+      return 'the data iterator state has no integer step'
+    if found != step:
+      return _other_step(found, 'data iterator state')
+  leaf = state.get('step') if isinstance(state, dict) else getattr(
+      state, 'step', None)
+  if leaf is not None:
+    shards = getattr(leaf, 'addressable_shards', None)
+    value = shards[0].data if shards else leaf
+    found = int(np.asarray(value).reshape(-1)[0])
+    if found != step:
+      return _other_step(found, 'state')
+  return None
 
 
 def _written_with_manifest(step_dir: str) -> bool:
@@ -438,15 +505,20 @@ class Checkpointer:
   # -- reading ---------------------------------------------------------------
 
   def verify(self, step: int) -> bool:
-    """True if ``step`` matches its manifest, False if it has none (written
-    by an older version); CorruptCheckpointError otherwise."""
+    """True if ``step`` matches its manifest, False if it cannot be verified
+    and the user allows that (``verify_step_dir``); CorruptCheckpointError
+    otherwise."""
     code, reason = 0, 'verification failed on process 0'
     if _is_chief():
       try:
         code = 1 if verify_step_dir(self.step_dir(step), step) else 2
+      except UnverifiedCheckpointError as e:
+        code, reason = 4, e.reason
       except CorruptCheckpointError as e:
         code, reason = 3, e.reason
     code = _broadcast(code)
+    if code == 4:
+      raise UnverifiedCheckpointError(step, reason)
     if code == 3:
       raise CorruptCheckpointError(step, reason)
     return code == 1
@@ -476,10 +548,14 @@ class Checkpointer:
       if verified:
         raise CheckpointRestoreError(step, reason)
       raise CorruptCheckpointError(step, reason)
+    mismatch = content_step_mismatch(step, out['state'], out['data'])
+    if not _everyone(mismatch is None):
+      raise CorruptCheckpointError(
+          step, mismatch or 'it holds another step on another process')
     if not verified and _is_chief():
-      logging.warning('checkpoint step %d has no %s (written by an older '
-                      'dlresearch); restored without verifying its bytes',
-                      step, INTEGRITY_FILE)
+      logging.warning('checkpoint step %d cannot be verified; restored without '
+                      'verifying its bytes because %s is set', step,
+                      ALLOW_UNVERIFIED_ENV)
     return out['state'], dict(out['data'])
 
   def restore_latest_good(self, abstract_state, *, move_aside: bool = True,
@@ -622,7 +698,10 @@ def _variables(restore, step_dir: str, step: int) -> dict:
   verify_step_dir(step_dir, step)
   try:
     state = restore()
-    return {'params': state['params'], 'model_state': state['model_state'],
-            'step': int(np.asarray(state['step']))}
+    out = {'params': state['params'], 'model_state': state['model_state'],
+           'step': int(np.asarray(state['step']))}
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise CorruptCheckpointError(step, _one_line(e)) from e
+  if step >= 0 and out['step'] != step:
+    raise CorruptCheckpointError(step, _other_step(out['step'], 'state'))
+  return out

@@ -239,10 +239,31 @@ def _save_legacy(directory: str, steps) -> None:
   mngr.close()
 
 
+def test_checkpoint_without_manifest_is_refused(tmp_path, monkeypatch):
+  """No manifest: nothing can vouch for the bytes, so nothing restores
+  (orbax keeps no checksum of them) unless the user opts in."""
+  monkeypatch.delenv(checkpoint.ALLOW_UNVERIFIED_ENV, raising=False)
+  directory = str(tmp_path / 'checkpoints')
+  _save_legacy(directory, (1, 2))
+  before = tree(directory)
+  ckpt = Checkpointer(directory)
+  with pytest.raises(checkpoint.UnverifiedCheckpointError,
+                     match='no integrity.json.*DLRESEARCH_ALLOW_UNVERIFIED'):
+    ckpt.verify(2)
+  with pytest.raises(NoGoodCheckpointError,
+                     match=r'step 2: it has no integrity.json.*'
+                     'DLRESEARCH_ALLOW_UNVERIFIED_RESTORE=1'):
+    ckpt.restore_latest_good(ABSTRACT)
+  ckpt.close()
+  assert tree(directory) == before
+
+
 @pytest.mark.parametrize('corrupt', [None, truncate_array, truncate_data_json,
                                      delete_state_item],
                          ids=lambda f: getattr(f, '__name__', 'intact'))
-def test_legacy_checkpoint_without_manifest(tmp_path, corrupt, caplog):
+def test_legacy_checkpoint_without_manifest(tmp_path, corrupt, caplog,
+                                            monkeypatch):
+  monkeypatch.setenv(checkpoint.ALLOW_UNVERIFIED_ENV, '1')  # the opt-in
   directory = str(tmp_path / 'checkpoints')
   _save_legacy(directory, (1, 2))
   if corrupt:
@@ -255,7 +276,7 @@ def test_legacy_checkpoint_without_manifest(tmp_path, corrupt, caplog):
   want = 1 if corrupt else 2
   assert step == want and data == data_state(want)
   assert_state(state, want)
-  assert any('no integrity.json' in r.getMessage() for r in caplog.records)
+  assert any('cannot be verified' in r.getMessage() for r in caplog.records)
   assert ('corrupt-2' in os.listdir(directory)) == bool(corrupt)
 
 
@@ -404,3 +425,36 @@ def test_sharded_state_round_trip(tmp_path):
   assert step == 1 and data == data_state(1)
   assert restored['w'].sharding == sharding
   np.testing.assert_array_equal(restored['w'], np.arange(n) + 1)
+
+
+@pytest.mark.parametrize('rewrite_manifest', [False, True],
+                         ids=['as_copied', 'manifest_step_rewritten'])
+def test_step_holding_another_steps_files_is_refused(ckpt_dir, caplog,
+                                                     rewrite_manifest):
+  """``3/`` holding step 2's files (a valid manifest of step 2, or one whose
+  step was rewritten to 3): refused like a damaged step, and step 3 is saved
+  again rather than skipped."""
+  step3 = os.path.join(ckpt_dir, '3')
+  shutil.rmtree(step3)
+  shutil.copytree(os.path.join(ckpt_dir, '2'), step3)
+  if rewrite_manifest:
+    checkpoint.write_manifest(step3, 3)
+  ckpt = Checkpointer(ckpt_dir)
+  with pytest.raises(CorruptCheckpointError, match='holds step 2'):
+    ckpt.restore(ABSTRACT, 3)
+  with caplog.at_level(std_logging.WARNING):
+    state, data, step = ckpt.restore_latest_good(ABSTRACT)
+  assert step == 2 and data == data_state(2)
+  assert_state(state, 2)
+  warnings = [r.getMessage() for r in caplog.records
+              if 'checkpoint step 3' in r.getMessage()]
+  assert len(warnings) == 1 and 'holds step 2' in warnings[0], warnings
+  assert 'moved to checkpoints/corrupt-3' in warnings[0]
+  ckpt.save(3, make_state(3), data_state(3))  # not skipped
+  ckpt.close()
+  assert checkpoint.verify_step_dir(step3, 3)
+  ckpt = Checkpointer(ckpt_dir)
+  state, data = ckpt.restore(ABSTRACT, 3)
+  ckpt.close()
+  assert_state(state, 3)
+  assert data == data_state(3)

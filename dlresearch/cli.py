@@ -24,7 +24,9 @@ import os
 import sys
 from typing import Callable
 
-from absl import app, flags
+from dlresearch import startup
+startup.install_for_program()  # Ctrl-C/SIGTERM from here on: one line
+from absl import app, flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from dlresearch import config as config_lib
 from dlresearch.config import Config, ConfigError
@@ -199,6 +201,7 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
   data); an experiment passes its own only to wrap the run (e.g. a table of
   runs).
   """
+  startup.install()
   define_flags(presets, default_preset, shown_preset=_preset_in_argv(
       sys.argv, presets, default_preset, model_selects_preset))
 
@@ -221,6 +224,7 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
           cfg.process_id if cfg.process_id >= 0 else None,
           heartbeat_timeout_s=cfg.heartbeat_timeout_s,
           init_timeout_s=cfg.init_timeout_s)
+      startup.end()  # train.run's own handler takes over (checkpoints)
       result = (run or train.run)(cfg, workdir)
     except ConfigError as e:
       fail(str(e))
@@ -233,6 +237,10 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, no checkpoint
       fail('interrupted (second Ctrl-C): stopped without checkpointing; '
            'rerun the same command to resume from the last checkpoint', 130)
+    except OSError as e:  # a full disk: one line (workdir.out_of_space)
+      if not workdir_lib.out_of_space(e):
+        raise
+      fail(workdir_lib.out_of_space(e))
     if result.get('preempted'):
       print(f'stopped by {result["preempted"]} at step {result["step"]}; '
             f'checkpoint saved in {workdir}; rerun the same command to resume',

@@ -1,7 +1,9 @@
 """The workdir: checked before anything is written, and one writer at a time.
 
 ``check_workdir`` runs before anything is created and turns an unusable path
-(a file, an uncreatable or read-only directory) into one line. ``WorkdirLock``
+(a file, an uncreatable or read-only directory, a full disk) into one line;
+``out_of_space`` turns a write that fails later for lack of space (ENOSPC,
+EDQUOT, EFBIG) into one line too. ``WorkdirLock``
 makes a second run on the same workdir refuse to start instead of
 interleaving its checkpoints with the first one's.
 
@@ -22,6 +24,13 @@ import socket
 import tempfile
 
 LOCK_FILE = '.lock'
+# Less free space than this where the workdir goes: refused at start-up (the
+# config, lock and first metrics lines need a few KiB; checkpoints are
+# checked before each save, in checkpoint.py).
+MIN_FREE_BYTES = 64 << 10
+_NO_ROOM = {errno.ENOSPC: 'no space left on the device',
+            errno.EDQUOT: 'disk quota exceeded',
+            errno.EFBIG: 'file too large (filesystem or process size limit)'}
 
 _HELD: dict[str, 'WorkdirLock'] = {}  # realpath of workdir -> held lock
 
@@ -39,13 +48,14 @@ def check_workdir(path: str, *, must_exist: bool = False) -> str:
 
   Raises WorkdirError when ``path`` is a file, lies under a file, does not
   exist (with ``must_exist``), or it or its nearest existing parent is not
-  writable.
+  writable or has less than ``MIN_FREE_BYTES`` free.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.exists(path):
     if not os.path.isdir(path):
       raise WorkdirError(f'workdir {path} is a file, not a directory')
     _check_writable(path, f'workdir {path} is not writable')
+    _check_free(path, path)
     return path
   if must_exist:
     raise WorkdirError(f'workdir {path} does not exist')
@@ -56,7 +66,30 @@ def check_workdir(path: str, *, must_exist: bool = False) -> str:
     raise WorkdirError(f'cannot create workdir {path}: {parent} is a file')
   _check_writable(parent, f'cannot create workdir {path}: {parent} is not '
                   'writable')
+  _check_free(path, parent)
   return path
+
+
+def _check_free(path: str, existing: str) -> None:
+  try:
+    stat = os.statvfs(existing)
+  except OSError:
+    return  # unknown: the writes themselves report (out_of_space)
+  free = stat.f_bavail * stat.f_frsize
+  if free < MIN_FREE_BYTES:
+    raise WorkdirError(
+        f'no space left on the device of workdir {path} ({free // 1024} KiB '
+        f'free, {MIN_FREE_BYTES // 1024} KiB needed to start): free some space '
+        'or use another --workdir')
+
+
+def out_of_space(e: BaseException) -> str | None:
+  """One line for a write that failed for lack of space, else None."""
+  if not isinstance(e, OSError) or e.errno not in _NO_ROOM:
+    return None
+  where = f' writing {e.filename}' if e.filename else ''
+  return (f'{_NO_ROOM[e.errno]}{where}: free some space (or use another '
+          '--workdir or --data_dir) and rerun the same command')
 
 
 def _check_writable(directory: str, message: str) -> None:

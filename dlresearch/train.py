@@ -653,6 +653,7 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
   stop = [None]
   window = WindowMean()
   profiler = Profiler(cfg.profile_steps, workdir)
+  train_iter = None
   try:
     if cfg.eval_only:  # the test split only when named (--test_split)
       test = evaluate_test(start, state) if cfg.test_split else {}
@@ -699,6 +700,8 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
     save(max(num_steps, start), state)
     return out
   finally:
+    if train_iter is not None:
+      train_iter.close()  # grain's worker processes and shared memory
     ckpt.close()
     best.close()
     writer.close()

@@ -56,7 +56,7 @@ IMAGENET = Config(
     augment='crop_flip', normalize='imagenet', grain_workers=8, num_epochs=90,
     log_every=100, checkpoint_every=5000, eval_every=12500)
 TINY_IMAGENET = dict(model='resnet_tiny', image_size=32, batch_size=16,
-                     eval_batch_size=16, num_steps=2, grain_workers=0,
+                     eval_batch_size=16, num_steps=2, grain_workers=1,
                      log_every=1, checkpoint_every=2, warmup_steps=0)
 
 PRESETS = {

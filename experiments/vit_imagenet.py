@@ -69,7 +69,7 @@ PRESETS = {
                warmup_steps=10_000, grad_clip_norm=1.0, log_every=100,
                checkpoint_every=5000, eval_every=12_510),
         tiny=dict(model='vit_tiny', image_size=32, batch_size=16,
-                  eval_batch_size=16, num_steps=2, grain_workers=0,
+                  eval_batch_size=16, num_steps=2, grain_workers=1,
                   log_every=1, checkpoint_every=2, warmup_steps=0)),
 }
 

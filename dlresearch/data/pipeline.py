@@ -18,6 +18,9 @@ Two ways to read examples, same batches either way:
 
 import dataclasses
 import functools
+import os
+import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
@@ -137,23 +140,25 @@ class TrainIterator:
 
   def batch_at(self, step: int) -> Example:
     """This process's slice of the global batch at ``step`` (pure)."""
-    idx = global_indices(step, num_examples=self.dataset.num_examples,
-                         batch_size=self.batch_size, seed=self.seed)
-    rngs = None
-    if getattr(self.dataset, 'example_fn', None) is not None:  # augmentation
-      rngs = [np.random.default_rng([self.seed, step, p])
-              for p in range(self._slice.start, self._slice.stop)]
-    return self.dataset.get(idx[self._slice], rngs)
+    return self._batcher()(step)
+
+  def _batcher(self) -> '_BatchAt':
+    return _BatchAt(self.dataset, self.batch_size, self.seed, self._slice)
 
   def _start(self) -> Iterator[Example]:
     if not self.threads and not self.workers:
       return (self.batch_at(s) for s in _count(self.step))
     import grain  # pylint: disable=import-outside-toplevel  # only this path needs it
-    ds = grain.MapDataset.range(self.step, 2**62).map(self.batch_at)
+    # Grain pickles the mapped function into each worker process: a small
+    # value holding the dataset, not this iterator (whose running grain
+    # iterator cannot be pickled).
+    ds = grain.MapDataset.range(self.step, 2**62).map(self._batcher())
     it = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=max(self.threads, 1), prefetch_buffer_size=4))
     if self.workers:
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+      it = it.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self.workers),
+          worker_init_fn=_exit_with_parent)
     return iter(it)
 
   def __iter__(self):
@@ -168,6 +173,52 @@ class TrainIterator:
 
   def state(self) -> dict:
     return {'step': self.step, 'seed': self.seed, 'batch_size': self.batch_size}
+
+  def close(self) -> None:
+    """Stops grain's reader threads and worker processes (and frees their
+    shared memory); the next ``next()`` starts them again at ``step``."""
+    it, self._iter = self._iter, None
+    if it is not None and hasattr(it, 'close'):
+      it.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _BatchAt:
+  """``step -> this process's slice of the global batch``: a pure function
+  of its fields, picklable into grain's worker processes."""
+
+  dataset: Dataset
+  batch_size: int  # global
+  seed: int
+  part: slice  # this process's rows of the global batch
+
+  def __call__(self, step: int) -> Example:
+    idx = global_indices(step, num_examples=self.dataset.num_examples,
+                         batch_size=self.batch_size, seed=self.seed)
+    rngs = None
+    if getattr(self.dataset, 'example_fn', None) is not None:  # augmentation
+      rngs = [np.random.default_rng([self.seed, step, p])
+              for p in range(self.part.start, self.part.stop)]
+    return self.dataset.get(idx[self.part], rngs)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """In each grain worker: exit when the trainer is gone.
+
+  A trainer killed with SIGKILL (OOM killer, ``kill -9``, a lost node)
+  cannot stop its workers; without this they would live on, holding shared
+  memory and the trainer's stdout/stderr (a caller waiting for those to close
+  would hang). Polls the parent pid twice a second from a daemon thread.
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name='exit-with-parent').start()
 
 
 def _count(start: int):

@@ -52,7 +52,7 @@ def _entries(header: dict, buffer: int) -> list[tuple[str, str, tuple, int, int]
       raise WeightsError(f'tensor {name[:100]!r} lacks dtype, shape and '
                          'data_offsets (or has other keys)')
     dtype, shape, offsets = spec['dtype'], spec['shape'], spec['data_offsets']
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
       raise WeightsError(f'tensor {name[:100]!r} has the unsupported dtype '
                          f'{str(dtype)[:20]!r}; supported: '
                          f'{", ".join(_DTYPES)}')

@@ -394,6 +394,24 @@ def _load_dict(self):
 _Interpreter.dispatch[_OP['DICT']] = _load_dict
 
 
+class _Bounded:
+  """A file whose reads never ask for more bytes than remain in it.
+
+  A pickle declares string lengths; reading ``n`` bytes from a buffered file
+  allocates ``n`` first, so a few bytes could otherwise demand gigabytes.
+  """
+
+  def __init__(self, f: BinaryIO, size: int):
+    self._f, self._size = f, size
+
+  def read(self, n: int = -1) -> bytes:
+    left = max(0, self._size - self._f.tell())
+    return self._f.read(left if n is None or n < 0 else min(n, left))
+
+  def readline(self) -> bytes:
+    return self._f.readline(max(0, min(1 << 20, self._size - self._f.tell())))
+
+
 def _unpickle(file: BinaryIO, path: str,
               storages: dict[str, _Storage] | None = None) -> Any:
   return _Interpreter(file, path, storages).load()
@@ -597,11 +615,14 @@ def _load_zip(path: str, cap: int) -> Any:
 
 def _load_legacy(path: str, cap: int) -> Any:
   disk = os.path.getsize(path)
-  with open(path, 'rb') as f:
+  with open(path, 'rb') as raw:
+    f = _Bounded(raw, disk)
+    tell = raw.tell
+
     def load_one(storages=None):
-      start = f.tell()
+      start = tell()
       value = _unpickle(f, path, storages)
-      _walk(value, 2 * (f.tell() - start) + 10_000, path)
+      _walk(value, 2 * (tell() - start) + 10_000, path)
       return value
 
     if not _is_int(magic := load_one()) or magic != _LEGACY_MAGIC:
@@ -613,9 +634,9 @@ def _load_legacy(path: str, cap: int) -> Any:
     big_endian = isinstance(sys_info, dict) and not sys_info.get(
         'little_endian', True)
     storages: dict[str, _Storage] = {}
-    start = f.tell()
+    start = tell()
     obj = _unpickle(f, path, storages)
-    tensors = _walk(obj, 2 * (f.tell() - start) + 10_000, path)
+    tensors = _walk(obj, 2 * (tell() - start) + 10_000, path)
     keys = load_one()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
       raise WeightsError(f'{path}: bad legacy storage key list')
@@ -631,9 +652,9 @@ def _load_legacy(path: str, cap: int) -> Any:
         raise WeightsError(f'{path}: storage {key:.100} has {numel} elements, '
                            f'the pickle said {storage.numel}')
       nbytes = numel * _raw_dtype(storage.dtype).itemsize
-      if nbytes > disk - f.tell():
+      if nbytes > disk - tell():
         raise WeightsError(f'{path}: storage {key:.100} needs {nbytes} bytes, '
-                           f'the file has {disk - f.tell()} left')
+                           f'the file has {disk - tell()} left')
       storage.data = _storage_array(storage, f.read(nbytes), path, big_endian)
   return _replace_lazy(obj)
 

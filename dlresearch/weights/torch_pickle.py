@@ -315,11 +315,16 @@ class _Interpreter(_P):
     self.stack.pop()  # the state
     if not isinstance(self.stack[-1], dict):
       raise WeightsError('the pickle sets the state of '
-                         f'{_describe(self.stack[-1])}')
+                         f'{_describe(self.stack[-1])} (BUILD), which a '
+                         "weights file does only on a state dict; refused")
     # A state dict's attributes (torch's _metadata) are not needed: ignored.
 
+  def load_dict(self):
+    items = self.pop_mark()
+    self.append({})
+    self._set(self.stack[-1], list(zip(items[::2], items[1::2])))
+
   def load_setitem(self):
-    _check_key(self.stack[-2])
     value = self.stack.pop()
     key = self.stack.pop()
     self._set(self.stack[-1], [(key, value)])
@@ -366,6 +371,7 @@ class _Interpreter(_P):
 
   dispatch[_OP['REDUCE']] = load_reduce
   dispatch[_OP['BUILD']] = load_build
+  dispatch[_OP['DICT']] = load_dict
   dispatch[_OP['SETITEM']] = load_setitem
   dispatch[_OP['SETITEMS']] = load_setitems
   dispatch[_OP['ADDITEMS']] = load_additems
@@ -382,16 +388,6 @@ class _Interpreter(_P):
             f'the pickle uses the opcode {bytes([e.args[0]])!r}, which a '
             'weights file does not need') from None
       raise
-
-
-def _load_dict(self):
-  items = self.pop_mark()
-  for key in items[::2]:
-    _check_key(key)
-  self.append({items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)})
-
-
-_Interpreter.dispatch[_OP['DICT']] = _load_dict
 
 
 class _Bounded:
@@ -471,6 +467,13 @@ def expansion_limit(value: float | None = None) -> float:
   return float(value)
 
 
+def _over_cap(path: str, what: str, cap: int) -> str:
+  return (f'{path}: {what} more than {cap} bytes, the cap of '
+          f'{EXPANSION_ENV} (default {DEFAULT_MAX_EXPANSION:g}) times the '
+          "file's size on disk; refused (raise it for a genuinely larger "
+          'checkpoint)')
+
+
 def _check_tensors(tensors: list[_LazyTensor], cap: int, path: str) -> None:
   """Bounds and total size of every tensor, from the declared storages."""
   total = 0
@@ -495,10 +498,7 @@ def _check_tensors(tensors: list[_LazyTensor], cap: int, path: str) -> None:
                            f'{t.storage.dtype} storage')
     total += numel * _out_itemsize(t.dtype)
     if total > cap:
-      raise WeightsError(
-          f'{path}: its tensors would take more than {cap} bytes, over '
-          f'{EXPANSION_ENV} (the file may expand to that many times its size '
-          'on disk; raise it for a genuinely larger checkpoint)')
+      raise WeightsError(_over_cap(path, 'its tensors would take', cap))
 
 
 def _check_storages(storages: dict[str, _Storage], cap: int,
@@ -509,9 +509,7 @@ def _check_storages(storages: dict[str, _Storage], cap: int,
       raise WeightsError(f'{path}: bad storage {storage.key!r:.100}')
     total += storage.numel * _raw_dtype(storage.dtype).itemsize
     if total > cap:
-      raise WeightsError(
-          f'{path}: its storages declare more than {cap} bytes, over '
-          f'{EXPANSION_ENV} times its size on disk; refused')
+      raise WeightsError(_over_cap(path, 'its storages declare', cap))
 
 
 def _materialize(t: _LazyTensor) -> np.ndarray:
@@ -585,9 +583,7 @@ def _load_zip(path: str, cap: int) -> Any:
                          f'found {pkls[:3] or "none"}')
     prefix = pkls[0][:-len('data.pkl')]
     if members[pkls[0]].file_size > cap:
-      raise WeightsError(f'{path}: its pickle declares '
-                         f'{members[pkls[0]].file_size} bytes, over the cap '
-                         f'of {cap} ({EXPANSION_ENV})')
+      raise WeightsError(_over_cap(path, 'its pickle declares', cap))
     order = prefix + 'byteorder'
     big_endian = (order in members and members[order].file_size < 16
                   and z.read(order).strip() == b'big')

@@ -266,6 +266,12 @@ def crafted():
   pos = data.rfind(struct.pack('<q', storages[-1].array.size))
   data[pos:pos + 8] = struct.pack('<q', 2**40)
   cases.append(('legacy-storage-header-2**40', 'torch', bytes(data), None))
+  # Pickle and storage header agree on 2**30 elements; the bytes are absent.
+  huge = Storage('0', one)
+  data = bytearray(legacy_bytes(_dict_of(
+      ('w', _tensor_ops('0', 2**30, 0, (1,), (1,)))), [huge]))
+  data[-12:-4] = struct.pack('<q', 2**30)
+  cases.append(('legacy-huge-storage-consistent', 'torch', bytes(data), None))
   # Zip: a bomb (deflated zeros) and a flipped byte in a storage (CRC).
   bomb = Storage('0', np.zeros(16 << 20, np.float32))
   cases.append(('zip-bomb', 'torch', zip_bytes(torch_pickle(
@@ -297,7 +303,8 @@ def crafted():
   st_case('st-shape-overflow', lambda h: h['a'].update(shape=[2**62, 2**62]))
   st_case('st-negative-shape', lambda h: h['a'].update(shape=[-2, -3]))
   st_case('st-unknown-dtype', lambda h: h['a'].update(dtype='F8_E4M3'))
-  st_case('st-gap', lambda h: h['b'].update(data_offsets=[32, 56]))
+  st_case('st-gap',
+          lambda h: h['a'].update(shape=[2, 2], data_offsets=[0, 16]))
   st_case('st-not-a-dict', lambda h: h.update(a=[1, 2]))
   data = b'[' * 100_000 + b']' * 100_000
   cases.append(('st-deep-json', 'safetensors',

@@ -244,7 +244,8 @@ def _check_key(key: Any) -> None:
       return
   elif isinstance(key, _SCALARS):
     return
-  raise WeightsError(f'a dict or set key of {_describe(key)}')
+  raise WeightsError(f'a dict or set key of {_describe(key)}, not a string, '
+                     'number or flat tuple of those')
 
 
 _P = pickle._Unpickler  # pylint: disable=protected-access

@@ -89,3 +89,21 @@ def test_predict_refuses_an_image_bomb_in_one_line(tmp_path):
   _assert_one_line_refusal(bomb_result, str(bomb), 'decompression bomb')
   _assert_one_line_refusal(truncated_result, str(truncated),
                            'not a readable image')
+
+
+@pytest.mark.slow
+def test_training_refuses_crafted_weights_before_writing(tmp_path):
+  crafted = {name: data for name, _, data, _ in files.crafted()}
+  cases, paths = [], []
+  for name in ('build-on-tensor-record', 'billion-laughs'):
+    path = tmp_path / f'{name}.pth'
+    path.write_bytes(crafted[name])
+    paths.append(str(path))
+    cases.append({'module': 'experiments.finetune', 'cwd': str(tmp_path),
+                  'argv': ['--tiny', f'--init_from=torch:{path}',
+                           f'--workdir={tmp_path / name}']})
+  results = _forked.run(cases, tmp_path, timeout=600)
+  for name, path, result in zip(('build-on-tensor-record', 'billion-laughs'),
+                                paths, results):
+    _assert_one_line_refusal(result, path, 'refused')
+    assert not (tmp_path / name).exists()

@@ -48,6 +48,7 @@ Both of torch's on-disk formats are read:
 import collections
 import dataclasses
 import io
+import math
 import os
 import pickle
 import struct
@@ -459,11 +460,11 @@ def expansion_limit(value: float | None = None) -> float:
       value = float(text)
     except ValueError:
       value = -1.0
-    if not value > 0:
+    if not 0 < value < math.inf:
       raise WeightsError(f'{EXPANSION_ENV}={text!r:.60}: expected a positive '
                          'number (how many times its size on disk a weights '
                          'file may expand to)')
-  if not value > 0:
+  if not 0 < value < math.inf:
     raise WeightsError(f'max_expansion={value!r}: expected a positive number')
   return float(value)
 

@@ -389,3 +389,27 @@ def fuzz_cases(n, seed):
       data = _mutate(base, rng)
     cases.append((f'fuzz-{seed}-{i}', fmt, data, 'any'))
   return cases
+
+
+def pickles_prefix(path, count=5):
+  """The first ``count`` pickles of a file written by torch (legacy layout:
+  magic, protocol, system info, the object, the storage keys), without the
+  storage bytes that follow."""
+  import pickletools  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    for _ in range(count):
+      for op, _, _ in pickletools.genops(f):
+        if op.name == 'STOP':
+          break
+    end = f.tell()
+    f.seek(0)
+    return f.read(end)
+
+
+def torch_written_cases(path, n, seed):
+  """Mutations of the pickles of a file torch wrote (storage bytes left out:
+  the reader meets the mutated pickle first, then refuses or loads)."""
+  rng = random.Random(seed)
+  prefix = pickles_prefix(path)
+  return [(f'torch-written-{seed}-{i}', 'torch', _mutate(prefix, rng), 'any')
+          for i in range(n)]

@@ -645,7 +645,10 @@ def _load_legacy(path: str, cap: int) -> Any:
     _check_tensors(tensors, cap, path)
     for key in keys:
       storage = storages[key]
-      (numel,) = struct.unpack('<q', f.read(8))
+      head = f.read(8)
+      if len(head) != 8:
+        raise WeightsError(f'{path}: the file ends before storage {key:.100}')
+      (numel,) = struct.unpack('<q', head)
       if numel != storage.numel:
         raise WeightsError(f'{path}: storage {key:.100} has {numel} elements, '
                            f'the pickle said {storage.numel}')

@@ -249,3 +249,23 @@ def test_fuzzed_files_load_or_are_refused_slow(tmp_path, seed):
   cases = files.fuzz_cases(5000, seed=seed)
   _, results = _run(tmp_path, cases, timeout=600)
   assert len(results) == 5000
+
+
+def test_mutations_of_a_file_torch_wrote(tmp_path):
+  # torchvision's MobileNetV2 weights (legacy layout, written by torch), if
+  # fetched: its real pickle, mutated; the 14 MB of storages left out.
+  from dlresearch.data import fetch  # pylint: disable=g-import-not-at-top
+  path = fetch.cached('mobilenet_v2_imagenet')
+  if path is None:
+    pytest.skip('mobilenet_v2_imagenet is not fetched')
+  prefix = files.pickles_prefix(path)
+  unmutated = tmp_path / 'prefix.pth'
+  unmutated.write_bytes(prefix)
+  with pytest.raises(weights.WeightsError, match='the cap of'):
+    weights.read(f'torch:{unmutated}')  # 14 MB declared by a 54 kB file
+  with pytest.raises(weights.WeightsError, match='the file ends before '
+                     'storage'):  # read all 5 pickles, then the bytes
+    weights.read(f'torch:{unmutated}', max_expansion=1e6)
+  cases = files.torch_written_cases(path, 200, seed=0)
+  _, results = _run(tmp_path, cases, timeout=120)
+  assert len(results) == 200

@@ -149,14 +149,8 @@ class Predictor:
 
 
 def _read_image(path: str, mode: str) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as image:
-      image = image.convert(mode)
-  except (UnidentifiedImageError, OSError) as e:
-    raise ValueError(f'{path}: not a readable image ({e})') from None
-  x = np.asarray(image, np.uint8)
-  return x[..., None] if x.ndim == 2 else x
+  from dlresearch.data import images  # pylint: disable=g-import-not-at-top
+  return images.read(path, mode)
 
 
 def _label_names(cfg: Config) -> list[str] | None:

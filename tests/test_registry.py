@@ -163,21 +163,45 @@ def test_transformer_layer_norm_is_exact_on_offset_inputs():
   assert _offset_relative_error(y_fast, x.astype(np.float64), -1, 1e-6)[0] > 1e-2
 
 
-def test_resnet_batch_norm_is_exact_on_offset_inputs():
+def _tiny_vgg_bn(num_classes):
+  from dlresearch.models import vgg  # pylint: disable=g-import-not-at-top
+  return vgg.VGG(num_classes=num_classes, layers=(8, 'M', 8), batch_norm=True,
+                 fc_width=8, pool_size=1)
+
+
+def _tiny_mobilenet(num_classes):
+  from dlresearch.models import mobilenet  # pylint: disable=g-import-not-at-top
+  return mobilenet.MobileNetV2(num_classes=num_classes, width_mult=0.25)
+
+
+# (model, its first conv, the BatchNorm right after it).
+_FIRST_BATCH_NORMS = {
+    'resnet': (lambda n: registry.build('resnet_tiny', num_classes=n),
+               'stem_conv', 'stem_bn'),
+    'mobilenet_v2': (_tiny_mobilenet, 'stem_conv', 'stem_bn'),
+    'vgg_bn': (_tiny_vgg_bn, 'conv1', 'bn1'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_FIRST_BATCH_NORMS))
+def test_batch_norm_is_exact_on_offset_inputs(name):
+  build, conv_name, bn_name = _FIRST_BATCH_NORMS[name]
   rng = np.random.default_rng(1)
   images = (1000 + rng.normal(size=(4, 8, 8, 3))).astype(np.float32)
-  model = registry.build('resnet_tiny', num_classes=3)
+  model = build(3)
   variables = model.init(jax.random.key(0), images)
-  # Only the centre tap of the stem conv: its output keeps the offset (about
-  # 1000 with std about 0.6, no border effects) for stem_bn to normalise.
-  kernel = np.zeros((3, 3, 3, 8), np.float32)
-  kernel[1, 1] = rng.uniform(0.5, 1.5, (3, 8)) / 3
-  variables['params']['stem_conv']['kernel'] = jnp.asarray(kernel)
+  # Only the centre tap of the first conv: its output keeps the offset (about
+  # 1000 with std about 0.6, no border effects) for the BatchNorm to normalise.
+  shape = variables['params'][conv_name]['kernel'].shape
+  kernel = np.zeros(shape, np.float32)
+  kernel[1, 1] = rng.uniform(0.5, 1.5, shape[2:]) / 3
+  variables['params'][conv_name]['kernel'] = jnp.asarray(kernel)
   _, state = model.apply(
       variables, images, train=True, mutable=['batch_stats', 'intermediates'],
-      capture_intermediates=lambda m, _: m.name in ('stem_conv', 'stem_bn'))
-  conv = np.asarray(state['intermediates']['stem_conv']['__call__'][0], np.float64)
-  y = state['intermediates']['stem_bn']['__call__'][0]
+      capture_intermediates=lambda m, _: m.name in (conv_name, bn_name),
+      rngs={'dropout': jax.random.key(1)})
+  conv = np.asarray(state['intermediates'][conv_name]['__call__'][0], np.float64)
+  y = state['intermediates'][bn_name]['__call__'][0]
   error, floor = _offset_relative_error(y, conv, (0, 1, 2), 1e-5)
   assert error < floor < 1e-3
   fast = nn.BatchNorm(use_running_average=False, epsilon=1e-5)

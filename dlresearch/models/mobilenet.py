@@ -95,7 +95,8 @@ class MobileNetV2(nn.Module):
         kernel_init=nn.initializers.variance_scaling(2.0, 'fan_out', 'normal'))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5, dtype=self.dtype)
+        epsilon=1e-5, dtype=self.dtype,
+        use_fast_variance=False)  # E[(x - mean)^2]: exact for offset inputs
     feats = {}
     x = jnp.asarray(x, self.dtype)
     width = make_divisible(32 * self.width_mult)

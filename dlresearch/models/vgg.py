@@ -87,7 +87,8 @@ class VGG(nn.Module):
         kernel_init=nn.initializers.normal(stddev=0.01))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9,
-        epsilon=1e-5, dtype=self.dtype)
+        epsilon=1e-5, dtype=self.dtype,
+        use_fast_variance=False)  # E[(x - mean)^2]: exact for offset inputs
     drop = functools.partial(
         nn.Dropout, self.dropout_rate, deterministic=not train)
     feats = {}

@@ -6,7 +6,8 @@ and layout; ``dlresearch.weights.convert`` turns that into the
 
 - ``torch:PATH``: a ``torch.save`` state dict (zip or legacy format), read by
   ``torch_pickle`` without torch and without running code from the file.
-- ``safetensors:PATH``: a safetensors file.
+- ``safetensors:PATH``: a safetensors file, read by ``safetensors_file``
+  (its header checked against the file before anything is allocated).
 - ``hf:DIR``: a Hugging Face model directory (``config.json`` and
   ``model.safetensors``; ``hf_bert.load_encoder`` also reads its
   ``tokenizer.json``).
@@ -24,6 +25,7 @@ import pathlib
 
 import numpy as np
 
+from dlresearch.weights import safetensors_file
 from dlresearch.weights.errors import UnsafeWeightsError, WeightsError
 from dlresearch.weights.torch_pickle import load_state_dict
 
@@ -34,19 +36,12 @@ _TORCH_SUFFIXES = ('.pt', '.pth', '.bin')
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads a safetensors file into NumPy arrays."""
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise WeightsError(f'{path}: no such file')
-  try:
-    return dict(load_file(path))
-  except Exception as e:  # safetensors raises its own error types.
-    raise WeightsError(f'{path}: not a readable safetensors file '
-                       f'({type(e).__name__}: {e})'.replace('\n', ' ')) from e
+  """Reads a safetensors file into NumPy arrays (header checked first)."""
+  return safetensors_file.read(path)
 
 
-def _read_hf(directory: str) -> dict[str, np.ndarray]:
+def _read_hf(directory: str,
+             max_expansion: float | None) -> dict[str, np.ndarray]:
   d = pathlib.Path(directory)
   if not d.is_dir():
     raise WeightsError(f'{directory}: no such directory')
@@ -56,13 +51,17 @@ def _read_hf(directory: str) -> dict[str, np.ndarray]:
   if (d / 'model.safetensors').is_file():
     return read_safetensors(d / 'model.safetensors')
   if (d / 'pytorch_model.bin').is_file():
-    return load_state_dict(d / 'pytorch_model.bin')
+    return load_state_dict(d / 'pytorch_model.bin', max_expansion)
   raise WeightsError(f'{directory}: holds neither model.safetensors nor '
                      'pytorch_model.bin')
 
 
-def read(spec: str | os.PathLike) -> dict[str, np.ndarray]:
+def read(spec: str | os.PathLike,
+         max_expansion: float | None = None) -> dict[str, np.ndarray]:
   """Reads weights named by ``spec`` (see the module docstring).
+
+  ``max_expansion`` caps a torch file's tensors at that many times its size
+  on disk (see ``torch_pickle.load_object``; docs/security.md).
 
   Raises:
     WeightsError: the file is missing or unreadable, or the spec is unknown.
@@ -84,7 +83,7 @@ def read(spec: str | os.PathLike) -> dict[str, np.ndarray]:
           'or hf:DIR')
   path = os.path.expanduser(path)
   if kind == 'torch':
-    return load_state_dict(path)
+    return load_state_dict(path, max_expansion)
   if kind == 'safetensors':
     return read_safetensors(path)
-  return _read_hf(path)
+  return _read_hf(path, max_expansion)

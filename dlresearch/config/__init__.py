@@ -34,8 +34,9 @@ import typing
 from typing import Any
 
 from dlresearch.config import engine, options
-from dlresearch.config.sections import (FLOAT32_MAX, MAY_CHANGE, ConfigError,
+from dlresearch.config.declare import (FLOAT32_MAX, MAY_CHANGE, ConfigError,
                                         Section, all_sections, check,
+                                        get as get_section,
                                         register_options, section)
 from dlresearch.config.engine import profile_range
 
@@ -69,11 +70,11 @@ def sections() -> tuple[Section, ...]:
 
 
 def section_of(name: str) -> Section:
-  """The section that declares field ``name``."""
-  return _SECTION_OF[name]
+  """The section that declares field ``name`` (with the kinds it has now)."""
+  return get_section(_SECTION_OF[name])
 
 
-_SECTION_OF = {f.name: s for s in all_sections() for f in s.fields()}
+_SECTION_OF = {f.name: s.name for s in all_sections() for f in s.fields()}
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 # Closed choices: a value outside these is rejected with the list of choices.

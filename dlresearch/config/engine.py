@@ -5,7 +5,7 @@ or application (image, text, generation, translation, audit, anomaly,
 retrieval, ...) are in ``options.py``.
 """
 
-from dlresearch.config.sections import MAY_CHANGE, ConfigError, _f, check, section
+from dlresearch.config.declare import MAY_CHANGE, ConfigError, _f, check, section
 
 
 @section('data')

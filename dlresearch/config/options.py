@@ -8,7 +8,7 @@ problem module (``dlresearch/problems/``, ``dlresearch/apps/<name>/``) may
 make the same call for its own kind.
 """
 
-from dlresearch.config.sections import (MAY_CHANGE, ConfigError, _f, check,
+from dlresearch.config.declare import (MAY_CHANGE, ConfigError, _f, check,
                                         register_options, section)
 
 

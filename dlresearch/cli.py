@@ -70,9 +70,14 @@ def _lists() -> str:
 
 
 def _kinds_in_argv(argv) -> tuple[str, ...]:
-  """Data kinds named by ``--data_kind=`` on the command line."""
-  return tuple(arg.split('=', 1)[1] for arg in argv[1:]
-               if arg.startswith('--data_kind='))
+  """Data kinds named by ``--data_kind=K`` (or ``--data_kind K``) in argv."""
+  kinds = []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith(('--data_kind=', '-data_kind=')):
+      kinds.append(arg.split('=', 1)[1])
+    elif arg in ('--data_kind', '-data_kind') and i + 1 < len(argv):
+      kinds.append(argv[i + 1])
+  return tuple(kinds)
 
 
 def flag_sections(presets: dict[str, Preset], kinds: Sequence[str] = (),

@@ -215,3 +215,12 @@ def test_a_problem_registers_an_option_section_for_its_kind(monkeypatch):
   assert 'ranking_k' in _flags(presets)
   with pytest.raises(ValueError, match='is not a config section'):
     config_lib.register_options(dict, kinds=('my_kind',))
+
+
+def test_data_kind_on_the_command_line_adds_its_option_flags():
+  argv = ['prog', '--num_steps=3', '--data_kind=lm', '--data_kind', 'seq2seq']
+  kinds = cli._kinds_in_argv(argv)  # pylint: disable=protected-access
+  assert kinds == ('lm', 'seq2seq')
+  names = [s.name for s in cli.flag_sections(cnn_imagenet.PRESETS, kinds)]
+  assert {'generation', 'translation', 'text', 'image'} <= set(names)
+  assert 'anomaly' not in names

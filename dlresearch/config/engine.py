@@ -14,7 +14,9 @@ class Data:
 
   data_kind: str = _f('classification', 'What the data is and which task '
                       'trains on it (see dlresearch/data/kinds.py and the '
-                      'list under --model).')
+                      'list under --model). Naming a kind on the command '
+                      'line also defines the flags of its options (e.g. '
+                      '--data_kind=lm: --top_p, --prompt, ...).')
   dataset: str = _f('digits', 'TFDS dataset name; the offline builders are '
                     'registered (digits, mnist1d, fashion_mnist_local, '
                     'shakespeare, rotten_tomatoes, number_words/en-de, '

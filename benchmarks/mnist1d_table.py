@@ -67,7 +67,9 @@ def param_count(cfg: Config) -> int:
 
 def _run_cached(cfg: Config, rundir: str, shuffle: bool, run_one: RunOne) -> dict:
   path = os.path.join(rundir, 'result.json')
-  key = {'config': config_lib.to_json(cfg), 'shuffle_spatial': shuffle}
+  # The config flat, as result.json files written before the sections hold it.
+  key = {'config': config_lib.flatten(config_lib.to_json(cfg)),
+         'shuffle_spatial': shuffle}
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       saved = json.load(f)

@@ -1,9 +1,20 @@
 """Command-line entry points: flags from ``Config``, presets, clean errors.
 
-Every experiment gets one flag per ``Config`` field (``--batch_size``,
-``--num_steps``, ...; ``--helpfull`` gives each its meaning, format and range
-and the preset's value) plus ``--workdir``, ``--preset``, ``--tiny`` and
-``--config``. The config of a run is, in order:
+Every experiment gets one flag per field of the config sections it uses
+(``--batch_size``, ``--num_steps``, ...; ``--helpfull`` lists them by
+section, each with its meaning, format and range and the preset's value)
+plus ``--workdir``, ``--preset``, ``--tiny`` and ``--config``:
+
+- the engine sections (data, model, optimisation, loop, evaluation,
+  parallelism, cluster, transfer) always;
+- an option section (image, text, generation, translation, audit, anomaly,
+  retrieval, ...; ``dlresearch/config/options.py``) when it belongs to a
+  data kind that one of the experiment's presets uses (its ``data_kind``,
+  or one named by ``--data_kind=`` on the command line), or when the
+  experiment names it in ``main(options=...)``. A field without a flag keeps
+  its preset's (or recorded) value.
+
+The config of a run is, in order:
 
 1. ``--config=PATH`` (a recorded ``config.json``: replays that run), else the
    preset, with its tiny overrides under ``--tiny``;
@@ -22,7 +33,7 @@ once per run.
 import dataclasses
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from dlresearch import startup
 startup.install_for_program()  # Ctrl-C/SIGTERM from here on: one line
@@ -60,10 +71,58 @@ def _lists() -> str:
           f'{", ".join(registry.names())}.')
 
 
+def _kinds_in_argv(argv) -> tuple[str, ...]:
+  """Data kinds named by ``--data_kind=K`` (or ``--data_kind K``) in argv."""
+  kinds = []
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg.startswith(('--data_kind=', '-data_kind=')):
+      kinds.append(arg.split('=', 1)[1])
+    elif arg in ('--data_kind', '-data_kind') and i + 1 < len(argv):
+      kinds.append(argv[i + 1])
+  return tuple(kinds)
+
+
+def flag_sections(presets: dict[str, Preset], kinds: Sequence[str] = (),
+                  options: Sequence[str] = ()) -> list[config_lib.Section]:
+  """The config sections whose flags an experiment defines.
+
+  Engine sections, plus each option section of a data kind that a preset
+  (or its tiny form) uses or that ``kinds`` names, plus those ``options``
+  names.
+  """
+  used = set(kinds)
+  for preset in presets.values():
+    used.add(preset.config.data_kind)
+    used.add(preset.tiny.get('data_kind', preset.config.data_kind))
+  names = {s.name for s in config_lib.sections()}
+  for name in options:
+    if name not in names:
+      raise ValueError(f'unknown config section {name!r}; one of '
+                       f'{", ".join(sorted(names))}')
+  return [s for s in config_lib.sections()
+          if s.kinds is None or used & set(s.kinds) or s.name in options]
+
+
+def _group(entry: config_lib.Section) -> str:
+  """The ``--helpfull`` heading of a section's flags (absl's module name)."""
+  what = entry.title.split(':', 1)[-1].strip().rstrip('.')
+  if entry.kinds:
+    what += f'; data kind{"s" if len(entry.kinds) > 1 else ""} ' + (
+        ', '.join(entry.kinds))
+  return f'{_GROUP_PREFIX}{entry.name} ({what})'
+
+
+_GROUP_PREFIX = 'dlresearch.config.'
+
+
 def define_flags(presets: dict[str, Preset], default_preset: str,
                  flag_values: flags.FlagValues = FLAGS,
-                 shown_preset: str | None = None) -> None:
-  """One flag per Config field; help shows ``shown_preset``'s values."""
+                 shown_preset: str | None = None, kinds: Sequence[str] = (),
+                 options: Sequence[str] = ()) -> None:
+  """One flag per field of ``flag_sections``; help shows ``shown_preset``'s values.
+
+  ``--helpfull`` lists the flags under one heading per section.
+  """
   fv = dict(flag_values=flag_values)
   shown = shown_preset or default_preset
   flags.DEFINE_string('workdir', None,
@@ -80,33 +139,44 @@ def define_flags(presets: dict[str, Preset], default_preset: str,
                       'runs/x/config.json) instead of a preset; other flags '
                       'still override it.', **fv)
   base = presets[shown].config
-  for name, kind in config_lib.field_types().items():
-    if name == 'preset':
-      continue
-    help_ = config_lib.field_help(name)
-    if name in config_lib.CHOICES:
-      help_ += f' One of: {", ".join(config_lib.CHOICES[name])}.'
-    if name == 'model':
-      help_ += _lists()
-    value = getattr(base, name)
-    if kind is tuple:
-      value = ','.join(str(v) for v in value)
-    help_ += f' [{kind.__name__}; preset {shown}: {value!r}]'
-    if kind is bool:
-      flags.DEFINE_bool(name, None, help_, **fv)
-    else:
-      flags.DEFINE_string(name, None, help_, **fv)
+  types = config_lib.field_types()
+  for entry in flag_sections(presets, kinds, options):
+    group = dict(fv, module_name=_group(entry))
+    for field in entry.fields():
+      name, kind = field.name, types[field.name]
+      if not config_lib.is_flag(name):
+        continue
+      help_ = config_lib.field_help(name)
+      if name in config_lib.CHOICES:
+        help_ += f' One of: {", ".join(config_lib.CHOICES[name])}.'
+      if name == 'model':
+        help_ += _lists()
+      value = getattr(base, name)
+      if kind is tuple:
+        value = ','.join(str(v) for v in value)
+      help_ += f' [{kind.__name__}; preset {shown}: {value!r}]'
+      if kind is bool:
+        flags.DEFINE_bool(name, None, help_, **group)
+      else:
+        flags.DEFINE_string(name, None, help_, **group)
+
+
+def defined_fields(flag_values: flags.FlagValues = FLAGS) -> list[str]:
+  """The Config fields ``define_flags`` made flags of in ``flag_values``."""
+  return [name for name in config_lib.field_types()
+          if (flag_values.find_module_defining_flag(name) or '').startswith(
+              _GROUP_PREFIX)]
 
 
 def flag_overrides(flag_values: flags.FlagValues = FLAGS) -> dict:
   """The Config fields given on the command line, parsed to their types."""
   out = {}
-  for field, kind in config_lib.field_types().items():
-    if field == 'preset':
-      continue
+  types = config_lib.field_types()
+  for field in defined_fields(flag_values):
     value = flag_values[field].value
     if value is not None:
-      out[field] = value if kind is bool else config_lib.parse_value(field, value)
+      out[field] = (value if types[field] is bool else
+                    config_lib.parse_value(field, value))
   return out
 
 
@@ -194,16 +264,20 @@ def print_result(result: dict) -> None:
 
 
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
-         run: Callable | None = None, model_selects_preset: bool = False) -> None:
+         run: Callable | None = None, model_selects_preset: bool = False,
+         options: Sequence[str] = ()) -> None:
   """Defines the flags and runs ``run(config, workdir) -> dict`` under absl.
 
   ``run`` defaults to ``dlresearch.train.run`` (the data kind builds the
   data); an experiment passes its own only to wrap the run (e.g. a table of
-  runs).
+  runs). The option sections whose flags are defined follow the presets'
+  data kinds (``flag_sections``); ``options`` names more, for the fields an
+  experiment's own ``run`` reads (``xray``).
   """
   startup.install()
   define_flags(presets, default_preset, shown_preset=_preset_in_argv(
-      sys.argv, presets, default_preset, model_selects_preset))
+      sys.argv, presets, default_preset, model_selects_preset),
+               kinds=_kinds_in_argv(sys.argv), options=options)
 
   def _main(argv):
     from dlresearch import logging as log_lib  # pylint: disable=g-import-not-at-top

@@ -34,6 +34,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from dlresearch import config as config_lib
+
 MODEL_FILE = 'model.jaxexport'
 SIGNATURE_FILE = 'signature.json'
 SAVED_MODEL_DIR = 'saved_model'
@@ -176,7 +178,7 @@ def signature_from_config(workdir: str) -> dict:
   """What ``WORKDIR/config.json`` says about the inputs, for ``signature.json``."""
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     record = json.load(f)
-  config = record.get('config', {})
+  config = config_lib.flatten(record.get('config', {}))  # sectioned or flat
   out = {'run': {'workdir': os.path.abspath(workdir), 'git_commit': record.get('git_commit'),
                  **{k: config.get(k) for k in ('dataset', 'model', 'model_kwargs', 'dtype')}}}
   if 'normalize' in config:

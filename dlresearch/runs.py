@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from dlresearch import config as config_lib
 from dlresearch import logging as log_lib
 
 _MISSING = object()
@@ -41,7 +42,7 @@ def _read_config(workdir: str) -> dict:
     return {}
   with open(path, encoding='utf-8') as f:
     record = json.load(f)
-  out = dict(record.get('config', {}))
+  out = config_lib.flatten(record.get('config', {}))  # sectioned or flat
   if record.get('git_commit'):
     out['git_commit'] = record['git_commit']
   return out

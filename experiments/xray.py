@@ -63,4 +63,4 @@ def run(cfg: Config, workdir: str) -> dict:
 
 
 if __name__ == '__main__':
-  cli.main('xray', PRESETS, default_preset='xray', run=run)
+  cli.main('xray', PRESETS, default_preset='xray', run=run, options=('xray',))

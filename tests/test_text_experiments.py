@@ -215,7 +215,8 @@ def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
   assert 0.0 <= last['accuracy'] <= 1.0 and result['accuracy'] == last['accuracy']
   tok = text.load_tokenizer(tmp_path / text.SUBWORD_FILE)
   assert tok.vocab_size <= cfg.vocab_size
-  config = json.loads((tmp_path / 'config.json').read_text())['config']
+  config = config_lib.flatten(
+      json.loads((tmp_path / 'config.json').read_text())['config'])
   assert config['model'] == cfg.model
 
 

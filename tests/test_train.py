@@ -41,7 +41,7 @@ def test_quickstart_tiny_trains_and_writes_everything(tmp_path, data_dir):
   assert 0.0 <= eval_lines[-1]['top5_accuracy'] <= 1.0
   assert result['accuracy'] == eval_lines[-1]['accuracy']
   record = json.load(open(tmp_path / 'config.json'))
-  assert record['config']['num_steps'] == 40
+  assert config_lib.flatten(record['config'])['num_steps'] == 40
   assert record['device_count'] == 8 and record['process_count'] == 1
   assert 'jax' in record['versions'] and 'git_commit' in record
   assert any(f.startswith('events.out.tfevents')

@@ -1,0 +1,198 @@
+"""Option sections of problems and applications, each with the data kinds it serves.
+
+An experiment defines a section's flags only when one of its presets uses one
+of the section's kinds (``dlresearch.cli``); the fields still exist on every
+``Config`` and keep their preset or default values elsewhere. The
+``register_options`` calls below say which kinds read which section; a
+problem module (``dlresearch/problems/``, ``dlresearch/apps/<name>/``) may
+make the same call for its own kind.
+"""
+
+from dlresearch.config.declare import (MAY_CHANGE, ConfigError, _f, check,
+                                        register_options, section)
+
+
+@section('image')
+class Image:
+  """image: image size, channels, augmentation and normalisation."""
+
+  image_size: int = _f(0, 'Square image side in pixels (>= 0; 0 = keep the '
+                       'stored size of fixed-size datasets).')
+  image_channels: int = _f(0, 'Repeat single-channel images to this many '
+                           'channels (0 = as stored; 3 for ImageNet models).')
+  augment: str = _f('none', 'Per-example training augmentation.',
+                    choices=('none', 'flip', 'pad_crop_flip', 'crop_flip'))
+  normalize: str = _f('scale', 'Image normalisation: none, scale to [0, 1], '
+                      'ImageNet mean/std, or per-channel standardisation.',
+                      choices=('none', 'scale', 'imagenet', 'standardize'))
+
+  def validate(self):
+    for name in ('image_size', 'image_channels'):
+      check(getattr(self, name) >= 0, name, '>= 0', getattr(self, name))
+
+
+register_options(Image, kinds=('classification',))
+
+
+@section('text')
+class Text:
+  """text: tokenizer, sequence lengths and the dataset's text columns."""
+
+  tokenizer: str = _f('char', 'Tokenizer built on the train split and kept '
+                      'in the workdir: char, bpe (byte-level BPE) or unigram '
+                      '(SentencePiece-style).', choices=('char', 'bpe', 'unigram'))
+  vocab_size: int = _f(8000, 'Subword vocabulary size, 4 special tokens '
+                       'included (>= 1; >= 260 for bpe).')
+  seq_len: int = _f(128, 'Tokens per language-model training row (>= 1).')
+  max_len: int = _f(64, 'Tokens per padded sequence for classification and '
+                    'translation (>= 1; longer ones are truncated, longer '
+                    'training pairs dropped).')
+  text_key: str = _f('text', 'Dataset feature holding the text.')
+  label_key: str = _f('label', 'Dataset feature holding the class label '
+                      '(text classification).')
+  source_key: str = _f('source', 'Dataset feature holding the source '
+                       'sentence (translation).')
+  target_key: str = _f('target', 'Dataset feature holding the target '
+                       'sentence (translation).')
+
+  def validate(self):
+    for name in ('vocab_size', 'seq_len', 'max_len'):
+      check(getattr(self, name) > 0, name, '> 0', getattr(self, name))
+    if self.tokenizer == 'bpe' and self.vocab_size < 260:
+      raise ConfigError('vocab_size', 'byte-level BPE needs >= 260 (4 special '
+                        f'tokens + 256 bytes); got {self.vocab_size}')
+
+
+register_options(Text, kinds=('lm', 'text_classification', 'seq2seq',
+                               'hf_text_classification'))
+
+
+@section('hf_text')
+class HfText:
+  """hf_text: a pretrained Hugging Face tokenizer for text classification."""
+
+  pretrained_tokenizer: str = _f('', 'hf_text_classification: a Hugging Face '
+                                 'tokenizer.json, or the model directory '
+                                 'holding one.', on_resume=MAY_CHANGE)
+
+
+register_options(HfText, kinds=('hf_text_classification',))
+
+
+@section('generation')
+class Generation:
+  """generation: sampling a continuation of a prompt at evals."""
+
+  sample: bool = _f(False, 'Language models: at every eval (and with '
+                    '--eval_only) continue --prompt and print it.',
+                    on_resume=MAY_CHANGE)
+  prompt: str = _f('The clouds are in the', 'Text that --sample continues.',
+                   on_resume=MAY_CHANGE)
+  max_new_tokens: int = _f(200, 'Tokens --sample generates (>= 1).',
+                           on_resume=MAY_CHANGE)
+  temperature: float = _f(1.0, 'Sampling temperature (> 0).',
+                          on_resume=MAY_CHANGE)
+  top_k: int = _f(0, 'Sample from the k most likely tokens (>= 0; 0 = all).',
+                  on_resume=MAY_CHANGE)
+  top_p: float = _f(1.0, '--sample: nucleus sampling, keep the smallest set of '
+                    'tokens whose probability reaches p, in (0, 1] (1 = all).',
+                    on_resume=MAY_CHANGE)
+
+  def validate(self):
+    for name in ('max_new_tokens', 'temperature'):
+      check(getattr(self, name) > 0, name, '> 0', getattr(self, name))
+    check(self.top_k >= 0, 'top_k', '>= 0', self.top_k)
+    check(0 < self.top_p <= 1, 'top_p', 'in (0, 1]', self.top_p)
+
+
+register_options(Generation, kinds=('lm',))
+
+
+@section('translation')
+class Translation:
+  """translation: decoding and BLEU of the translation eval."""
+
+  beam_size: int = _f(1, 'Beam size of the translation eval (>= 1; 1 = '
+                      'greedy).', on_resume=MAY_CHANGE)
+  bleu_examples: int = _f(0, 'Eval examples decoded for BLEU (>= 0; 0 = '
+                          'all).', on_resume=MAY_CHANGE)
+  bleu_tokenize: str = _f('13a', 'sacrebleu tokenizer for BLEU (13a: the WMT '
+                          'standard; char: character n-grams).',
+                          on_resume=MAY_CHANGE)
+
+  def validate(self):
+    check(self.beam_size > 0, 'beam_size', '> 0', self.beam_size)
+    check(self.bleu_examples >= 0, 'bleu_examples', '>= 0', self.bleu_examples)
+
+
+register_options(Translation, kinds=('seq2seq',))
+
+
+@section('audit')
+class Audit:
+  """audit: per-group metrics and fairness gaps at every eval."""
+
+  audit_group: str = _f('', 'Comma-separated group columns of the dataset '
+                        "(e.g. 'sex' or 'sex,race'; ClassLabel or int "
+                        'features, never fed to the model): every eval line '
+                        "adds per-group metrics ('group/sex=Female/accuracy', "
+                        "selection_rate, tpr, fpr, count) and the gaps "
+                        "('fairness/sex/demographic_parity_difference', "
+                        '_ratio, equalized_odds_difference); the positive '
+                        'class is 1. Empty: none. Data kind classification.',
+                        on_resume=MAY_CHANGE)
+
+
+register_options(Audit, kinds=('classification',))
+
+
+@section('anomaly')
+class Anomaly:
+  """anomaly: the normal class and the alert rate of anomaly detection."""
+
+  normal_class: int = _f(0, 'One-class anomaly detection on a labelled image '
+                         'dataset: the class id trained on as normal (>= 0; '
+                         'every other class is an anomaly at test time). -1: '
+                         'each class in turn, one run per class and a '
+                         'per-class table (experiments.anomaly).')
+  alert_rate: float = _f(0.001, 'Anomaly evals (--data_kind=anomaly): the '
+                         'fraction of eval examples flagged, highest scores '
+                         'first, for precision_at_alert_rate and '
+                         'recall_at_alert_rate; in (0, 1] (0.001 = 0.1%).',
+                         on_resume=MAY_CHANGE)
+
+  def validate(self):
+    check(0 < self.alert_rate <= 1, 'alert_rate', 'in (0, 1]', self.alert_rate)
+    check(self.normal_class >= -1, 'normal_class', '>= 0 (or -1 for every '
+          'class in turn)', self.normal_class)
+
+
+register_options(Anomaly, kinds=('anomaly',))
+
+
+@section('retrieval')
+class Retrieval:
+  """retrieval: the length of the ranked lists of retrieval evals."""
+
+  ranking_k: int = _f(10, 'Retrieval evals (--data_kind=retrieval): the '
+                      'length K of each recommended list for recall@K and '
+                      'ndcg@K (>= 1).', on_resume=MAY_CHANGE)
+
+  def validate(self):
+    check(self.ranking_k >= 1, 'ranking_k', '>= 1', self.ranking_k)
+
+
+register_options(Retrieval, kinds=('retrieval',))
+
+
+@section('xray')
+class Xray:
+  """xray: the ImageNet weights of the X-ray transfer demo, experiments.xray."""
+
+  pretrained: str = _f('', 'Transfer demos (experiments.xray): the '
+                       'torchvision MobileNetV2 ImageNet weights (.pth); '
+                       'empty: the file `python -m dlresearch.data.fetch '
+                       'mobilenet_v2_imagenet` cached.')
+
+
+register_options(Xray, kinds=())  # no data kind reads it: asked for by name

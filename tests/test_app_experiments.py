@@ -9,6 +9,7 @@ MobileNetV2 ImageNet weights (fetched once with pip, as in test_weights;
 skipped without network, except under CI).
 """
 
+import dataclasses
 import gzip
 import io
 import json
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import anomaly, config as config_lib, inference, recommend
-from dlresearch import tasks, train, transfer
+from dlresearch import anomaly, config as config_lib, recommend
+from dlresearch import tasks, train
+from dlresearch.apps.xray import probe as transfer
 from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
 from dlresearch.data import fetch, kinds, kinds_ratings, tabular
@@ -31,7 +33,7 @@ from dlresearch.data.builders import fashion_mnist_local
 from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 from experiments import anomaly as anomaly_exp
 from experiments import recommend as recommend_exp
-from experiments import xray as xray_exp
+from dlresearch.tools import inference, xray as xray_tool
 
 ANOMALY_KEYS = ('auroc', 'average_precision', 'precision_at_alert_rate',
                 'recall_at_alert_rate')
@@ -418,9 +420,10 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
   wheel = make_zip(tmp_path / 'x.whl', files)
   pin(monkeypatch, 'xray', wheel, {})
   raw = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
-  cfg = tiny(xray_exp.PRESETS, 'xray', manual_dir=str(raw),
-             pretrained=str(mobilenet_pth))
-  result = xray_exp.run(cfg, str(tmp_path / 'run'))
+  options = xray_tool.Options(workdir=str(tmp_path / 'run'), tiny=True,
+                              manual_dir=str(raw),
+                              pretrained=str(mobilenet_pth))
+  result = xray_tool.run(options)
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert result['n'] == 6 and saved['n'] == 6
   assert saved['correct'] == sum(r['label'] == r['prediction']
@@ -432,5 +435,6 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
   with Image.open(pngs[0]) as im:
     assert im.size == (64, 64)
   with pytest.raises(ConfigError, match='--pretrained'):
-    xray_exp.run(cfg.replace(pretrained=str(tmp_path / 'none.pth')),
-                 str(tmp_path / 'run2'))
+    xray_tool.run(dataclasses.replace(
+        options, workdir=str(tmp_path / 'run2'),
+        pretrained=str(tmp_path / 'none.pth')))

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dlresearch import explain
+from dlresearch.rai import explain
 from dlresearch.models import cnn
 from dlresearch.models import transformer
 

@@ -31,6 +31,7 @@ bootstrap intervals.
 
 from collections.abc import Mapping, Sequence
 import csv
+import functools
 import json
 import math
 import os
@@ -255,6 +256,40 @@ def _bootstrap_weights(n: int, n_bootstrap: int, seed: int,
     yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
+def _audit_grouping(per_example: np.ndarray, bins: np.ndarray, num_bins: int,
+                    n_bootstrap: int, seed: int, ids: np.ndarray,
+                    num_groups: int):
+  """(metrics, bootstrap metrics or None) for one grouping of the examples.
+
+  Every grouping draws the same resamples (same seed, same n).
+  """
+  n = per_example.shape[0]
+  sums = _group_sums(per_example, ids, bins, num_groups, num_bins,
+                     np.ones((1, n)))
+  m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
+  if n_bootstrap <= 0:
+    return m, None
+  parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
+           for w in _bootstrap_weights(n, n_bootstrap, seed)]
+  return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
+                               np.concatenate([p[1] for p in parts]))
+
+
+def _entries(values: np.ndarray, samples: np.ndarray | None,
+             alpha: float) -> list[dict]:
+  """[{'value', 'ci'}] per last-axis position of values [G] / samples."""
+  ci = None if samples is None else _interval(samples, alpha)
+  return [{'value': values[i], 'ci': None if ci is None else ci[:, i]}
+          for i in range(values.shape[-1])]
+
+
+def _pick(samples: dict | None, k: str, scalar: bool = False):
+  """Metric ``k``'s bootstrap samples ([b, G], or [b, 1] for a scalar)."""
+  if samples is None:
+    return None
+  return samples[k][:, None] if scalar else samples[k]
+
+
 def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
                 groups: Groups | ArrayLike, *, n_bootstrap: int = 1000,
                 seed: int = 0, num_bins: int = 10, confidence: float = 0.95,
@@ -294,42 +329,20 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
   alpha = (1.0 - confidence) / 2.0
 
   per_example = _example_values(labels, predictions, scores, pos_label)
-  bins = _bin_ids(scores, num_bins)
-
-  def audit(ids, num_groups):
-    """(metrics, bootstrap metrics or None) for one grouping."""
-    sums = _group_sums(per_example, ids, bins, num_groups, num_bins,
-                       np.ones((1, n)))
-    m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
-    if n_bootstrap <= 0:
-      return m, None
-    # Every grouping draws the same resamples (same seed, same n).
-    parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
-             for w in _bootstrap_weights(n, n_bootstrap, seed)]
-    return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
-                                 np.concatenate([p[1] for p in parts]))
-
-  def entries(values, samples):
-    """[{'value', 'ci'}] per last-axis position of values [G] / samples."""
-    ci = None if samples is None else _interval(samples, alpha)
-    return [{'value': values[i], 'ci': None if ci is None else ci[:, i]}
-            for i in range(values.shape[-1])]
-
-  def pick(samples, k, scalar=False):
-    if samples is None:
-      return None
-    return samples[k][:, None] if scalar else samples[k]
-
+  grouping = functools.partial(
+      _audit_grouping, per_example, _bin_ids(scores, num_bins), num_bins,
+      n_bootstrap, seed)
   report = {'n': n, 'n_bootstrap': max(int(n_bootstrap), 0), 'seed': int(seed),
             'confidence': confidence, 'num_bins': int(num_bins),
             'overall': {}, 'groups': {}, 'gaps': {}}
-  m, boot = audit(np.zeros(n, np.int64), 1)
-  report['overall'] = {k: entries(m[k], pick(boot, k))[0]
+  m, boot = grouping(np.zeros(n, np.int64), 1)
+  report['overall'] = {k: _entries(m[k], _pick(boot, k), alpha)[0]
                        for k in GROUP_METRICS}
   for attr, values in groups.items():
     names, ids = _encode(values)
-    m, boot = audit(ids, len(names))
-    per_metric = {k: entries(m[k], pick(boot, k)) for k in GROUP_METRICS}
+    m, boot = grouping(ids, len(names))
+    per_metric = {k: _entries(m[k], _pick(boot, k), alpha)
+                  for k in GROUP_METRICS}
     report['groups'][attr] = {
         name: {'count': int(m['count'][g]),
                **{k: per_metric[k][g] for k in GROUP_METRICS}}
@@ -338,7 +351,8 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
     boot_gaps = None if boot is None else fairness_gaps(
         boot['selection_rate'], boot['tpr'], boot['fpr'])
     report['gaps'][attr] = {
-        k: entries(np.atleast_1d(gaps[k]), pick(boot_gaps, k, True))[0]
+        k: _entries(np.atleast_1d(gaps[k]), _pick(boot_gaps, k, True),
+                    alpha)[0]
         for k in GAP_METRICS}
   return jsonable(report)
 

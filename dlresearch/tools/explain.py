@@ -129,8 +129,8 @@ def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
   if target not in ('prediction', 'label'):
     raise ConfigError('target', f"must be 'prediction' or 'label' (got "
                       f'{target!r})')
-  targets = logits.argmax(-1) if target == 'prediction' else labels
-  targets = jnp.asarray(targets, jnp.int32)
+  targets = jnp.asarray(logits.argmax(-1) if target == 'prediction'
+                        else labels, jnp.int32)
   kind = _modality(run, x)
   allowed = {'image': IMAGE_METHODS, 'vector': VECTOR_METHODS,
              'text': TEXT_METHODS}[kind]
@@ -139,9 +139,6 @@ def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
                       f'run; choose one of {", ".join(allowed)}')
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  fn = jax.tree_util.Partial(functools.partial(_target_logit, run.model),
-                             targets, run.variables)
-  gaps = None
   examples = [{'index': i, 'label': int(labels[i]),
                'prediction': int(logits[i].argmax()),
                'target': int(targets[i]),
@@ -151,73 +148,17 @@ def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
             'modality': kind, 'split': split or run.config.eval_split
             or 'default eval split', 'target': target, 'examples': examples}
   if kind == 'text':
-    tokens = jnp.asarray(x)
-    mask = kwargs.get('mask')
-    if method == 'attention_rollout':
-      _, feats = run.model.apply(run.variables, tokens, train=False,
-                                 return_features=True, return_attention=True,
-                                 **kwargs)
-      if 'attention_weights' not in feats:
-        raise ConfigError('method', 'this model returns no attention weights')
-      roll = np.asarray(explain.attention_rollout(feats['attention_weights']))
-      real = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
-      scores = (roll * real[:, :, None]).sum(1) / real.sum(1, keepdims=True)
-      scores = np.where(real, scores, 0.0)
-    else:
-      scores, gaps = explain.token_attributions(
-          run.model, run.variables, tokens, target=targets,
-          layer=layer or 'token_embed', steps=steps, **kwargs)
-      scores = np.asarray(scores)
-    rows = []
-    for i in range(n):
-      length = int(np.asarray(mask[i]).sum()) if mask is not None else x.shape[1]
-      toks = [run.tokenizer.decode([int(t)]) for t in x[i, :length]]
-      rows.append((f'#{i}: label {labels[i]}, predicted '
-                   f'{examples[i]["prediction"]}', toks, scores[i, :length]))
-      examples[i]['tokens'] = toks
-      examples[i]['scores'] = scores[i, :length]
-    explain.tokens_html_page(rows, out / 'tokens.html')
+    gaps = _explain_text(run, method, x, kwargs, targets, layer, steps,
+                         examples, out)
     report['files'] = ['tokens.html']
   else:
-    if method == 'grad_cam':
-      if kind != 'image':
-        raise ConfigError('method', 'grad_cam needs image inputs')
-      layer = layer or explain.feature_map_layers(run.model, run.variables,
-                                                  x[:1])[-1]
-      heat = np.asarray(explain.grad_cam(run.model, run.variables, x,
-                                         layer=layer, target=targets))
-      report['layer'] = layer
-    elif method == 'saliency':
-      attr = np.asarray(explain.saliency(fn, x))
-    elif method == 'smoothgrad':
-      attr = np.asarray(explain.smoothgrad(fn, x, rng=jax.random.key(seed)))
-    else:
-      attr, gaps = explain.integrated_gradients(fn, x, steps=steps)
-      attr = np.asarray(attr)
-    files = []
-    if kind == 'image':
-      if method != 'grad_cam':
-        heat = np.abs(attr).sum(-1)
-      for i in range(n):
-        name = f'example_{i:03d}.png'
-        explain.overlay_png(x[i], heat[i], out / name,
-                            scale=max(1, 224 // x.shape[1]))
-        examples[i]['file'] = name
-        files.append(name)
-    else:
-      flat = attr.reshape(n, -1)
-      names = run_data.feature_names(run.config, flat.shape[1])
-      for i in range(n):
-        order = np.argsort(-np.abs(flat[i]))[:top_k]
-        examples[i]['top_features'] = [
-            {'feature': names[j], 'value': float(x.reshape(n, -1)[i, j]),
-             'attribution': float(flat[i, j])} for j in order]
-        name = f'example_{i:03d}.png'
-        _bar_png(out / name, [names[j] for j in order], flat[i, order],
-                 f'#{i}: {method}, class {int(targets[i])}')
-        examples[i]['file'] = name
-        files.append(name)
-    report['files'] = files
+    attr, gaps, used_layer = _attribute(run, method, x, targets, layer, steps,
+                                        seed)
+    if used_layer:
+      report['layer'] = used_layer
+    write = _write_images if kind == 'image' else functools.partial(
+        _write_vectors, top_k=top_k)
+    report['files'] = write(run, method, x, attr, targets, examples, out)
   if gaps is not None:
     gaps = np.asarray(gaps, np.float64)
     for i in range(n):
@@ -226,6 +167,97 @@ def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
                                   'mean': float(gaps.mean()), 'steps': steps}
   run_data.write_json(out / 'report.json', report)
   return audit.jsonable(report)
+
+
+def _explain_text(run, method, x, kwargs, targets, layer, steps, examples,
+                  out):
+  """Token scores into ``examples`` and ``out/tokens.html``; the
+  integrated-gradients completeness gaps (None for attention rollout)."""
+  tokens = jnp.asarray(x)
+  mask = kwargs.get('mask')
+  gaps = None
+  if method == 'attention_rollout':
+    _, feats = run.model.apply(run.variables, tokens, train=False,
+                               return_features=True, return_attention=True,
+                               **kwargs)
+    if 'attention_weights' not in feats:
+      raise ConfigError('method', 'this model returns no attention weights')
+    roll = np.asarray(explain.attention_rollout(feats['attention_weights']))
+    real = np.ones(x.shape, bool) if mask is None else np.asarray(mask, bool)
+    scores = (roll * real[:, :, None]).sum(1) / real.sum(1, keepdims=True)
+    scores = np.where(real, scores, 0.0)
+  else:
+    scores, gaps = explain.token_attributions(
+        run.model, run.variables, tokens, target=targets,
+        layer=layer or 'token_embed', steps=steps, **kwargs)
+    scores = np.asarray(scores)
+  rows = []
+  for i, example in enumerate(examples):
+    length = int(np.asarray(mask[i]).sum()) if mask is not None else x.shape[1]
+    toks = [run.tokenizer.decode([int(t)]) for t in x[i, :length]]
+    rows.append((f'#{i}: label {example["label"]}, predicted '
+                 f'{example["prediction"]}', toks, scores[i, :length]))
+    example['tokens'] = toks
+    example['scores'] = scores[i, :length]
+  explain.tokens_html_page(rows, out / 'tokens.html')
+  return gaps
+
+
+def _attribute(run, method, x, targets, layer, steps, seed):
+  """``(attributions or Grad-CAM heat, IG gaps or None, Grad-CAM layer or
+  '')`` of image or feature-vector inputs ``x``."""
+  fn = jax.tree_util.Partial(functools.partial(_target_logit, run.model),
+                             targets, run.variables)
+  if method == 'grad_cam':
+    if x.ndim != 4:
+      raise ConfigError('method', 'grad_cam needs image inputs')
+    layer = layer or explain.feature_map_layers(run.model, run.variables,
+                                                x[:1])[-1]
+    heat = explain.grad_cam(run.model, run.variables, x, layer=layer,
+                            target=targets)
+    return np.asarray(heat), None, layer
+  if method == 'saliency':
+    return np.asarray(explain.saliency(fn, x)), None, ''
+  if method == 'smoothgrad':
+    return (np.asarray(explain.smoothgrad(fn, x, rng=jax.random.key(seed))),
+            None, '')
+  attr, gaps = explain.integrated_gradients(fn, x, steps=steps)
+  return np.asarray(attr), gaps, ''
+
+
+def _write_images(run, method, x, attr, targets, examples, out):
+  """One overlay PNG per example (Grad-CAM heat, or |attribution| summed
+  over channels); the file names."""
+  del run, targets  # the same signature as _write_vectors
+  heat = attr if method == 'grad_cam' else np.abs(attr).sum(-1)
+  files = []
+  for i, example in enumerate(examples):
+    name = f'example_{i:03d}.png'
+    explain.overlay_png(x[i], heat[i], out / name,
+                        scale=max(1, 224 // x.shape[1]))
+    example['file'] = name
+    files.append(name)
+  return files
+
+
+def _write_vectors(run, method, x, attr, targets, examples, out, *, top_k):
+  """The ``top_k`` features of each example, in ``examples`` and as a bar
+  chart PNG; the file names."""
+  n = len(examples)
+  flat = attr.reshape(n, -1)
+  names = run_data.feature_names(run.config, flat.shape[1])
+  files = []
+  for i, example in enumerate(examples):
+    order = np.argsort(-np.abs(flat[i]))[:top_k]
+    example['top_features'] = [
+        {'feature': names[j], 'value': float(x.reshape(n, -1)[i, j]),
+         'attribution': float(flat[i, j])} for j in order]
+    name = f'example_{i:03d}.png'
+    _bar_png(out / name, [names[j] for j in order], flat[i, order],
+             f'#{i}: {method}, class {int(targets[i])}')
+    example['file'] = name
+    files.append(name)
+  return files
 
 
 def explain_summary(report: dict) -> str:

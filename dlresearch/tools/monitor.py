@@ -215,28 +215,55 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
                       'files')
   if is_file and not os.path.isfile(live):
     raise ConfigError('live', f'{live} does not exist')
-  data = run_data.split_data(run, '' if is_file else live, (flt[0],) if flt else ())
+  data = run_data.split_data(run, '' if is_file else live,
+                             (flt[0],) if flt else ())
   task = data.task
   sample = np.asarray(run_data.inputs(task, data.train.get(np.arange(1),
                                                           None))[0])
   if is_file:  # checked before anything is computed or written
-    x, labels = read_live_npz(live, task.input_key, sample)
-  dim = sample[0].size
+    live_ds, has_labels = _npz_dataset(task, read_live_npz(
+        live, task.input_key, sample))
+  else:
+    live_ds, has_labels = data.dataset, True
   if features == 'auto':
-    features = 'inputs' if dim <= 256 else 'embeddings'
+    features = 'inputs' if sample[0].size <= 256 else 'embeddings'
+  rows = _live_rows(live_ds, data.groups, flt, max_rows, seed)
+  live_ds = _transformed(live_ds, task.input_key, live_transform, seed)
   embed = features == 'embeddings'
   ref_rows = _sample(data.train.num_examples, max_rows, seed)
   ref = run_data.predict(run, data.train, task, rows=ref_rows, embeddings=embed)
-  if is_file:
-    has_labels = labels is not None
-    live_ds = pipeline.ArrayDataset({
-        task.input_key: x,
-        task.label_key: labels if has_labels else np.zeros(len(x), np.int64)})
-  else:
-    live_ds, has_labels = data.dataset, True
+  cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
+  report, mon = _drift_report(run, task, ref, cur, has_labels, features,
+                              thresholds, seed)
+  report.update(workdir=run.workdir, step=run.step, live=live,
+                live_filter=live_filter, live_transform=live_transform,
+                features=features, reference_rows=len(ref_rows),
+                thresholds=dataclasses.asdict(mon.thresholds))
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  run_data.write_json(out / 'report.json', report)
+  path = metrics_file or os.path.join(run.workdir, 'metrics.jsonl')
+  monitor.append_alerts(path, report['alerts'], step=run.step, live=live,
+                        live_filter=live_filter,
+                        live_transform=live_transform)
+  return audit.jsonable(report)
+
+
+def _npz_dataset(task, read: tuple[np.ndarray, np.ndarray | None]):
+  """(dataset, has_labels) of a live ``.npz``'s (inputs, labels or None)."""
+  x, labels = read
+  has_labels = labels is not None
+  return pipeline.ArrayDataset({
+      task.input_key: x,
+      task.label_key: labels if has_labels else np.zeros(len(x), np.int64),
+  }), has_labels
+
+
+def _live_rows(live_ds, groups, flt, max_rows: int, seed: int) -> np.ndarray:
+  """The live window's rows: one group's (``flt``), subsampled (seeded)."""
   rows = np.arange(live_ds.num_examples)
   if flt:
-    names = dict(data.groups)[flt[0]]
+    names = dict(groups)[flt[0]]
     if flt[1] not in names:
       raise ConfigError('live_filter', f'{flt[0]} has no group {flt[1]!r}; '
                         f'its groups: {", ".join(names)}')
@@ -245,19 +272,30 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   rows = rows[_sample(len(rows), max_rows, seed + 1)]
   if not len(rows):
     raise ConfigError('live', 'the live window has no rows')
-  if live_transform:
-    transform_inputs(np.zeros((1, 2, 2, 1), np.float32), live_transform)
-    inner = live_ds.batch_fn
-    rng = np.random.default_rng(seed)
+  return rows
 
-    def batch_fn(batch):
-      batch = inner(batch) if inner else batch
-      x = np.asarray(batch[task.input_key])
-      return {**batch, task.input_key: transform_inputs(
-          x, live_transform, rng)}
 
-    live_ds = dataclasses.replace(live_ds, batch_fn=batch_fn)
-  cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
+def _transformed(live_ds, input_key: str, spec: str, seed: int):
+  """``live_ds`` whose batches' inputs go through ``transform_inputs``
+  (``spec`` checked first, on a dummy image)."""
+  if not spec:
+    return live_ds
+  transform_inputs(np.zeros((1, 2, 2, 1), np.float32), spec)
+  inner = live_ds.batch_fn
+  rng = np.random.default_rng(seed)
+
+  def batch_fn(batch):
+    batch = inner(batch) if inner else batch
+    x = np.asarray(batch[input_key])
+    return {**batch, input_key: transform_inputs(x, spec, rng)}
+
+  return dataclasses.replace(live_ds, batch_fn=batch_fn)
+
+
+def _drift_report(run, task, ref: dict, cur: dict, has_labels: bool,
+                  features: str, thresholds: dict | None, seed: int):
+  """(``DriftMonitor.check``'s report with the top PSIs and the accuracies,
+  the monitor) of the reference and live predictions."""
   ref_x, ref_s = _drift_view(run, ref, features)
   live_x, live_s = _drift_view(run, cur, features)
   names = (run_data.feature_names(run.config, ref_x.shape[1])
@@ -276,18 +314,7 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
                                  == ref[task.label_key])),
       'live': (float(np.mean(cur['logits'].argmax(-1) == cur[task.label_key]))
                if has_labels else None)}
-  report.update(workdir=run.workdir, step=run.step, live=live,
-                live_filter=live_filter, live_transform=live_transform,
-                features=features, reference_rows=len(ref_rows),
-                thresholds=dataclasses.asdict(mon.thresholds))
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  run_data.write_json(out / 'report.json', report)
-  path = metrics_file or os.path.join(run.workdir, 'metrics.jsonl')
-  monitor.append_alerts(path, report['alerts'], step=run.step, live=live,
-                        live_filter=live_filter,
-                        live_transform=live_transform)
-  return audit.jsonable(report)
+  return report, mon
 
 
 def monitor_summary(report: dict) -> str:

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from dlresearch import config as config_lib, train
 from dlresearch.rai import audit
-from dlresearch.tools import explain, monitor, run_data
+from dlresearch.tools import entry, explain, monitor, run_data
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds
 import dlresearch
@@ -235,6 +235,35 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   assert [l['alert'] for l in alerts] == shifted['alerts']
   assert alerts[0]['live_filter'] == 'sex=Female'
   assert alerts[0]['step'] == run.step
+
+
+@pytest.mark.parametrize('arrays, message', [
+    ({'features': np.full((4, 6), np.nan, np.float32)},
+     "'features' holds 24 NaN or infinite values"),
+    ({'features': np.array([['a'] * 6] * 4)}, "'features' holds <U1 values, "
+     'not numbers'),
+    ({'features': np.zeros((4, 5), np.float32)}, "'features' has shape (4, 5);"
+     ' the model takes [N, 6]'),
+    ({'features': np.zeros((4, 6)), 'label': np.array([0, 1, -1, 0])},
+     "'label' must hold non-negative integers"),
+    (None, 'not a readable .npz of plain arrays'),
+])
+def test_monitor_refuses_a_bad_npz_in_one_line(arrays, message, tabular_run,
+                                               tmp_path, capsys):
+  workdir, _ = tabular_run
+  live = tmp_path / 'live.npz'
+  if arrays is None:
+    live.write_bytes(b'not a zip file')
+  else:
+    np.savez(live, **arrays)
+  metrics = pathlib.Path(workdir) / 'metrics.jsonl'
+  before = metrics.read_text()
+  argv = [f'--workdir={workdir}', f'--live={live}', f'--out={tmp_path}/out']
+  assert entry.run(monitor, argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: --live: {live}: {message}'), err
+  assert err.count('\n') == 1, err
+  assert not (tmp_path / 'out').exists() and metrics.read_text() == before
 
 
 def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):

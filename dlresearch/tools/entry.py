@@ -134,10 +134,21 @@ def _bool_values(cls: type, argv: Sequence[str]) -> list[str]:
   return out
 
 
+def _unknown(cls: type, prog: str, arg: str) -> str:
+  """``PROG does not take ARG; it takes --a, --b, ... (--help)``."""
+  what = arg.partition('=')[0] if arg.startswith('-') else f'the argument {arg!r}'
+  takes = ', '.join(f.name.upper() if f.metadata.get('positional')
+                    else f'--{f.name}' for f in dataclasses.fields(cls))
+  return f'{prog} does not take {what}; it takes {takes} (--help)'
+
+
 def parse(cls: type, argv: Sequence[str], prog: str, doc: str = '') -> Any:
   """Options from command-line arguments (``UsageError``/``ValueError``)."""
-  args = vars(parser(cls, prog, doc).parse_intermixed_args(
-      _bool_values(cls, argv)))
+  args, unknown = parser(cls, prog, doc).parse_known_intermixed_args(
+      _bool_values(cls, argv))
+  if unknown:
+    raise UsageError(_unknown(cls, prog, unknown[0]))
+  args = vars(args)
   hints = typing.get_type_hints(cls)
   for name, value in args.items():
     if _is_tuple(hints[name]):

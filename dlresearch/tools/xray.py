@@ -33,9 +33,7 @@ that, not the point estimate, is the result.
 import dataclasses
 import os
 
-from dlresearch.apps.xray import probe
 from dlresearch.config import ConfigError
-from dlresearch.data import fetch
 from dlresearch.tools import entry
 
 PROG = 'python -m experiments.xray'
@@ -78,6 +76,9 @@ def main(options: Options) -> None:
 
 def run(options: Options) -> dict:
   """``probe.xray_demo`` with the options' files; its result."""
+  # Imported here so that a refused flag is refused before JAX loads.
+  from dlresearch.apps.xray import probe  # pylint: disable=g-import-not-at-top
+  from dlresearch.data import fetch  # pylint: disable=g-import-not-at-top
   path = os.path.expanduser(options.pretrained) if options.pretrained else (
       fetch.cached('mobilenet_v2_imagenet'))
   if path is None or not os.path.isfile(path):

@@ -266,6 +266,27 @@ def test_monitor_refuses_a_bad_npz_in_one_line(arrays, message, tabular_run,
   assert not (tmp_path / 'out').exists() and metrics.read_text() == before
 
 
+def test_monitor_reads_a_live_npz(tabular_run, tmp_path):
+  """The test split's features as a .npz: the same window as ``--live=test``."""
+  workdir, _ = tabular_run
+  run = dlresearch.restore(workdir)
+  data = run_data.split_data(run, 'test')
+  batch = data.dataset.get(np.arange(data.dataset.num_examples), None)
+  live = tmp_path / 'live.npz'
+  np.savez(live, features=batch['features'], label=batch['label'])
+  from_npz = monitor.monitor_run(run, str(live), str(tmp_path / 'npz'),
+                                 metrics_file=str(tmp_path / 'm.jsonl'))
+  from_split = monitor.monitor_run(run, 'test', str(tmp_path / 'split'),
+                                   metrics_file=str(tmp_path / 'm.jsonl'))
+  assert from_npz['rows'] == from_split['rows'] == 200
+  assert from_npz['accuracy'] == from_split['accuracy']
+  assert from_npz['feature_psi'] == from_split['feature_psi']
+  np.savez(live, x=batch['features'])  # no labels: no live accuracy
+  assert monitor.monitor_run(run, str(live), str(tmp_path / 'x'),
+                             metrics_file=str(tmp_path / 'm.jsonl'),
+                             )['accuracy']['live'] is None
+
+
 def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):
   from experiments.cnn_imagenet import PRESETS
   preset = PRESETS['quickstart']

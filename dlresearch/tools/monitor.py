@@ -218,8 +218,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   data = run_data.split_data(run, '' if is_file else live,
                              (flt[0],) if flt else ())
   task = data.task
-  sample = np.asarray(run_data.inputs(task, data.train.get(np.arange(1),
-                                                          None))[0])
+  args, _ = run_data.inputs(task, data.train.get(np.arange(1), None))
+  sample = np.asarray(args[0])  # one example's model input [1, ...]
   if is_file:  # checked before anything is computed or written
     live_ds, has_labels = _npz_dataset(task, read_live_npz(
         live, task.input_key, sample))

@@ -25,7 +25,7 @@ import pytest
 
 from dlresearch import anomaly, config as config_lib, recommend
 from dlresearch import tasks, train
-from dlresearch.apps.xray import probe as transfer
+from dlresearch.apps.xray import probe
 from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
 from dlresearch.data import fetch, kinds, kinds_ratings, tabular
@@ -365,11 +365,11 @@ def test_movielens_two_tower_tiny(tmp_path, movielens_dir):
 
 def test_clopper_pearson_closed_forms():
   # k = n: lower = (alpha/2)^(1/n); k = 0: upper = 1 - (alpha/2)^(1/n).
-  assert transfer.clopper_pearson(16, 16) == pytest.approx(
+  assert probe.clopper_pearson(16, 16) == pytest.approx(
       (0.025 ** (1 / 16), 1.0))
-  assert transfer.clopper_pearson(0, 10) == pytest.approx(
+  assert probe.clopper_pearson(0, 10) == pytest.approx(
       (0.0, 1 - 0.025 ** (1 / 10)))
-  lo, hi = transfer.clopper_pearson(12, 16)
+  lo, hi = probe.clopper_pearson(12, 16)
   assert (round(lo, 4), round(hi, 4)) == (0.4762, 0.9273)  # R binom.test
 
 
@@ -379,7 +379,7 @@ def test_leave_one_out_probe_is_logistic_regression_on_the_rest():
   y = np.arange(12) % 2
   x = rng.normal(size=(12, 5)) * [1, 10, 1, 1, 1] + y[:, None] * [2, 0, 0, 0,
                                                                    0]
-  loo = transfer.leave_one_out(x, y)
+  loo = probe.leave_one_out(x, y)
   keep = np.arange(12) != 3
   mean, std = x[keep].mean(0), x[keep].std(0)
   clf = linear_model.LogisticRegression(max_iter=5000).fit(
@@ -429,7 +429,7 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
   assert saved['correct'] == sum(r['label'] == r['prediction']
                                  for r in saved['images'])
   assert (saved['accuracy_ci_low'], saved['accuracy_ci_high']) == (
-      transfer.clopper_pearson(int(saved['correct']), 6))
+      probe.clopper_pearson(int(saved['correct']), 6))
   pngs = sorted((tmp_path / 'run' / 'gradcam').glob('*.png'))
   assert len(pngs) == 6
   with Image.open(pngs[0]) as im:

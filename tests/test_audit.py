@@ -1,4 +1,4 @@
-"""Tests for dlresearch.audit against fairlearn and hand-computed cases."""
+"""Tests for dlresearch.rai.audit against fairlearn and hand-computed cases."""
 
 import csv
 import json

@@ -1,4 +1,4 @@
-"""Tests for dlresearch.explain on tiny models with known answers."""
+"""Tests for dlresearch.rai.explain on tiny models with known answers."""
 
 import flax.linen as nn
 import jax

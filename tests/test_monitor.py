@@ -1,4 +1,4 @@
-"""Tests for dlresearch.monitor: each statistic fires on a planted shift."""
+"""Tests for dlresearch.rai.monitor: each statistic fires on a planted shift."""
 
 import json
 

@@ -100,7 +100,7 @@ def parser(cls: type, prog: str, doc: str = '') -> argparse.ArgumentParser:
   hints = typing.get_type_hints(cls)
   for f in dataclasses.fields(cls):
     kind, meta = hints[f.name], f.metadata
-    help_ = meta.get('help', '')
+    help_ = meta.get('help', '').replace('%', '%%')  # argparse formats it
     if meta.get('positional'):
       p.add_argument(f.name, nargs=meta['positional'], help=help_,
                      metavar=f.name.upper())

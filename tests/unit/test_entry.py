@@ -1,6 +1,7 @@
 """dlresearch.tools.entry: options dataclass -> flags, one-line errors, exit 2."""
 
 import dataclasses
+import importlib
 import types
 
 import pytest
@@ -78,3 +79,13 @@ def test_errors_of_the_tool_are_one_line_and_exit_2(capsys):
   assert entry.run(_tool(lambda options: print(options.top_k)),
                    ['--workdir=w']) == 0
   assert capsys.readouterr().out == '5\n'
+
+
+@pytest.mark.parametrize('name', ['audit', 'explain', 'monitor', 'predict',
+                                  'export', 'plot', 'runs', 'xray'])
+def test_every_tool_has_help(name):
+  tool = importlib.import_module(f'dlresearch.tools.{name}')
+  text = entry.parser(tool.Options, tool.PROG, tool.__doc__).format_help()
+  assert text.startswith(f'usage: {tool.PROG}')
+  for f in dataclasses.fields(tool.Options):
+    assert (f'--{f.name}' in text) or (f.name.upper() in text), f.name

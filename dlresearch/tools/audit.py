@@ -136,8 +136,9 @@ def audit_summary(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def _fmt(entry, pct=True) -> str:
-  value, ci = entry['value'], entry.get('ci')
+def _fmt(stat: dict, pct: bool = True) -> str:
+  """``{'value', 'ci'}`` as ``V [LO, HI]`` (percent unless ``pct=False``)."""
+  value, ci = stat['value'], stat.get('ci')
   if value is None:
     return 'n/a'
   scale = 100 if pct else 1

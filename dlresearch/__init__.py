@@ -32,7 +32,7 @@ def __getattr__(name):
   if name == 'Config':
     return importlib.import_module('dlresearch.config').Config
   if name == 'restore':
-    return importlib.import_module('dlresearch.inference').restore
+    return importlib.import_module('dlresearch.tools.inference').restore
   if name == 'train':
     return importlib.import_module('dlresearch.train')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

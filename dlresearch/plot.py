@@ -11,14 +11,14 @@ and draws the raw train values faintly behind them. ``--x=wall_time`` needs
 a ``time`` key (seconds since the start) in the metric lines; runs without
 it fall back to steps with a warning.
 
+The loop draws ``WORKDIR/plots/`` with these functions; the command's flags
+are ``dlresearch/tools/plot.py``'s (bad input: one line, exit status 2).
 Figures have a fixed size in pixels (``CURVES_SIZE``, ``CONFUSION_SIZE``),
 so they compare side by side and can be checked by tests.
 """
 
-import argparse
 import math
 import os
-import sys
 from typing import Sequence
 import warnings
 
@@ -27,7 +27,6 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from dlresearch import logging as log_lib
-from dlresearch import runs
 
 CURVES_SIZE = (1200, 500)  # (width, height) in pixels
 CONFUSION_SIZE = (800, 800)
@@ -89,12 +88,18 @@ def _series(lines: list[dict], split: str, metric: str, x: str) -> tuple[np.ndar
   return np.asarray(xs, np.float64), np.asarray(ys, np.float64)
 
 
+def run_names(workdirs: Sequence[str]) -> list[str]:
+  """Directory basenames, or the paths when two basenames clash."""
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else [os.path.normpath(w) for w in workdirs]
+
+
 def _labels(workdirs: Sequence[str], labels: Sequence[str] | None) -> list[str]:
   if labels is not None:
     if len(labels) != len(workdirs):
       raise ValueError(f'{len(labels)} labels for {len(workdirs)} workdirs')
     return list(labels)
-  return runs.run_names(workdirs)
+  return run_names(workdirs)
 
 
 def plot_curves(workdirs: Sequence[str], out: str, *,
@@ -225,28 +230,6 @@ def confusion_counts_png(counts, class_names: Sequence[str], out: str, *,
   return _save(fig, out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m dlresearch.plot', description=(
-      'Plot train/eval curves of one or more run directories into a PNG.'))
-  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR')
-  parser.add_argument('--out', required=True, help='PNG file to write')
-  parser.add_argument('--smoothing', type=float, default=0.0,
-                      help='EMA weight in [0, 1) for the train lines (TensorBoard style)')
-  parser.add_argument('--x', choices=('step', 'wall_time'), default='step')
-  parser.add_argument('--metrics', default='loss,accuracy',
-                      help='comma-separated metrics, one panel each')
-  parser.add_argument('--labels', default=None, help='comma-separated run names')
-  args = parser.parse_args(argv)
-  try:
-    out = plot_curves(args.workdirs, args.out, metrics=args.metrics.split(','),
-                      smoothing=args.smoothing, x=args.x,
-                      labels=args.labels.split(',') if args.labels else None)
-  except (OSError, ValueError) as e:
-    print(f'plot: error: {e}', file=sys.stderr)
-    return 1
-  print(out)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == '__main__':  # the command's flags: dlresearch/tools/plot.py
+  from dlresearch.tools import entry, plot as plot_tool  # pylint: disable=g-import-not-at-top
+  entry.main(plot_tool)

@@ -16,10 +16,10 @@ once at the end. Eval batches carry ``_valid`` (0.0 for padding examples).
 Per-group fairness metrics (``--audit_group``): ``Classification`` with
 ``groups`` adds, on eval batches that carry the group columns, per-group
 confusion counts under ``group_sums/<key>/<count>`` ([num_groups] arrays,
-``audit.group_metric_sums``). ``finalize_sums`` keeps those as raw sums (not
-divided by ``count``) and ``Classification.finalize`` turns them into the
-eval-line keys ``group/<key>=<name>/<metric>`` and ``fairness/<key>/<gap>``
-(``audit.finalize_group_metrics``).
+``group_metrics.GroupMetrics``). ``finalize_sums`` keeps those as raw sums
+(not divided by ``count``) and ``Classification.finalize`` turns them into
+the eval-line keys ``group/<key>=<name>/<metric>`` and
+``fairness/<key>/<gap>``.
 
 This module also holds the per-example losses (``LOSSES``).
 """
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlresearch import audit
+from dlresearch import group_metrics
 
 # ---------------------------------------------------------------------------
 # Per-example losses. Each returns an array of shape [batch] (or [batch, T]).
@@ -180,21 +180,21 @@ class Classification:
     sums = classification_sums(logits, labels, per_example,
                                batch.get('_valid'))
     if not train:
-      for key, names in self.groups:
-        if key in batch:
-          counts = audit.group_metric_sums(
-              logits, labels, batch.get('_valid'), batch[key], len(names),
-              pos_label=self.pos_label)
-          sums.update({f'{GROUP_SUMS}{key}/{k}': v for k, v in counts.items()})
+      for group in self._group_metrics():
+        if group.key in batch:
+          sums.update(group.sums(logits, labels, batch.get('_valid'),
+                                 batch[group.key]))
     return sums, model_state
+
+  def _group_metrics(self) -> list[group_metrics.GroupMetrics]:
+    return [group_metrics.GroupMetrics(key, tuple(names), self.pos_label,
+                                       prefix=f'{GROUP_SUMS}{key}/')
+            for key, names in self.groups]
 
   def finalize(self, m):
     out = {k: v for k, v in m.items() if not k.startswith(GROUP_SUMS)}
-    for key, names in self.groups:
-      prefix = f'{GROUP_SUMS}{key}/'
-      if f'{prefix}count' in m:
-        sums = {k: m[prefix + k] for k in audit.COUNT_NAMES}
-        out.update(audit.finalize_group_metrics(sums, names, key))
+    for group in self._group_metrics():
+      out.update(group.finalize(m))
     return out
 
 

@@ -43,9 +43,10 @@ import sys
 
 from absl import flags
 
-from dlresearch import cli, config as config_lib, inference, train
+from dlresearch import cli, config as config_lib, train
 from dlresearch.config import ConfigError
 from dlresearch.data import kinds_ratings
+from dlresearch.tools import inference
 
 flags.DEFINE_integer('user', None, 'With --workdir of a trained run: print '
                      'the top 10 titles for this MovieLens user id.')

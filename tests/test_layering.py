@@ -8,21 +8,31 @@ import pathlib
 PKG = pathlib.Path(__file__).resolve().parents[1] / 'dlresearch'
 
 
-def _module_name(path: pathlib.Path) -> str:
-  rel = path.relative_to(PKG.parent).with_suffix('')
+def _module_name(path: pathlib.Path, pkg: pathlib.Path = PKG) -> str:
+  rel = path.relative_to(pkg.parent).with_suffix('')
   parts = list(rel.parts)
   if parts[-1] == '__init__':
     parts = parts[:-1]
   return '.'.join(parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-  """dlresearch module -> the dlresearch modules it imports (anywhere)."""
-  modules = {_module_name(p): p for p in PKG.rglob('*.py')}
+def _is_main_guard(node: ast.stmt) -> bool:
+  """``if __name__ == '__main__':`` -- runs only as a command, never on import."""
+  return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+          and isinstance(node.test.left, ast.Name)
+          and node.test.left.id == '__name__')
+
+
+def import_graph(pkg: pathlib.Path = PKG) -> dict[str, set[str]]:
+  """dlresearch module -> the dlresearch modules it imports (anywhere but in
+  its ``if __name__ == '__main__':`` block)."""
+  modules = {_module_name(p, pkg): p for p in pkg.rglob('*.py')}
   graph = {}
   for name, path in modules.items():
     deps = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    tree.body = [n for n in tree.body if not _is_main_guard(n)]
+    for node in ast.walk(tree):
       if isinstance(node, ast.Import):
         targets = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module:
@@ -44,8 +54,8 @@ def test_no_module_imports_the_cli_or_sits_above_it():
 def test_lower_layers_do_not_import_upper_ones():
   graph = import_graph()
   # The top: the CLI, the loop, and what consumes trained runs.
-  upper = {'dlresearch.cli', 'dlresearch.train', 'dlresearch.inference',
-           'dlresearch.export'}
+  upper = {'dlresearch.cli', 'dlresearch.train', *TOOL_SHIMS,
+           *(m for m in graph if _inside(m, 'dlresearch.tools'))}
   for name, deps in graph.items():
     if name in upper or name == 'dlresearch':
       continue
@@ -57,6 +67,68 @@ def test_lower_layers_do_not_import_upper_ones():
       assert deps == allowed, (name, deps - allowed)
   for name in [n for n in graph if n.startswith('dlresearch.config')]:
     assert all(d.startswith('dlresearch.config.') for d in graph[name]), name
+
+
+# The rooms the engine never imports, and the old command paths
+# (``python -m dlresearch.export|runs``) that re-export tools.
+WINGS = ('dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools')
+TOOL_SHIMS = {'dlresearch.export', 'dlresearch.runs'}
+
+
+def _inside(module: str, package: str) -> bool:
+  return module == package or module.startswith(package + '.')
+
+
+def breaches(graph: dict[str, set[str]], importers, forbidden
+             ) -> dict[str, list[str]]:
+  """{module: the forbidden modules it imports} over ``importers(module)``."""
+  out = {}
+  for name, deps in graph.items():
+    if importers(name):
+      bad = sorted(d for d in deps if forbidden(d))
+      if bad:
+        out[name] = bad
+  return out
+
+
+def _engine(module: str) -> bool:
+  return module not in TOOL_SHIMS and not any(_inside(module, w)
+                                              for w in WINGS)
+
+
+def _rai_or_tools(module: str) -> bool:
+  return (module in TOOL_SHIMS or _inside(module, 'dlresearch.rai')
+          or _inside(module, 'dlresearch.tools'))
+
+
+def test_engine_never_imports_rai_or_tools():
+  assert breaches(import_graph(), _engine, _rai_or_tools) == {}
+
+
+def test_rai_imports_neither_tools_nor_apps():
+  graph = import_graph()
+  bad = breaches(graph, lambda m: _inside(m, 'dlresearch.rai'),
+                 lambda d: d in TOOL_SHIMS or _inside(d, 'dlresearch.tools')
+                 or _inside(d, 'dlresearch.apps'))
+  assert bad == {}
+  assert any(_inside(m, 'dlresearch.rai') for m in graph)  # not vacuous
+
+
+def test_the_rai_and_tools_wall_fails_on_a_violation(tmp_path):
+  """A copy of the package whose tasks.py imports audit again (as before
+  GroupMetrics) and whose plot.py imports a tool: both are caught."""
+  pkg = tmp_path / 'dlresearch'
+  for rel in ('__init__.py', 'rai/__init__.py', 'rai/audit.py',
+              'tools/__init__.py', 'tools/runs.py', 'plot.py'):
+    (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+    (pkg / rel).write_text((PKG / rel).read_text())
+  (pkg / 'tasks.py').write_text('from dlresearch.rai import audit\n')
+  (pkg / 'plot.py').write_text((PKG / 'plot.py').read_text()
+                               + '\nfrom dlresearch.tools import runs\n')
+  assert breaches(import_graph(pkg), _engine, _rai_or_tools) == {
+      'dlresearch.plot': ['dlresearch.tools', 'dlresearch.tools.runs'],
+      'dlresearch.tasks': ['dlresearch.rai', 'dlresearch.rai.audit'],
+  }
 
 
 def test_no_import_cycles():

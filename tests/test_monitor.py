@@ -1,4 +1,4 @@
-"""Tests for dlresearch.monitor: each statistic fires on a planted shift."""
+"""Tests for dlresearch.rai.monitor: each statistic fires on a planted shift."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dlresearch import monitor
+from dlresearch.rai import monitor
 
 
 def _normal(seed, n, loc=0.0, scale=1.0, dim=None):

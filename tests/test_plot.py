@@ -10,6 +10,7 @@ import pytest
 
 from dlresearch import logging as log_lib
 from dlresearch import plot
+from dlresearch.tools import entry, plot as plot_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,10 +101,10 @@ def test_cli_writes_the_png(tmp_path, capsys):
   a, b = _classifier(tmp_path, 'a'), _classifier(tmp_path, 'b', offset=0.1)
   out = str(tmp_path / 'c.png')
   with pytest.warns(UserWarning, match='plotting against step'):
-    assert plot.main([a, b, f'--out={out}', '--smoothing=0.6', '--x=wall_time']) == 0
+    assert entry.run(plot_tool, [a, b, f'--out={out}', '--smoothing=0.6', '--x=wall_time']) == 0
   assert _png_size(out) == (1200, 500)
-  with pytest.raises(SystemExit):
-    plot.main([a])  # --out is required
+  assert entry.run(plot_tool, [a]) == 2  # --out is required
+  assert capsys.readouterr().err == 'error: the following arguments are required: --out\n'
 
 
 def test_cli_fails_in_one_line_on_a_workdir_without_metrics(tmp_path):
@@ -113,9 +114,9 @@ def test_cli_fails_in_one_line_on_a_workdir_without_metrics(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'dlresearch.plot', a, str(empty), f'--out={tmp_path}/x.png'],
       capture_output=True, text=True, cwd=ROOT, timeout=120)
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      f'plot: error: {empty}: no metrics.jsonl (not a run directory?)']
+      f'error: {empty}: no metrics.jsonl (not a run directory?)']
   assert not (tmp_path / 'x.png').exists()
 
 

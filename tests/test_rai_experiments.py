@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dlresearch import audit, config as config_lib, rai, train
+from dlresearch import config as config_lib, train
+from dlresearch.rai import audit
+from dlresearch.tools import entry, explain, monitor, run_data
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds
 import dlresearch
@@ -123,11 +125,11 @@ def test_audit_group_eval_lines_equal_model_audit(tabular_run, data_dir):
   # The group column is not a model input: the first layer sees 6 features.
   run = dlresearch.restore(workdir)
   assert run.variables['params']['hidden_0']['kernel'].shape == (6, 16)
-  data = rai.split_data(run, '', ['sex'])
+  data = run_data.split_data(run, '', ['sex'])
   assert data.task.input_key == 'features'
   assert data.groups == (('sex', ('Female', 'Male')),)
   # Independent reference: model_audit on the restored model's predictions.
-  got = rai.predict(run, data.dataset, data.task)
+  got = run_data.predict(run, data.dataset, data.task)
   assert len(got['label']) == 200
   probs = np.exp(got['logits']) / np.exp(got['logits']).sum(1, keepdims=True)
   names = np.array(['Female', 'Male'])[got['sex']]
@@ -204,7 +206,7 @@ def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
 def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   workdir, _ = tabular_run
   run = dlresearch.restore(workdir)
-  report = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+  report = explain.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
                            num_examples=3, steps=128)
   assert report['modality'] == 'vector'
   assert report['completeness_gap']['max'] < 1e-2
@@ -216,14 +218,14 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   assert sum(l == {'f0', 'f1'} for l in leaders) >= 2
   assert (tmp_path / 'ig' / 'example_000.png').exists()
   with pytest.raises(ConfigError, match='grad_cam'):
-    rai.explain_run(run, 'grad_cam', str(tmp_path / 'bad'))
+    explain.explain_run(run, 'grad_cam', str(tmp_path / 'bad'))
   assert not (tmp_path / 'bad').exists()
   metrics = pathlib.Path(workdir) / 'metrics.jsonl'
   before = metrics.read_text()
-  quiet = rai.monitor_run(run, 'test', str(tmp_path / 'm0'))
+  quiet = monitor.monitor_run(run, 'test', str(tmp_path / 'm0'))
   assert quiet['alerts'] == [] and metrics.read_text() == before
   # Women only: feature 1 (the group's proxy) shifts down.
-  shifted = rai.monitor_run(run, 'test', str(tmp_path / 'm1'),
+  shifted = monitor.monitor_run(run, 'test', str(tmp_path / 'm1'),
                             live_filter='sex=Female', max_rows=2000)
   assert 60 < shifted['rows'] < 140  # about half of the 200 test rows
   assert shifted['feature_ks']['f1']['p_value'] < 1e-3
@@ -235,6 +237,56 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   assert alerts[0]['step'] == run.step
 
 
+@pytest.mark.parametrize('arrays, message', [
+    ({'features': np.full((4, 6), np.nan, np.float32)},
+     "'features' holds 24 NaN or infinite values"),
+    ({'features': np.array([['a'] * 6] * 4)}, "'features' holds <U1 values, "
+     'not numbers'),
+    ({'features': np.zeros((4, 5), np.float32)}, "'features' has shape (4, 5);"
+     ' the model takes [N, 6]'),
+    ({'features': np.zeros((4, 6)), 'label': np.array([0, 1, -1, 0])},
+     "'label' must hold non-negative integers"),
+    (None, 'not a readable .npz of plain arrays'),
+])
+def test_monitor_refuses_a_bad_npz_in_one_line(arrays, message, tabular_run,
+                                               tmp_path, capsys):
+  workdir, _ = tabular_run
+  live = tmp_path / 'live.npz'
+  if arrays is None:
+    live.write_bytes(b'not a zip file')
+  else:
+    np.savez(live, **arrays)
+  metrics = pathlib.Path(workdir) / 'metrics.jsonl'
+  before = metrics.read_text()
+  argv = [f'--workdir={workdir}', f'--live={live}', f'--out={tmp_path}/out']
+  assert entry.run(monitor, argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: --live: {live}: {message}'), err
+  assert err.count('\n') == 1, err
+  assert not (tmp_path / 'out').exists() and metrics.read_text() == before
+
+
+def test_monitor_reads_a_live_npz(tabular_run, tmp_path):
+  """The test split's features as a .npz: the same window as ``--live=test``."""
+  workdir, _ = tabular_run
+  run = dlresearch.restore(workdir)
+  data = run_data.split_data(run, 'test')
+  batch = data.dataset.get(np.arange(data.dataset.num_examples), None)
+  live = tmp_path / 'live.npz'
+  np.savez(live, features=batch['features'], label=batch['label'])
+  from_npz = monitor.monitor_run(run, str(live), str(tmp_path / 'npz'),
+                                 metrics_file=str(tmp_path / 'm.jsonl'))
+  from_split = monitor.monitor_run(run, 'test', str(tmp_path / 'split'),
+                                   metrics_file=str(tmp_path / 'm.jsonl'))
+  assert from_npz['rows'] == from_split['rows'] == 200
+  assert from_npz['accuracy'] == from_split['accuracy']
+  assert from_npz['feature_psi'] == from_split['feature_psi']
+  np.savez(live, x=batch['features'])  # no labels: no live accuracy
+  assert monitor.monitor_run(run, str(live), str(tmp_path / 'x'),
+                             metrics_file=str(tmp_path / 'm.jsonl'),
+                             )['accuracy']['live'] is None
+
+
 def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):
   from experiments.cnn_imagenet import PRESETS
   preset = PRESETS['quickstart']
@@ -244,24 +296,24 @@ def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):
   workdir = str(tmp_path / 'run')
   train.run(cfg, workdir)
   run = dlresearch.restore(workdir)
-  cam = rai.explain_run(run, 'grad_cam', str(tmp_path / 'cam'),
+  cam = explain.explain_run(run, 'grad_cam', str(tmp_path / 'cam'),
                         num_examples=4)
   assert cam['layer'] == 'conv2' and len(cam['files']) == 4
-  ig = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+  ig = explain.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
                        num_examples=4, steps=128)
   logits = np.array([e['target_logit'] for e in ig['examples']])
   assert ig['completeness_gap']['max'] < 0.01 * np.abs(logits).max()
   from PIL import Image
   img = Image.open(tmp_path / 'ig' / 'example_000.png')
   assert img.size == (224, 224)
-  quiet = rai.monitor_run(run, 'test', str(tmp_path / 'm0'))
+  quiet = monitor.monitor_run(run, 'test', str(tmp_path / 'm0'))
   assert quiet['features'] == 'inputs' and quiet['alerts'] == []
-  rotated = rai.monitor_run(run, 'test', str(tmp_path / 'm1'),
+  rotated = monitor.monitor_run(run, 'test', str(tmp_path / 'm1'),
                             live_transform='rotate:45')
   assert rotated['mmd']['p_value'] < 0.01 and rotated['alerts']
   assert rotated['accuracy']['live'] < rotated['accuracy']['reference']
   with pytest.raises(ConfigError, match='--live_transform'):
-    rai.monitor_run(run, 'test', str(tmp_path / 'm2'), live_transform='blur')
+    monitor.monitor_run(run, 'test', str(tmp_path / 'm2'), live_transform='blur')
 
 
 def test_explain_a_text_transformer_run(data_dir, tmp_path):
@@ -274,7 +326,7 @@ def test_explain_a_text_transformer_run(data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   assert train.run(cfg, workdir)['accuracy'] > 0.9
   run = dlresearch.restore(workdir)
-  ig = rai.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
+  ig = explain.explain_run(run, 'integrated_gradients', str(tmp_path / 'ig'),
                        num_examples=4)
   assert ig['modality'] == 'text' and ig['files'] == ['tokens.html']
   page = (tmp_path / 'ig' / 'tokens.html').read_text()
@@ -282,7 +334,7 @@ def test_explain_a_text_transformer_run(data_dir, tmp_path):
   for e in ig['examples']:
     assert len(e['tokens']) == len(e['scores'])
     assert e['completeness_gap'] < 0.05 * max(1.0, abs(e['target_logit']))
-  roll = rai.explain_run(run, 'attention_rollout', str(tmp_path / 'roll'),
+  roll = explain.explain_run(run, 'attention_rollout', str(tmp_path / 'roll'),
                          num_examples=2)
   scores = roll['examples'][0]['scores']
   assert len(scores) == len(roll['examples'][0]['tokens'])

@@ -21,10 +21,11 @@ import optax
 import pytest
 from PIL import Image
 
-from dlresearch import config as config_lib, ema, inference, optim, train
+from dlresearch import config as config_lib, ema, optim, train
 from dlresearch import logging as log_lib, plot, state as state_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds
+from dlresearch.tools import inference
 from experiments.cnn_imagenet import PRESETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -278,7 +279,8 @@ def test_export_cli_reproduces_logits_in_a_fresh_process(tmp_path, data_dir):
                         f'--workdir={tmp_path}/nothing', f'--out={out}2'],
                        cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
-  assert bad.returncode == 1 and bad.stderr.startswith('export: error:')
+  assert bad.returncode == 2 and bad.stderr.startswith('error:')
+  assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
   assert not os.path.exists(f'{out}2')
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dlresearch import logging as log_lib
-from dlresearch import runs
+from dlresearch.tools import entry, runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = {'model': 'cnn', 'learning_rate': 0.1, 'batch_size': 32, 'seed': 0,
@@ -78,11 +78,11 @@ def test_cli_prints_the_table_sorted(tmp_path, capsys):
   a = _run(tmp_path, 'a', BASE, [(5, 'eval', {'accuracy': 0.5})])
   b = _run(tmp_path, 'b', {**BASE, 'seed': 1}, [(5, 'eval', {'accuracy': 0.9})])
   c = _run(tmp_path, 'c', {**BASE, 'seed': 2})
-  assert runs.main([a, b, c, '--sort=-eval/accuracy']) == 0
+  assert entry.run(runs, [a, b, c, '--sort=-eval/accuracy']) == 0
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].split() == ['run', 'seed', 'eval/step', 'eval/accuracy']
   assert [l.split()[0] for l in lines[2:]] == ['b', 'a', 'c']
-  assert runs.main([a, '--sort=nope']) == 1
+  assert entry.run(runs, [a, '--sort=nope']) == 2
   assert "no column 'nope'" in capsys.readouterr().err
 
 
@@ -91,8 +91,8 @@ def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
   empty.mkdir()
   proc = subprocess.run([sys.executable, '-m', 'dlresearch.runs', str(empty)],
                         capture_output=True, text=True, cwd=ROOT, timeout=60)
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert proc.stderr.strip() == (
-      f'runs: error: {empty}: no config.json or metrics.jsonl (not a run directory?)')
+      f'error: {empty}: no config.json or metrics.jsonl (not a run directory?)')
   with pytest.raises(FileNotFoundError):
     runs.compare([str(tmp_path / 'missing')])

@@ -1,4 +1,4 @@
-"""Readers for the applications' real data: fraud, shuttle, ratings, X-rays.
+"""Readers for the applications' real data: fraud, shuttle, ratings.
 
 Each reader reads the raw files that ``python -m dlresearch.data.fetch NAME``
 cached once (default ``~/.cache/dlresearch/raw/NAME``), checks them against
@@ -19,12 +19,10 @@ dicts or tuples). Readers never download; a missing cache raises
   (``read_lazyload``). ``index_ratings`` maps ids to dense indices and builds
   the item table (titles, multi-hot genres); ``per_user_time_split`` holds
   out each user's latest ratings.
-- ``xray``: 16 pediatric chest X-rays (Kermany et al. 2018, ``val`` split), 8
-  normal and 8 bacterial pneumonia, labelled by file name.
+  (The chest X-rays' reader is ``dlresearch/apps/xray/readers.py``.)
 """
 
 import bz2
-import io
 import lzma
 import os
 import pathlib
@@ -351,40 +349,3 @@ def per_user_time_split(ratings: dict[str, np.ndarray], test_frac: float = 0.2,
             for key, v in ratings.items()}
 
   return take(~is_test), take(is_test)
-
-
-# ----------------------------------------------------------------------------
-# Chest X-rays.
-
-
-def xray_label(filename: str) -> int:
-  """0 for ``NORMAL*`` files, 1 for ``*_bacteria_*`` / ``*_virus_*``."""
-  if filename.startswith('NORMAL'):
-    return 0
-  if '_bacteria_' in filename or '_virus_' in filename:
-    return 1
-  raise ValueError(f'no label in file name {filename!r}')
-
-
-def xray(data_dir: PathLike | None = None):
-  """The 16 labelled chest X-rays, sorted by file name.
-
-  Returns:
-    ``(images, labels, names)``: a list of uint8 arrays as decoded ([H, W]
-    for grayscale, [H, W, 3] for RGB; sizes differ), int32 labels (1 =
-    pneumonia), and the file names.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  directory = raw_file('xray', 'SOURCE.json', data_dir).parent
-  names = sorted(p.name for p in directory.glob('*.jpeg'))
-  if not names:
-    raise FileNotFoundError(f'no .jpeg files in {directory}')
-  images = []
-  for name in names:
-    with Image.open(io.BytesIO((directory / name).read_bytes())) as im:
-      if im.mode not in ('L', 'RGB'):
-        im = im.convert('RGB')
-      images.append(np.asarray(im, np.uint8))
-  labels = np.array([xray_label(n) for n in names], np.int32)
-  return images, labels, names

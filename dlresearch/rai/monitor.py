@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from dlresearch import audit
+from dlresearch.rai import audit
 
 ArrayLike = Any
 

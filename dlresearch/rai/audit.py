@@ -8,10 +8,9 @@ Three layers, all vectorised:
   and expected calibration error, the fairness gaps between groups, and
   seeded percentile bootstrap intervals for all of them. Plain NumPy; the
   gap definitions are fairlearn's (checked against it in the tests).
-- ``group_metric_sums`` / ``finalize_group_metrics``: the same confusion
-  counts as masked jnp sums inside a jitted eval step (they add up across
-  batches and hosts like ``metrics.classification_sums``), turned into
-  ``group/sex=Female/accuracy`` and ``fairness/sex/...`` keys at the end.
+- The same confusion counts as masked jnp sums inside a jitted eval step
+  (``--audit_group``) live in the engine, ``dlresearch/group_metrics.py``,
+  whose ``fairness_gaps`` this module shares.
 
 Binary conventions: the positive class is ``pos_label`` (default 1);
 ``predictions`` are class ids, ``scores`` the model's probability of the
@@ -32,6 +31,7 @@ bootstrap intervals.
 
 from collections.abc import Mapping, Sequence
 import csv
+import functools
 import json
 import math
 import os
@@ -39,22 +39,16 @@ import pathlib
 from typing import Any
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from dlresearch.group_metrics import COUNT_NAMES, GAP_METRICS, fairness_gaps
+from dlresearch.group_metrics import safe_div as _div
 
 ArrayLike = Any
 Groups = Mapping[str, ArrayLike]
 
-# Per-group confusion counts, in this order (also the jnp sums' keys).
-COUNT_NAMES = ('count', 'correct', 'predicted_positive', 'tp', 'fp', 'fn',
-               'tn')
 GROUP_METRICS = ('accuracy', 'selection_rate', 'tpr', 'fpr', 'precision',
                  'ece')
-GAP_METRICS = ('demographic_parity_difference', 'demographic_parity_ratio',
-               'equalized_odds_difference')
-# The metrics an eval line carries per group (``finalize_group_metrics``).
-EVAL_GROUP_METRICS = ('accuracy', 'selection_rate', 'tpr', 'fpr')
 
 
 # ------------------------------------------------------------- helpers --
@@ -80,23 +74,6 @@ def _encode(values: np.ndarray) -> tuple[list[str], np.ndarray]:
   """Sorted distinct values as strings, and each example's index into them."""
   uniques, ids = np.unique(values, return_inverse=True)
   return [str(u) for u in uniques], ids.reshape(-1)
-
-
-def _div(num, den):
-  """num / den elementwise, NaN where den == 0 (no warnings)."""
-  num = np.asarray(num, np.float64)
-  den = np.asarray(den, np.float64)
-  safe = np.where(den == 0, 1.0, den)
-  return np.where(den == 0, np.nan, num / safe)
-
-
-def _range(values: np.ndarray, axis: int = -1):
-  """(max, min) over ``axis`` ignoring NaN; NaN if all are NaN."""
-  finite = ~np.isnan(values)
-  hi = np.where(finite, values, -np.inf).max(axis=axis)
-  lo = np.where(finite, values, np.inf).min(axis=axis)
-  none = ~finite.any(axis=axis)
-  return np.where(none, np.nan, hi), np.where(none, np.nan, lo)
 
 
 def jsonable(x):
@@ -257,18 +234,6 @@ def _metrics_from_sums(conf: np.ndarray,
   }
 
 
-def fairness_gaps(selection_rate, tpr, fpr) -> dict[str, np.ndarray]:
-  """fairlearn's gaps from per-group rates [..., num_groups] (NaN ignored)."""
-  sel_hi, sel_lo = _range(np.asarray(selection_rate, np.float64))
-  tpr_hi, tpr_lo = _range(np.asarray(tpr, np.float64))
-  fpr_hi, fpr_lo = _range(np.asarray(fpr, np.float64))
-  return {
-      'demographic_parity_difference': sel_hi - sel_lo,
-      'demographic_parity_ratio': _div(sel_lo, sel_hi),
-      'equalized_odds_difference': np.fmax(tpr_hi - tpr_lo, fpr_hi - fpr_lo),
-  }
-
-
 def _interval(samples: np.ndarray, alpha: float) -> np.ndarray:
   """[2, ...] percentile interval over axis 0, ignoring NaN resamples."""
   with warnings.catch_warnings():
@@ -289,6 +254,40 @@ def _bootstrap_weights(n: int, n_bootstrap: int, seed: int,
     idx = rng.integers(0, n, size=(b, n))
     flat = (idx + n * np.arange(b)[:, None]).reshape(-1)
     yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def _audit_grouping(per_example: np.ndarray, bins: np.ndarray, num_bins: int,
+                    n_bootstrap: int, seed: int, ids: np.ndarray,
+                    num_groups: int):
+  """(metrics, bootstrap metrics or None) for one grouping of the examples.
+
+  Every grouping draws the same resamples (same seed, same n).
+  """
+  n = per_example.shape[0]
+  sums = _group_sums(per_example, ids, bins, num_groups, num_bins,
+                     np.ones((1, n)))
+  m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
+  if n_bootstrap <= 0:
+    return m, None
+  parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
+           for w in _bootstrap_weights(n, n_bootstrap, seed)]
+  return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
+                               np.concatenate([p[1] for p in parts]))
+
+
+def _entries(values: np.ndarray, samples: np.ndarray | None,
+             alpha: float) -> list[dict]:
+  """[{'value', 'ci'}] per last-axis position of values [G] / samples."""
+  ci = None if samples is None else _interval(samples, alpha)
+  return [{'value': values[i], 'ci': None if ci is None else ci[:, i]}
+          for i in range(values.shape[-1])]
+
+
+def _pick(samples: dict | None, k: str, scalar: bool = False):
+  """Metric ``k``'s bootstrap samples ([b, G], or [b, 1] for a scalar)."""
+  if samples is None:
+    return None
+  return samples[k][:, None] if scalar else samples[k]
 
 
 def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
@@ -330,42 +329,20 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
   alpha = (1.0 - confidence) / 2.0
 
   per_example = _example_values(labels, predictions, scores, pos_label)
-  bins = _bin_ids(scores, num_bins)
-
-  def audit(ids, num_groups):
-    """(metrics, bootstrap metrics or None) for one grouping."""
-    sums = _group_sums(per_example, ids, bins, num_groups, num_bins,
-                       np.ones((1, n)))
-    m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
-    if n_bootstrap <= 0:
-      return m, None
-    # Every grouping draws the same resamples (same seed, same n).
-    parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
-             for w in _bootstrap_weights(n, n_bootstrap, seed)]
-    return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
-                                 np.concatenate([p[1] for p in parts]))
-
-  def entries(values, samples):
-    """[{'value', 'ci'}] per last-axis position of values [G] / samples."""
-    ci = None if samples is None else _interval(samples, alpha)
-    return [{'value': values[i], 'ci': None if ci is None else ci[:, i]}
-            for i in range(values.shape[-1])]
-
-  def pick(samples, k, scalar=False):
-    if samples is None:
-      return None
-    return samples[k][:, None] if scalar else samples[k]
-
+  grouping = functools.partial(
+      _audit_grouping, per_example, _bin_ids(scores, num_bins), num_bins,
+      n_bootstrap, seed)
   report = {'n': n, 'n_bootstrap': max(int(n_bootstrap), 0), 'seed': int(seed),
             'confidence': confidence, 'num_bins': int(num_bins),
             'overall': {}, 'groups': {}, 'gaps': {}}
-  m, boot = audit(np.zeros(n, np.int64), 1)
-  report['overall'] = {k: entries(m[k], pick(boot, k))[0]
+  m, boot = grouping(np.zeros(n, np.int64), 1)
+  report['overall'] = {k: _entries(m[k], _pick(boot, k), alpha)[0]
                        for k in GROUP_METRICS}
   for attr, values in groups.items():
     names, ids = _encode(values)
-    m, boot = audit(ids, len(names))
-    per_metric = {k: entries(m[k], pick(boot, k)) for k in GROUP_METRICS}
+    m, boot = grouping(ids, len(names))
+    per_metric = {k: _entries(m[k], _pick(boot, k), alpha)
+                  for k in GROUP_METRICS}
     report['groups'][attr] = {
         name: {'count': int(m['count'][g]),
                **{k: per_metric[k][g] for k in GROUP_METRICS}}
@@ -374,75 +351,10 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
     boot_gaps = None if boot is None else fairness_gaps(
         boot['selection_rate'], boot['tpr'], boot['fpr'])
     report['gaps'][attr] = {
-        k: entries(np.atleast_1d(gaps[k]), pick(boot_gaps, k, True))[0]
+        k: _entries(np.atleast_1d(gaps[k]), _pick(boot_gaps, k, True),
+                    alpha)[0]
         for k in GAP_METRICS}
   return jsonable(report)
-
-
-# ----------------------------------------------------- jnp eval sums --
-
-
-def group_metric_sums(logits: jax.Array, labels: jax.Array,
-                      valid: jax.Array | None, group_ids: jax.Array,
-                      num_groups: int, *,
-                      pos_label: int = 1) -> dict[str, jax.Array]:
-  """Masked per-group confusion counts, for a jitted eval step.
-
-  Args:
-    logits: [B, C] (the prediction is the argmax).
-    labels: [B] int classes.
-    valid: [B] 1.0 for real examples, 0.0 for padding (None: all real).
-    group_ids: [B] int group of each example in [0, num_groups).
-    num_groups: static number of groups.
-    pos_label: the positive class.
-
-  Returns:
-    ``{name: [num_groups] float32}`` for the names in ``COUNT_NAMES``
-    (count, correct, predicted_positive, tp, fp, fn, tn). They add across
-    batches and devices; ``finalize_group_metrics`` turns them into rates.
-  """
-  predictions = jnp.argmax(logits, -1)
-  if valid is None:
-    valid = jnp.ones(labels.shape[0], jnp.float32)
-  member = jax.nn.one_hot(group_ids, num_groups, dtype=jnp.float32)
-  member = member * jnp.asarray(valid, jnp.float32)[:, None]
-  pos = labels == pos_label
-  ppos = predictions == pos_label
-  stats = jnp.stack([jnp.ones_like(pos), predictions == labels, ppos,
-                     pos & ppos, ~pos & ppos, pos & ~ppos, ~pos & ~ppos], 1)
-  sums = member.T @ stats.astype(jnp.float32)  # [num_groups, 7]
-  return {name: sums[:, i] for i, name in enumerate(COUNT_NAMES)}
-
-
-def finalize_group_metrics(sums: Mapping[str, ArrayLike],
-                           group_names: Sequence[str],
-                           key: str) -> dict[str, float]:
-  """Eval-line keys from summed ``group_metric_sums`` of one attribute.
-
-  Returns ``{'group/{key}={name}/{metric}': ..., 'fairness/{key}/{gap}':
-  ...}`` for ``metric`` in count, accuracy, selection_rate, tpr, fpr and the
-  gaps in ``GAP_METRICS``; undefined rates are NaN.
-  """
-  s = {k: np.asarray(jax.device_get(sums[k]), np.float64).reshape(-1)
-       for k in COUNT_NAMES}
-  if s['count'].shape[0] != len(group_names):
-    raise ValueError(f'{s["count"].shape[0]} groups in the sums but '
-                     f'{len(group_names)} group names')
-  rates = {
-      'accuracy': _div(s['correct'], s['count']),
-      'selection_rate': _div(s['predicted_positive'], s['count']),
-      'tpr': _div(s['tp'], s['tp'] + s['fn']),
-      'fpr': _div(s['fp'], s['fp'] + s['tn']),
-  }
-  out = {}
-  for g, name in enumerate(group_names):
-    out[f'group/{key}={name}/count'] = float(s['count'][g])
-    for metric in EVAL_GROUP_METRICS:
-      out[f'group/{key}={name}/{metric}'] = float(rates[metric][g])
-  gaps = fairness_gaps(rates['selection_rate'], rates['tpr'], rates['fpr'])
-  for gap in GAP_METRICS:
-    out[f'fairness/{key}/{gap}'] = float(gaps[gap])
-  return out
 
 
 # --------------------------------------------------------------- report --

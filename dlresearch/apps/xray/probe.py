@@ -12,7 +12,7 @@ and a look at where the network looked.
 - ``clopper_pearson``: the exact (Clopper-Pearson) binomial interval.
 - ``probe_variables``: a 2-class MobileNetV2 whose head is a probe (for
   ``explain.grad_cam``).
-- ``xray_demo``: all of it on the 16 chest X-rays of ``tabular.xray``.
+- ``xray_demo``: all of it on the 16 chest X-rays of ``readers.xray``.
 """
 
 import json
@@ -22,9 +22,10 @@ import pathlib
 import jax
 import numpy as np
 
-from dlresearch import explain, weights
-from dlresearch.data import tabular
+from dlresearch import weights
+from dlresearch.apps.xray import readers
 from dlresearch.models import mobilenet
+from dlresearch.rai import explain
 from dlresearch.weights import convert, imagenet
 
 GRAD_CAM_LAYER = 'final_bn'  # the last 7x7 feature map, before its ReLU6
@@ -106,7 +107,7 @@ def xray_demo(weights_path: str, out_dir: str, data_dir: str | None = None,
     ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``correct``,
     ``n``.
   """
-  images, labels, names = tabular.xray(data_dir)
+  images, labels, names = readers.xray(data_dir)
   x = np.stack([imagenet.preprocess(im, resize=round(crop * 8 / 7), crop=crop)
                 for im in images])
   model = mobilenet.MobileNetV2(num_classes=1000)

@@ -1,0 +1,1 @@
+"""Applications, one folder each; the engine never imports them."""

@@ -61,7 +61,7 @@ class Config:
                    '(recorded in config.json).')
   # Data.
   data_kind: str = _f('classification', 'What the data is and which task '
-                      'trains on it (see dlresearch/data/kinds.py and the '
+                      'trains on it (see dlresearch/problems/ and the '
                       'list under --model).')
   dataset: str = _f('digits', 'TFDS dataset name; the offline builders are '
                     'registered (digits, mnist1d, fashion_mnist_local, '

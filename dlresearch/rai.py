@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlresearch import audit, explain, monitor
+from dlresearch import audit, explain, monitor, problems
 from dlresearch.config import ConfigError
-from dlresearch.data import datasets, kinds, pipeline
+from dlresearch.data import datasets, pipeline
 
 POS_LABEL = 1
 EVAL_BATCH = 256
@@ -65,7 +65,7 @@ def split_data(run, split: str = '', group_keys: Sequence[str] = ()
   if group_keys and cfg.data_kind != 'classification':
     raise ConfigError('group_key', f'group columns need data kind '
                       f'classification; this run is {cfg.data_kind}')
-  data = kinds.build(cfg, run.workdir, fresh=False)
+  data = problems.build(cfg, run.workdir, fresh=False)
   groups = getattr(data.task, 'groups', ())
   return SplitData(data.eval, data.task, groups, data.train)
 

@@ -12,7 +12,7 @@ and a look at where the network looked.
 - ``clopper_pearson``: the exact (Clopper-Pearson) binomial interval.
 - ``probe_variables``: a 2-class MobileNetV2 whose head is a probe (for
   ``explain.grad_cam``).
-- ``xray_demo``: all of it on the 16 chest X-rays of ``tabular.xray``.
+- ``xray_demo``: all of it on the 16 chest X-rays of ``apps.xray.readers.xray``.
 """
 
 import json
@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from dlresearch import explain, weights
-from dlresearch.data import tabular
+from dlresearch.apps.xray import readers as xray_readers
 from dlresearch.models import mobilenet
 from dlresearch.weights import convert, imagenet
 
@@ -106,7 +106,7 @@ def xray_demo(weights_path: str, out_dir: str, data_dir: str | None = None,
     ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``, ``correct``,
     ``n``.
   """
-  images, labels, names = tabular.xray(data_dir)
+  images, labels, names = xray_readers.xray(data_dir)
   x = np.stack([imagenet.preprocess(im, resize=round(crop * 8 / 7), crop=crop)
                 for im in images])
   model = mobilenet.MobileNetV2(num_classes=1000)

@@ -4,7 +4,7 @@ r"""TF-IDF + logistic regression on Rotten Tomatoes: the classical baseline.
 
 Reads the same TFDS splits as ``experiments/finetune.py
 --preset=minilm_rotten_tomatoes`` and, with ``--num_train_examples``, the
-same stratified subset (``kinds.stratified_indices`` with the same seed);
+same stratified subset (``data.subset.stratified_indices``, same seed);
 word 1-2-grams (sublinear tf, min_df 2), scikit-learn's LogisticRegression
 (C=10 on the full split, lbfgs). Prints the test accuracy.
 """
@@ -19,7 +19,8 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dlresearch.config import Config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dlresearch.data import kinds  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dlresearch.data import subset  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dlresearch.problems import text_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv=None):
@@ -30,12 +31,14 @@ def main(argv=None):
   args = parser.parse_args(argv)
   cfg = Config(dataset='rotten_tomatoes', data_dir=args.data_dir)
   cols = []
-  for train in (True, False):
-    _, source = kinds.open_split(cfg, train=train)
-    cols.append(kinds.read_columns(cfg, source, ('text_key', 'label_key')))
+  splits = text_inputs.text_splits(cfg)
+  for split in (splits.train, splits.eval):
+    source = text_inputs.open_source(cfg, split)
+    cols.append(text_inputs.read_columns(cfg, source,
+                                         ('text_key', 'label_key')))
   texts, labels = cols[0]['text'], np.asarray(cols[0]['label'])
   if args.num_train_examples:
-    idx = kinds.stratified_indices(labels, args.num_train_examples, args.seed)
+    idx = subset.stratified_indices(labels, args.num_train_examples, args.seed)
     texts, labels = [texts[i] for i in idx], labels[idx]
   vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
   clf = LogisticRegression(C=10.0, max_iter=2000)

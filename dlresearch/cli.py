@@ -65,9 +65,9 @@ def _preset_in_argv(argv, presets, default_preset, model_selects_preset):
 
 
 def _lists() -> str:
-  from dlresearch.data import kinds  # pylint: disable=g-import-not-at-top
+  from dlresearch import problems  # pylint: disable=g-import-not-at-top
   from dlresearch.models import registry  # pylint: disable=g-import-not-at-top
-  return (f' Data kinds: {", ".join(kinds.names())}. Models: '
+  return (f' Data kinds: {", ".join(problems.names())}. Models: '
           f'{", ".join(registry.names())}.')
 
 

@@ -7,8 +7,10 @@ eval and adds its keys to the eval line (and to the result of the run).
 - ``translation_hook``: decodes the eval split and scores it with sacrebleu
   (``bleu``, ``chrf``, ``exact_match``); writes ``translations.txt``.
 
-Also the decoding helpers they use (``continue_prompt``, ``translate``) and
-``translation_scores``.
+Also the decoding helpers they use (``continue_prompt``, ``translate``),
+``translation_scores``, and for hooks that score the eval split on the host
+(the applications' in ``dlresearch/apps/*/evaluators.py``):
+``host_variables`` and ``batched``.
 """
 
 import os
@@ -41,6 +43,32 @@ def host_params(state):
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
   return jax.tree.map(get, state.params)
+
+
+def host_variables(state) -> dict:
+  """This process's full copy of the model's variables (params + state),
+  for hooks that score the eval split on the host."""
+  model_state = host_params(state.replace(params=state.model_state))
+  return {'params': host_params(state), **model_state}
+
+
+def batched(fn: Callable, arrays: tuple[np.ndarray, ...],
+            batch_size: int) -> np.ndarray:
+  """``fn(*batch)`` over the rows of ``arrays``, concatenated.
+
+  Every call gets ``batch_size`` rows (the last batch is padded with copies
+  of row 0 and the padding dropped), so a jitted ``fn`` compiles once.
+  """
+  n = len(arrays[0])
+  out = []
+  for start in range(0, n, batch_size):
+    part = [a[start:start + batch_size] for a in arrays]
+    real = len(part[0])
+    if real < batch_size:
+      part = [np.concatenate([p, np.repeat(a[:1], batch_size - real, 0)])
+              for p, a in zip(part, arrays)]
+    out.append(np.asarray(fn(*part))[:real])
+  return np.concatenate(out)
 
 
 def host_step(state) -> int:

@@ -268,116 +268,15 @@ class Seq2Seq:
 
 
 # ---------------------------------------------------------------------------
-# Applications: anomaly detection and recommendation.
+# For tasks whose metrics are means over examples (the applications' tasks in
+# ``dlresearch/apps/*/``).
 
 
-def _valid_mask(batch, n: int) -> jax.Array:
+def valid_mask(batch, n: int) -> jax.Array:
+  """float32 ``[n]``: 1 for a real example, 0 for an eval batch's padding."""
   valid = batch.get('_valid')
   return (jnp.ones(n, jnp.float32) if valid is None
           else valid.astype(jnp.float32))
-
-
-@dataclasses.dataclass(frozen=True)
-class Reconstruction:
-  """An autoencoder: ``x -> reconstruction``; the loss is the per-example MSE.
-
-  Eval lines carry ``loss``, the mean reconstruction error over the eval
-  split (normal and anomalous examples alike); the anomaly scores and their
-  metrics come from an eval hook (``dlresearch.hooks_apps``).
-  """
-
-  input_key: str = 'x'
-
-  def model_inputs(self, batch):
-    return (batch[self.input_key],), {}
-
-  def __call__(self, model, variables, batch, *, train, rng=None):
-    x = batch[self.input_key]
-    recon, model_state = apply_model(model, variables, (x,), {}, train=train,
-                                     rng=rng)
-    mask = _valid_mask(batch, x.shape[0])
-    return {'loss': jnp.sum(mse(recon, x) * mask),
-            'count': jnp.sum(mask)}, model_state
-
-  def finalize(self, m):
-    return m
-
-
-@dataclasses.dataclass(frozen=True)
-class RatingRegression:
-  """Explicit ratings: ``model(users, items) -> [B]`` predicted ratings.
-
-  The loss is the squared error; eval adds ``rmse`` (the square root of the
-  mean squared error, ``loss``) and ``mae``.
-  """
-
-  user_key: str = 'user'
-  item_key: str = 'item'
-  rating_key: str = 'rating'
-
-  def model_inputs(self, batch):
-    return (batch[self.user_key], batch[self.item_key]), {}
-
-  def __call__(self, model, variables, batch, *, train, rng=None):
-    args, kwargs = self.model_inputs(batch)
-    pred, model_state = apply_model(model, variables, args, kwargs,
-                                    train=train, rng=rng)
-    err = pred.astype(jnp.float32) - batch[self.rating_key].astype(jnp.float32)
-    mask = _valid_mask(batch, err.shape[0])
-    return {'loss': jnp.sum(err ** 2 * mask),
-            'mae': jnp.sum(jnp.abs(err) * mask),
-            'count': jnp.sum(mask)}, model_state
-
-  def finalize(self, m):
-    m = dict(m)
-    m['rmse'] = math.sqrt(max(m['loss'], 0.0))
-    return m
-
-
-@dataclasses.dataclass(frozen=True)
-class InBatchRetrieval:
-  """Two-tower retrieval with in-batch negatives.
-
-  ``model(users, items, genres) -> [B, B]`` logits: row ``b`` scores user
-  ``b`` against every item of the batch; its own item (the diagonal) is the
-  positive. Columns holding the same item as row ``b``'s positive and
-  padding columns are not negatives. With ``logq_correction`` the training
-  logits are reduced by the log of each item's sampling probability
-  (``batch['item_log_q']``: its share of the train interactions; Yi et al.
-  2019), so popular items, which are negatives more often, are not
-  under-scored. Eval reports the plain in-batch ``loss`` and ``accuracy``
-  (the positive ranks first in its row); recall/NDCG over all items come
-  from an eval hook.
-  """
-
-  logq_correction: bool = True
-
-  def model_inputs(self, batch):
-    return (batch['user'], batch['item'], batch['genres']), {}
-
-  def __call__(self, model, variables, batch, *, train, rng=None):
-    args, kwargs = self.model_inputs(batch)
-    logits, model_state = apply_model(model, variables, args, kwargs,
-                                      train=train, rng=rng)
-    logits = logits.astype(jnp.float32)
-    b = logits.shape[0]
-    if train and self.logq_correction:
-      logits = logits - batch['item_log_q'].astype(jnp.float32)[None, :]
-    mask = _valid_mask(batch, b)
-    items = batch['item']
-    diagonal = jnp.eye(b, dtype=bool)
-    # Padding rows keep their own (finite) diagonal, so 0 * loss stays 0.
-    excluded = ((items[:, None] == items[None, :]) | (mask[None, :] == 0)
-                ) & ~diagonal
-    logits = jnp.where(excluded, -jnp.inf, logits)
-    per_example = -jnp.diagonal(jax.nn.log_softmax(logits, axis=1))
-    correct = jnp.argmax(logits, axis=1) == jnp.arange(b)
-    return {'loss': jnp.sum(per_example * mask),
-            'accuracy': jnp.sum(correct * mask),
-            'count': jnp.sum(mask)}, model_state
-
-  def finalize(self, m):
-    return m
 
 
 # ---------------------------------------------------------------------------

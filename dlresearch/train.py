@@ -32,10 +32,10 @@ from jax.experimental.compilation_cache import compilation_cache
 from dlresearch import checkpoint, config as config_lib, ema as ema_lib
 from dlresearch import init as init_lib
 from dlresearch import logging as log_lib, optim, parallel, state as state_lib
-from dlresearch import policy, summary as summary_lib
+from dlresearch import policy, problems, summary as summary_lib
 from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds, pipeline
+from dlresearch.data import pipeline
 from dlresearch.models import registry
 
 
@@ -453,7 +453,7 @@ def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
     workdir: where config.json, metrics.jsonl, TensorBoard files and
       checkpoints go. Rerunning with the same workdir resumes.
     data: train/eval datasets and the task; default: built by the data kind
-      (``data/kinds.py``) from ``cfg``.
+      (``dlresearch/problems``) from ``cfg``.
     eval_hooks: ``hook(model, state) -> dict`` called at every eval after
       the data's own; their keys are added to the eval line.
     writer: metric writer (default: JSONL + TensorBoard + console on
@@ -523,7 +523,7 @@ def _run(cfg, workdir, data, eval_hooks, writer, preemption) -> dict:
 def _run_locked(cfg, workdir, data, eval_hooks, writer, preemption, mesh,
                 fresh) -> dict:
   use_compilation_cache(cfg.compilation_cache)
-  data = data or kinds.build(cfg, workdir, fresh)
+  data = data or problems.build(cfg, workdir, fresh)
   _check_selection_split(cfg, data)
   task = data.task
   if data.train.num_examples < cfg.batch_size and not cfg.eval_only:

@@ -7,7 +7,7 @@ r"""Fraud and anomaly detection: autoencoders, a classifier, IsolationForest.
     python -m experiments.anomaly --preset=fashion_mnist_one_class \
         --manual_dir=DIR      # the Fashion-MNIST IDX files (README "Data")
 
-Data kind ``anomaly`` (``dlresearch/data/kinds_anomaly.py``): an autoencoder
+Problem ``anomaly`` (``dlresearch/apps/anomaly/problem.py``): an autoencoder
 trains on the normal train rows only and scores by reconstruction error; a
 classifier trains on all labelled train rows. Every eval line carries
 ``auroc``, ``average_precision``, ``precision_at_alert_rate`` and
@@ -59,8 +59,8 @@ fashion_mnist_one_class
 """
 
 from dlresearch import cli, train
+from dlresearch.apps.anomaly import problem as anomaly_problem
 from dlresearch.config import Config
-from dlresearch.data import kinds_anomaly
 
 BASE = Config(data_kind='anomaly', optimizer='adam', learning_rate=1e-3,
               schedule='cosine', batch_size=256, eval_batch_size=4096,
@@ -96,8 +96,8 @@ PRESETS = {
 def run(cfg: Config, workdir: str) -> dict:
   """One run; with ``--normal_class=-1`` on images, one per class + a table."""
   if (cfg.data_kind == 'anomaly' and cfg.normal_class < 0 and
-      cfg.dataset not in kinds_anomaly.TABULAR):
-    return kinds_anomaly.one_class_table(cfg, workdir, train.run)
+      cfg.dataset not in anomaly_problem.TABULAR):
+    return anomaly_problem.one_class_table(cfg, workdir, train.run)
   return train.run(cfg, workdir)
 
 if __name__ == '__main__':

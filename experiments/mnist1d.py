@@ -8,8 +8,8 @@ Data: the mnist1d package's fixed set, ``make_dataset(get_dataset_args())``
 (4000 train / 1000 test, length 40), prepared locally as the ``mnist1d``
 TFDS dataset. ``--seed`` changes only the initialisation and the batch
 order. ``--shuffle_spatial`` applies one fixed permutation of the 40
-positions (``data.kinds.spatial_permutation``, NumPy seed ``SHUFFLE_SEED``,
-independent of ``--seed``) to train and test alike. The reported number is
+positions (``problems.classification.spatial_permutation``, NumPy seed
+``SHUFFLE_SEED``, independent of ``--seed``) to train and test alike. The reported number is
 the test accuracy of the final step (the last eval line), never the best
 over training. Architectures: ``dlresearch/models/mnist1d.py``.
 

@@ -7,7 +7,7 @@ r"""Recommendation on MovieLens: matrix factorisation and a two-tower model.
 
 Data: MovieLens latest-small (100,004 ratings, 671 users, 9,066 movies; the
 dslabs copy, never committed: GroupLens terms), each user's latest 20% of
-ratings held out (``dlresearch/data/kinds_ratings.py``): 80,001 train /
+ratings held out (``dlresearch/apps/recommend/problem.py``): 80,001 train /
 20,003 test ratings.
 
 ``--workdir=RUN --user=ID`` restores the run and prints the ten titles it
@@ -44,8 +44,8 @@ import sys
 from absl import flags
 
 from dlresearch import cli, config as config_lib, train
+from dlresearch.apps.recommend import problem as recommend_problem
 from dlresearch.config import ConfigError
-from dlresearch.data import kinds_ratings
 from dlresearch.tools import inference
 
 flags.DEFINE_integer('user', None, 'With --workdir of a trained run: print '
@@ -82,7 +82,7 @@ def run(cfg, workdir: str) -> dict:
     return train.run(cfg, workdir)
   try:
     restored = inference.restore(workdir)
-    titles = kinds_ratings.user_top_titles(
+    titles = recommend_problem.user_top_titles(
         restored.model, restored.variables, restored.config, user)
   except FileNotFoundError as e:
     raise ConfigError('workdir', str(e)) from None

@@ -52,7 +52,8 @@ PRESETS = {
 
 
 def run(cfg, workdir):
-  from dlresearch import baselines, train  # pylint: disable=g-import-not-at-top
+  from dlresearch import train  # pylint: disable=g-import-not-at-top
+  from dlresearch.apps.tabular import baselines  # pylint: disable=g-import-not-at-top
   result = train.run(cfg, workdir)
   if flags.FLAGS.baselines and not result.get('preempted'):
     result.update(baselines.run_and_write(cfg, workdir))

@@ -48,9 +48,9 @@ sys.path.insert(0, os.environ.get('FORK_CLI_ROOT') or
 import jax  # noqa: E402,F401
 import orbax.checkpoint  # noqa: E402,F401
 from dlresearch import cli, train  # noqa: E402,F401
-from dlresearch.data import kinds  # noqa: E402
+from dlresearch import problems  # noqa: E402
 
-kinds.names()  # imports the kinds_*.py modules
+problems.names()  # imports the problem modules (problems/, apps/*/problem.py)
 
 import _forked  # noqa: E402  (this directory: the snapshot shared with tests)
 

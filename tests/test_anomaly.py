@@ -1,4 +1,4 @@
-"""Tests for dlresearch.anomaly and the autoencoders."""
+"""Tests for dlresearch.apps.anomaly.metrics and the autoencoders."""
 
 import functools
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 from sklearn import metrics as skm
 
-from dlresearch import anomaly
+from dlresearch.apps.anomaly import metrics as anomaly
 from dlresearch.models import autoencoder
 from dlresearch.models import registry
 

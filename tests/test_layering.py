@@ -1,11 +1,60 @@
 """The library's import layering: experiments -> cli -> train (and inference,
-which restores trained runs) -> (data, tasks, optim, parallel, ...) -> models
--> config. Read from the source with ``ast``."""
+which restores trained runs) -> (problems, tasks, optim, parallel, ...) ->
+(data, models) -> config. Read from the source with ``ast``.
+
+The walls (``wall_violations``): the engine never imports an application
+(``dlresearch/apps/``: problems are found by scanning, not imported);
+``data`` imports no task, problem, model, hook or evaluator; an application
+imports the engine (and ``dlresearch.rai``), never a tool or another
+application; the engine never imports ``rai`` or ``tools`` either, and ``rai``
+imports neither (``breaches``).
+"""
 
 import ast
 import pathlib
+import shutil
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / 'dlresearch'
+
+# Wings: packages the engine never imports.
+APPS, RAI, TOOLS = 'dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools'
+# The old command paths (``python -m dlresearch.export|runs``): tools too.
+TOOLS_AT_TOP = frozenset({'dlresearch.export', 'dlresearch.runs'})
+# What data (sources -> arrays -> batches) sits below.
+ABOVE_DATA = ('dlresearch.tasks', 'dlresearch.problems', 'dlresearch.models',
+              'dlresearch.hooks', 'dlresearch.evaluators',
+              'dlresearch.callbacks', 'dlresearch.train', APPS, RAI, TOOLS)
+
+
+def _under(name: str, package: str) -> bool:
+  return name == package or name.startswith(package + '.')
+
+
+def _app(name: str) -> str | None:
+  """``dlresearch.apps.<app>`` for a module inside an application."""
+  parts = name.split('.')
+  return '.'.join(parts[:3]) if _under(name, APPS) and len(parts) > 2 else None
+
+
+def wall_violations(graph: dict[str, set[str]]) -> list[str]:
+  """Every import of ``graph`` that breaks a wall, as ``'a -> b (why)'``."""
+  out = []
+  for name, deps in graph.items():
+    app = _app(name)
+    wing = any(_under(name, w) for w in (APPS, RAI, TOOLS))
+    for dep in sorted(deps):
+      if not wing and name not in TOOLS_AT_TOP and _under(dep, APPS):
+        out.append(f'{name} -> {dep} (the engine never imports an app)')
+      if _under(name, 'dlresearch.data') and any(
+          _under(dep, above) for above in ABOVE_DATA):
+        out.append(f'{name} -> {dep} (data imports nothing above it)')
+      if app and (_under(dep, TOOLS) or dep in TOOLS_AT_TOP):
+        out.append(f'{name} -> {dep} (an app never imports a tool)')
+      if app and _app(dep) not in (None, app):
+        out.append(f'{name} -> {dep} (an app never imports another app)')
+  return out
+
+
 
 
 def _module_name(path: pathlib.Path, pkg: pathlib.Path = PKG) -> str:
@@ -72,7 +121,7 @@ def test_lower_layers_do_not_import_upper_ones():
 # The rooms the engine never imports, and the old command paths
 # (``python -m dlresearch.export|runs``) that re-export tools.
 WINGS = ('dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools')
-TOOL_SHIMS = {'dlresearch.export', 'dlresearch.runs'}
+TOOL_SHIMS = TOOLS_AT_TOP
 
 
 def _inside(module: str, package: str) -> bool:
@@ -155,3 +204,65 @@ def test_distributed_initialize_is_called_only_by_the_cli():
       if 'distributed.initialize(' in p.read_text()
       and p.name != 'distributed.py')
   assert callers == ['dlresearch.cli'], callers
+
+
+def test_the_walls_hold():
+  assert wall_violations(import_graph()) == []
+
+
+def test_the_walls_catch_each_kind_of_violation():
+  graph = {
+      'dlresearch.train': {'dlresearch.apps.anomaly.problem'},
+      'dlresearch.problems': {'dlresearch.apps'},
+      'dlresearch.data.pipeline': {'dlresearch.tasks', 'dlresearch.config'},
+      'dlresearch.data.text': {'dlresearch.models.registry'},
+      'dlresearch.apps.anomaly.problem': {
+          'dlresearch.apps.anomaly.task', 'dlresearch.problems',
+          'dlresearch.rai', 'dlresearch.apps.recommend.metrics',
+          'dlresearch.tools.export', 'dlresearch.export'},
+      'dlresearch.tools.export': {'dlresearch.apps.anomaly.metrics'},
+  }
+  found = wall_violations(graph)
+  assert sorted(found) == sorted([
+      'dlresearch.train -> dlresearch.apps.anomaly.problem (the engine '
+      'never imports an app)',
+      'dlresearch.problems -> dlresearch.apps (the engine never imports an '
+      'app)',
+      'dlresearch.data.pipeline -> dlresearch.tasks (data imports nothing '
+      'above it)',
+      'dlresearch.data.text -> dlresearch.models.registry (data imports '
+      'nothing above it)',
+      'dlresearch.apps.anomaly.problem -> dlresearch.apps.recommend.metrics '
+      '(an app never imports another app)',
+      'dlresearch.apps.anomaly.problem -> dlresearch.export (an app never '
+      'imports a tool)',
+      'dlresearch.apps.anomaly.problem -> dlresearch.tools.export (an app '
+      'never imports a tool)',
+  ]), found
+
+
+def test_the_walls_catch_violations_written_into_a_copy_of_the_tree(tmp_path):
+  copy = tmp_path / 'dlresearch'
+  shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns('__pycache__'))
+  assert wall_violations(import_graph(copy)) == []
+  breaks = {  # a late import inside a function is an import all the same
+      'train.py': 'from dlresearch.apps.anomaly import metrics',
+      'data/pipeline.py': 'from dlresearch import problems',
+      'apps/anomaly/task.py': 'from dlresearch.apps.recommend import readers',
+  }
+  for rel, line in breaks.items():
+    with open(copy / rel, 'a', encoding='utf-8') as f:
+      f.write(f'\n\ndef _late():\n  {line}\n')
+  found = wall_violations(import_graph(copy))
+  assert sorted(found) == sorted([
+      'dlresearch.train -> dlresearch.apps.anomaly (the engine never '
+      'imports an app)',
+      'dlresearch.train -> dlresearch.apps.anomaly.metrics (the engine never '
+      'imports an app)',
+      'dlresearch.data.pipeline -> dlresearch.problems (data imports nothing '
+      'above it)',
+      'dlresearch.apps.anomaly.task -> dlresearch.apps.recommend (an app '
+      'never imports another app)',
+      'dlresearch.apps.anomaly.task -> dlresearch.apps.recommend.readers (an '
+      'app never imports another app)',
+  ]), found

@@ -14,7 +14,8 @@ from benchmarks import mnist1d_table
 from dlresearch import config as config_lib
 from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
-from dlresearch.data import kinds
+from dlresearch import problems
+from dlresearch.problems import classification
 from dlresearch.models import registry
 from experiments import mnist1d as experiment
 
@@ -125,12 +126,12 @@ def test_presets_are_the_published_setup_plus_documented_changes():
 
 
 def test_shuffle_spatial_permutes_train_and_test_alike(data_dir, tmp_path):
-  perm = kinds.spatial_permutation(40)
-  np.testing.assert_array_equal(perm, kinds.spatial_permutation(40))
+  perm = classification.spatial_permutation(40)
+  np.testing.assert_array_equal(perm, classification.spatial_permutation(40))
   assert sorted(perm) == list(range(40)) and (perm != np.arange(40)).sum() > 30
   cfg = tiny_config('cnn', data_dir)
-  plain = kinds.build(cfg, str(tmp_path))
-  shuffled = kinds.build(cfg.replace(shuffle_spatial=True), str(tmp_path))
+  plain = problems.build(cfg, str(tmp_path))
+  shuffled = problems.build(cfg.replace(shuffle_spatial=True), str(tmp_path))
   idx = np.arange(0, 1000, 7)
   for split in ('train', 'eval'):
     a = getattr(plain, split).get(idx, None)

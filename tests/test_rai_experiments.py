@@ -20,7 +20,7 @@ from dlresearch import config as config_lib, train
 from dlresearch.rai import audit
 from dlresearch.tools import entry, explain, monitor, run_data
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds
+from dlresearch import problems
 import dlresearch
 import _forked  # pylint: disable=g-bad-import-order
 
@@ -154,9 +154,9 @@ def test_audit_group_eval_lines_equal_model_audit(tabular_run, data_dir):
 def test_audit_group_rejects_unknown_and_input_columns(data_dir):
   with pytest.raises(ConfigError, match='--audit_group: toy_tabular has no '
                      "column 'age'"):
-    kinds.build(_tabular_cfg(data_dir, audit_group='age'), '/unused')
+    problems.build(_tabular_cfg(data_dir, audit_group='age'), '/unused')
   with pytest.raises(ConfigError, match='model input or label'):
-    kinds.build(_tabular_cfg(data_dir, audit_group='sex,label'), '/unused')
+    problems.build(_tabular_cfg(data_dir, audit_group='sex,label'), '/unused')
 
 
 def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for dlresearch.recommend, the recommender models, the ratings split."""
+"""Tests for dlresearch.apps.recommend.metrics, the recommender models, the
+ratings split."""
 
 import math
 
@@ -8,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from dlresearch import recommend
-from dlresearch.data import tabular
+from dlresearch.apps.recommend import metrics as recommend
+from dlresearch.apps.recommend import readers
 from dlresearch.models import recsys
 from dlresearch.models import registry
 
@@ -180,7 +181,7 @@ def test_per_user_time_split_synthetic():
              'timestamp': rng.integers(0, 30, n),  # Many ties.
              'row': np.arange(n), 'names': np.array(['kept', 'as is'])}
   ratings['userId'][:1] = 99  # A user with one rating keeps it in train.
-  train, test = tabular.per_user_time_split(ratings, test_frac=0.2)
+  train, test = readers.per_user_time_split(ratings, test_frac=0.2)
   assert not set(train['row']) & set(test['row'])
   assert len(train['row']) + len(test['row']) == n
   np.testing.assert_array_equal(train['names'], ratings['names'])

@@ -24,7 +24,8 @@ from PIL import Image
 from dlresearch import config as config_lib, ema, optim, train
 from dlresearch import logging as log_lib, plot, state as state_lib
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds
+from dlresearch import problems
+from dlresearch.problems import splits
 from dlresearch.tools import inference
 from experiments.cnn_imagenet import PRESETS
 
@@ -208,12 +209,12 @@ def test_selection_on_test_needs_saying_so(tmp_path, data_dir):
 
 def test_test_split_name_never_duplicates_the_eval_split():
   cfg = Config()
-  assert kinds.test_split_name(cfg, 'validation', {'train', 'validation',
+  assert splits.test_split_name(cfg, 'validation', {'train', 'validation',
                                                    'test'}) == 'test'
-  assert kinds.test_split_name(cfg, 'test', {'train', 'test'}) is None
-  assert kinds.test_split_name(cfg.replace(test_split='none'), 'validation',
+  assert splits.test_split_name(cfg, 'test', {'train', 'test'}) is None
+  assert splits.test_split_name(cfg.replace(test_split='none'), 'validation',
                                {'test'}) is None
-  assert kinds.test_split_name(cfg, 'validation', {'test'}, False) is None
+  assert splits.test_split_name(cfg, 'validation', {'test'}, False) is None
 
 
 # --- pictures, summary, profile, export ---------------------------------------
@@ -313,7 +314,7 @@ def test_validation_split_for_periodic_evals_test_once_and_capped_evals(
       'plots': False, 'model_summary': False})
   workdir = str(tmp_path / 'run')
   result = train.run(cfg, workdir)
-  data = kinds.build(cfg.replace(eval_only=True), workdir, fresh=False)
+  data = problems.build(cfg.replace(eval_only=True), workdir, fresh=False)
   assert (data.eval_split, data.test_split) == ('validation', 'test')
   n_val, n_test = data.eval.num_examples, data.test.num_examples
   assert n_val > 10 and n_test > 0

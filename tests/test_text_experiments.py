@@ -22,7 +22,9 @@ from dlresearch import checkpoint, cli, config as config_lib, hooks, tasks
 from dlresearch import logging as log_lib
 from dlresearch import train
 from dlresearch.config import ConfigError
-from dlresearch.data import kinds, text
+from dlresearch import problems
+from dlresearch.data import text
+from dlresearch.problems import text_inputs
 from dlresearch.data.builders import fashion_mnist_local, number_words
 from experiments import rnn_lm, text_classify, transformer_lm
 from experiments import transformer_translate, vit_imagenet
@@ -190,7 +192,7 @@ def test_lm_data_with_bpe_reports_bits_per_token(tmp_path, data_dir,
                                                  shakespeare_dir):
   cfg = tiny(transformer_lm.PRESETS, 'shakespeare_bpe', data_dir=data_dir,
                    manual_dir=shakespeare_dir)
-  lm = kinds.build(cfg, str(tmp_path))
+  lm = problems.build(cfg, str(tmp_path))
   assert lm.task.bits_name == 'bits_per_token'
   assert (tmp_path / text.SUBWORD_FILE).is_file()
   batch = lm.train.get(np.arange(4), None)
@@ -200,7 +202,7 @@ def test_lm_data_with_bpe_reports_bits_per_token(tmp_path, data_dir,
                              'max_len': 32}
   # Resuming a workdir holding a BPE tokenizer refuses another kind.
   with pytest.raises(ConfigError, match='--tokenizer'):
-    kinds.build(cfg.replace(tokenizer='char'), str(tmp_path), fresh=False)
+    problems.build(cfg.replace(tokenizer='char'), str(tmp_path), fresh=False)
 
 
 # ------------------------------------------------------------ classification
@@ -327,18 +329,18 @@ def test_label_smoothing_only_in_training():
 def test_workdir_tokenizer_resume_needs_a_saved_one(tmp_path):
   cfg = config_lib.Config(eval_only=True)
   with pytest.raises(ConfigError, match='no tokenizer'):
-    kinds.workdir_tokenizer(cfg, str(tmp_path), False, lambda: ['ab'])
+    text_inputs.workdir_tokenizer(cfg, str(tmp_path), False, lambda: ['ab'])
   # --init_from: the fresh workdir takes the tokenizer of the earlier run.
-  first = kinds.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
+  first = text_inputs.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
                                   True, lambda: ['abc'])
   (tmp_path / 'a' / 'checkpoints').mkdir()
   cfg = config_lib.Config(init_from=str(tmp_path / 'a' / 'checkpoints'))
-  second = kinds.workdir_tokenizer(cfg, str(tmp_path / 'b'), True,
+  second = text_inputs.workdir_tokenizer(cfg, str(tmp_path / 'b'), True,
                                    lambda: ['xyz'])
   assert second.chars == first.chars == ['a', 'b', 'c']
   assert (tmp_path / 'b' / text.CHAR_FILE).is_file()
   # A fresh run replaces a tokenizer left by an attempt that never saved.
-  third = kinds.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'b'),
+  third = text_inputs.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'b'),
                                   True, lambda: ['pq'])
   assert third.chars == ['p', 'q']
 

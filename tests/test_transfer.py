@@ -17,7 +17,7 @@ import pytest
 from dlresearch import config as config_lib, init, optim, state as state_lib
 from dlresearch import tasks, train
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds
+from dlresearch.data import subset
 from dlresearch.models import registry
 from tests.test_quiet_and_cache import orbax_lines_below_error
 from tests.test_text_experiments import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
@@ -175,22 +175,22 @@ def test_lr_multipliers_scale_each_group_update():
 
 def test_stratified_subset_is_proportional_and_seeded():
   labels = np.repeat([0, 1, 2], [600, 300, 100])
-  idx = kinds.stratified_indices(labels, 100, seed=0)
+  idx = subset.stratified_indices(labels, 100, seed=0)
   assert np.bincount(labels[idx]).tolist() == [60, 30, 10]
   assert len(set(idx.tolist())) == 100
-  np.testing.assert_array_equal(idx, kinds.stratified_indices(labels, 100, 0))
-  assert not np.array_equal(idx, kinds.stratified_indices(labels, 100, 1))
+  np.testing.assert_array_equal(idx, subset.stratified_indices(labels, 100, 0))
+  assert not np.array_equal(idx, subset.stratified_indices(labels, 100, 1))
   # Remainders go to the largest fractional parts: 7 -> 4.2, 2.1, 0.7.
-  small = labels[kinds.stratified_indices(labels, 7, 0)]
+  small = labels[subset.stratified_indices(labels, 7, 0)]
   assert np.bincount(small, minlength=3).tolist() == [4, 2, 1]
   from dlresearch.data import pipeline  # pylint: disable=g-import-not-at-top
   ds = pipeline.ArrayDataset({'x': np.arange(1000), 'label': labels})
-  sub = kinds.train_subset(ds, 10, 0, 'label')
+  sub = subset.train_subset(ds, 10, 0, 'label')
   assert sub.num_examples == 10
   assert np.bincount(sub.arrays['label']).tolist() == [6, 3, 1]
   np.testing.assert_array_equal(sub.arrays['label'], labels[sub.arrays['x']])
   with pytest.raises(ConfigError, match='num_train_examples'):
-    kinds.train_subset(ds, 1001, 0, 'label')
+    subset.train_subset(ds, 1001, 0, 'label')
 
 
 def test_probe_needs_a_head():
@@ -350,7 +350,7 @@ def test_predict_text_of_an_hf_tokenizer_run_uses_the_workdirs_copy(
   of the tokenizer (the one it was given is gone by then)."""
   import shutil  # pylint: disable=g-import-not-at-top
   import dlresearch  # pylint: disable=g-import-not-at-top
-  from dlresearch.data import kinds_pretrained  # pylint: disable=g-import-not-at-top
+  from dlresearch.problems import hf_text  # pylint: disable=g-import-not-at-top
   from experiments.finetune import PRESETS  # pylint: disable=g-import-not-at-top
   given = tmp_path / 'tokenizer'
   given.mkdir()
@@ -387,9 +387,9 @@ def test_predict_text_of_an_hf_tokenizer_run_uses_the_workdirs_copy(
     assert m, line
     shown.append({m.group(1): float(m.group(2)), m.group(3): float(m.group(4))})
   run = dlresearch.restore(workdir)
-  tok = kinds_pretrained.load_tokenizer(
-      os.path.join(workdir, kinds_pretrained.SAVED_TOKENIZER), cfg.max_len)
-  enc = kinds_pretrained.encode(tok, texts)
+  tok = hf_text.load_tokenizer(
+      os.path.join(workdir, hf_text.SAVED_TOKENIZER), cfg.max_len)
+  enc = hf_text.encode(tok, texts)
   assert enc['inputs'][0, 0] == tok.token_to_id('[CLS]')
   want = np.asarray(jax.nn.softmax(
       run.predict(enc['inputs'], mask=enc['mask']), -1))
@@ -404,15 +404,16 @@ def test_predict_text_of_an_hf_tokenizer_run_uses_the_workdirs_copy(
 def test_minilm_probe_trains_only_the_head_on_mean_pooled_embeddings(
     minilm_dir, tmp_path):  # noqa: F811
   from dlresearch import checkpoint, weights  # pylint: disable=g-import-not-at-top
-  from dlresearch.data import kinds_pretrained, pipeline  # pylint: disable=g-import-not-at-top
+  from dlresearch.data import pipeline  # pylint: disable=g-import-not-at-top
+  from dlresearch.problems import hf_text  # pylint: disable=g-import-not-at-top
   from experiments.finetune import PRESETS  # pylint: disable=g-import-not-at-top
   cfg = PRESETS['minilm_rotten_tomatoes'].config.replace(
       init_from=f'hf:{minilm_dir}', pretrained_tokenizer=str(minilm_dir),
       probe=True, num_steps=3, batch_size=8, eval_batch_size=8, max_len=16,
       num_train_examples=0, log_every=1)
-  tok = kinds_pretrained.load_tokenizer(kinds_pretrained.tokenizer_path(cfg), 16)
+  tok = hf_text.load_tokenizer(hf_text.tokenizer_path(cfg), 16)
   texts = ['a wonderful, moving film', 'dull and lifeless'] * 8
-  arrays = {**kinds_pretrained.encode(tok, texts),
+  arrays = {**hf_text.encode(tok, texts),
             'label': np.array([1, 0] * 8, np.int32)}
   assert arrays['inputs'][0, 0] == tok.token_to_id('[CLS]')
   data = pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),

@@ -13,7 +13,7 @@ class Data:
   """data: what is trained on, which splits, how it is read."""
 
   data_kind: str = _f('classification', 'What the data is and which task '
-                      'trains on it (see dlresearch/data/kinds.py and the '
+                      'trains on it (see dlresearch/problems/ and the '
                       'list under --model). Naming a kind on the command '
                       'line also defines the flags of its options (e.g. '
                       '--data_kind=lm: --top_p, --prompt, ...).')

@@ -285,6 +285,17 @@ def get_source(
   return _data_source(builder, name, split, data_dir)
 
 
+def split_sizes(
+    name: str, data_dir: str, manual_dir: str | None = None
+) -> dict[str, int]:
+  """Split name -> number of examples of TFDS dataset `name`.
+
+  Empty when TFDS does not know the splits (a mocked dataset).
+  """
+  builder = _open(name, os.fspath(data_dir), manual_dir)
+  return {k: v.num_examples for k, v in builder.info.splits.items()}
+
+
 def _stack_fast(source: Any, n: int) -> dict[str, np.ndarray] | None:
   """Whole split from raw tf.Example records, for fixed-shape numeric features.
 

@@ -294,7 +294,7 @@ def image_example_fn(augment: str, image_size: int, train: bool,
 
 
 # ---------------------------------------------------------------------------
-# What a data kind builds (dlresearch/data/kinds.py).
+# What a problem builds (dlresearch/problems/).
 
 # Splits up to this size (decoded) are loaded into memory by pipeline='auto'.
 MEMORY_LIMIT_BYTES = 4 << 30
@@ -302,7 +302,7 @@ MEMORY_LIMIT_BYTES = 4 << 30
 
 @dataclasses.dataclass
 class Data:
-  """What ``train.run`` trains and evaluates on (built by ``data/kinds.py``)."""
+  """What ``train.run`` trains and evaluates on (built by ``dlresearch/problems``)."""
 
   train: Dataset
   eval: Dataset

@@ -7,7 +7,7 @@ Contract::
 
 The reconstruction has the shape of ``x``; ``feats['latent']`` is the code.
 The output layer is linear (inputs are expected standardised, or in [0, 1]
-for images, scored by squared error; see ``dlresearch.anomaly``).
+for images, scored by squared error; see ``dlresearch.apps.anomaly.metrics``).
 """
 
 from collections.abc import Sequence

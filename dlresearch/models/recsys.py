@@ -1,6 +1,7 @@
 """Recommender models: matrix factorisation and a two-tower retrieval model.
 
-Users and items are dense indices (``dlresearch.data.tabular.index_ratings``).
+Users and items are dense indices
+(``dlresearch.apps.recommend.readers.index_ratings``).
 
 ``MatrixFactorization`` predicts explicit ratings::
 
@@ -8,7 +9,8 @@ Users and items are dense indices (``dlresearch.data.tabular.index_ratings``).
     scores = model.apply(variables, users, method='score_all')  # [B, items]
 
 ``TwoTower`` scores users against items by a dot product and is trained with
-in-batch negatives (``dlresearch.recommend.in_batch_softmax_loss``)::
+in-batch negatives
+(``dlresearch.apps.recommend.metrics.in_batch_softmax_loss``)::
 
     logits = model.apply(variables, users, items, item_genres)  # [B, B]
     u = model.apply(variables, users, method='user_vectors')    # [B, dim]

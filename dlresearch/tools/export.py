@@ -198,9 +198,9 @@ def restore_for_export(workdir: str, step: int | str | None = None):
   input's shape and dtype after preprocessing, and the class names.
   """
   from dlresearch.tools import inference  # pylint: disable=g-import-not-at-top
-  from dlresearch.data import kinds  # pylint: disable=g-import-not-at-top
+  from dlresearch import problems  # pylint: disable=g-import-not-at-top
   run = inference.restore(workdir, step)
-  data = kinds.build(run.config.replace(eval_only=True), run.workdir,
+  data = problems.build(run.config.replace(eval_only=True), run.workdir,
                      fresh=False)
   args, kwargs = data.task.model_inputs(data.eval.get(np.arange(2), None))
   if kwargs or len(args) != 1:

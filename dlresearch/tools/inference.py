@@ -19,10 +19,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlresearch import checkpoint, config as config_lib, policy, train
+from dlresearch import checkpoint, config as config_lib, policy, problems, train
 from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds, text
+from dlresearch.data import text
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
   if saved is not None and str(saved.parent) == workdir:
     tokenizer = text.load_tokenizer(saved)
   if sizes is None:  # Written before sizes were recorded: ask the data.
-    data = kinds.build(cfg.replace(eval_only=True), workdir, fresh=False)
+    data = problems.build(cfg.replace(eval_only=True), workdir, fresh=False)
     sizes, tokenizer = data.model_kwargs, data.tokenizer
   try:
     model = train.build_model(cfg, sizes)
@@ -171,10 +171,10 @@ def from_workdir(workdir: str) -> Predictor:
   cfg = run.config
   pred = Predictor(run.model, run.variables, _label_names(cfg))
   if cfg.data_kind == 'hf_text_classification':
-    from dlresearch.data import kinds_pretrained  # pylint: disable=g-import-not-at-top
-    tok = kinds_pretrained.load_tokenizer(
-        os.path.join(run.workdir, kinds_pretrained.SAVED_TOKENIZER), cfg.max_len)
-    pred.text_fn = lambda t: tuple(kinds_pretrained.encode(tok, t).values())
+    from dlresearch.problems import hf_text  # pylint: disable=g-import-not-at-top
+    tok = hf_text.load_tokenizer(
+        os.path.join(run.workdir, hf_text.SAVED_TOKENIZER), cfg.max_len)
+    pred.text_fn = lambda t: tuple(hf_text.encode(tok, t).values())
   elif cfg.data_kind == 'text_classification':
     pred.text_fn = lambda t: text.pad_batch(
         run.tokenizer.encode_batch(t), cfg.max_len, run.tokenizer.pad_id)
@@ -226,10 +226,10 @@ def from_weights(model_name: str, spec: str) -> Predictor:
     id2label = json.loads((path / 'config.json').read_text()).get('id2label')
     if id2label:
       labels = [id2label[str(i)] for i in range(len(id2label))]
-    from dlresearch.data import kinds_pretrained  # pylint: disable=g-import-not-at-top
-    tok = kinds_pretrained.load_tokenizer(path / 'tokenizer.json', 128)
+    from dlresearch.problems import hf_text  # pylint: disable=g-import-not-at-top
+    tok = hf_text.load_tokenizer(path / 'tokenizer.json', 128)
     return Predictor(model, variables, labels, text_fn=lambda t: tuple(
-        kinds_pretrained.encode(tok, t).values()))
+        hf_text.encode(tok, t).values()))
   if model.num_classes == 1000 and (path.parent / imagenet.CLASS_NAMES_FILE).is_file():
     labels = imagenet.class_names(path.parent)
   return Predictor(model, variables, labels, image_fn=lambda p: imagenet.preprocess(

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlresearch.config import ConfigError
-from dlresearch.data import datasets, kinds
+from dlresearch import problems
+from dlresearch.data import datasets
 from dlresearch.rai import audit
 
 POS_LABEL = 1
@@ -49,7 +50,7 @@ def split_data(run, split: str = '', group_keys: Sequence[str] = ()
   if group_keys and cfg.data_kind != 'classification':
     raise ConfigError('group_key', f'group columns need data kind '
                       f'classification; this run is {cfg.data_kind}')
-  data = kinds.build(cfg, run.workdir, fresh=False)
+  data = problems.build(cfg, run.workdir, fresh=False)
   groups = getattr(data.task, 'groups', ())
   return SplitData(data.eval, data.task, groups, data.train)
 

@@ -1,19 +1,16 @@
-"""The X-ray demo's data: 16 pediatric chest X-rays (Kermany et al. 2018,
-``val`` split), 8 normal and 8 bacterial pneumonia, labelled by file name.
+"""Reader of the X-ray demo's data: 16 pediatric chest X-rays.
 
-Read from the cache that ``python -m dlresearch.data.fetch xray`` filled
-once (checked against its pinned sha256 by ``tabular.raw_file``); never
-downloads.
+Kermany et al. 2018, ``val`` split: 8 normal and 8 bacterial pneumonia,
+labelled by file name, read from what ``python -m dlresearch.data.fetch
+xray`` cached (``raw.raw_file``).
 """
 
 import io
-import os
 
 import numpy as np
 
-from dlresearch.data.tabular import raw_file
-
-PathLike = str | os.PathLike
+from dlresearch.data import raw
+from dlresearch.data.raw import PathLike
 
 
 def xray_label(filename: str) -> int:
@@ -35,7 +32,7 @@ def xray(data_dir: PathLike | None = None):
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
-  directory = raw_file('xray', 'SOURCE.json', data_dir).parent
+  directory = raw.raw_file('xray', 'SOURCE.json', data_dir).parent
   names = sorted(p.name for p in directory.glob('*.jpeg'))
   if not names:
     raise FileNotFoundError(f'no .jpeg files in {directory}')

@@ -1,4 +1,4 @@
-"""Data kind ``hf_text_classification``: text tokenised for a pretrained encoder.
+"""Problem ``hf_text_classification``: text tokenised for a pretrained encoder.
 
 The text and labels are read as by ``text_classification`` (``--dataset``,
 ``--text_key``, ``--label_key``), but tokenised by a Hugging Face
@@ -19,9 +19,10 @@ import jax
 import numpy as np
 import tokenizers
 
-from dlresearch import tasks
+from dlresearch import problems, tasks
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds, pipeline
+from dlresearch.data import pipeline
+from dlresearch.problems import text_inputs as inputs
 
 SAVED_TOKENIZER = 'hf_tokenizer.json'
 
@@ -59,7 +60,7 @@ def encode(tok: tokenizers.Tokenizer, texts) -> dict[str, np.ndarray]:
           'mask': np.asarray([e.attention_mask for e in encs], bool)}
 
 
-@kinds.register('hf_text_classification')
+@problems.register('hf_text_classification')
 def hf_text_classification(cfg: Config, workdir: str,
                            fresh: bool) -> pipeline.Data:
   """Padded WordPiece ids, the padding mask and the label."""
@@ -71,23 +72,22 @@ def hf_text_classification(cfg: Config, workdir: str,
     shutil.copyfile(path, os.path.join(workdir, SAVED_TOKENIZER))
   fields = ('text_key', 'label_key')
 
-  def arrays(source):
-    cols = kinds.read_columns(cfg, source, fields)
+  def arrays(split):
+    cols = inputs.read_columns(cfg, inputs.open_source(cfg, split), fields)
     out = encode(tok, cols[cfg.text_key])
     out['label'] = np.asarray(cols[cfg.label_key], np.int32)
     return pipeline.ArrayDataset(out)
 
-  _, train_src = kinds.open_split(cfg, train=True)
-  train = arrays(train_src)
-  classes = kinds.num_classes(train_src, cfg.label_key, train.arrays['label'])
-  eval_name, eval_src = kinds.open_split(cfg, train=False)
-  test = kinds.open_test(cfg, eval_name)
+  splits = inputs.text_splits(cfg)
+  train = arrays(splits.train)
+  classes = inputs.num_classes(inputs.open_source(cfg, splits.train),
+                               cfg.label_key, train.arrays['label'])
   task = tasks.Classification(input_key='inputs', label_key='label',
                               mask_key='mask', loss=cfg.loss,
                               label_smoothing=cfg.label_smoothing)
-  sizes = kinds.model_sizes(cfg, vocab_size=tok.get_vocab_size(),
-                            num_classes=classes)
-  return pipeline.Data(train, arrays(eval_src), task, sizes,
-                       eval_split=eval_name,
-                       test=arrays(test[1]) if test else None,
-                       test_split=test[0] if test else '')
+  sizes = problems.model_sizes(cfg, vocab_size=tok.get_vocab_size(),
+                               num_classes=classes)
+  return pipeline.Data(train, arrays(splits.eval), task, sizes,
+                       eval_split=splits.eval,
+                       test=arrays(splits.test) if splits.test else None,
+                       test_split=splits.test or '')

@@ -1,29 +1,30 @@
-"""The ``anomaly`` data kind: fraud and anomaly detection.
+"""Problem ``anomaly``: fraud and anomaly detection.
 
 ``--dataset`` picks the data and its split:
 
 - ``creditcard``: the ULB/Worldline card transactions, split by time (the
-  first 80% train, the last 20% test; ``tabular.creditcard_split``).
+  first 80% train, the last 20% test; ``readers.creditcard_split``).
 - ``shuttle``: Statlog Shuttle in its own train/test split; the majority
-  class ``Rad.Flow`` is normal (``tabular.shuttle_split``).
+  class ``Rad.Flow`` is normal (``readers.shuttle_split``).
 - any labelled TFDS image dataset (e.g. ``fashion_mnist_local``): one-class
   detection. Train on the train images of ``--normal_class``; test on the
   whole test split, where every other class is an anomaly. Images are
   scaled to [0, 1].
 
 Raw files are read from ``--manual_dir`` (empty: where ``python -m
-dlresearch.data.fetch NAME`` put them).
+dlresearch.data.fetch NAME`` put them); data not fetched is one
+``ConfigError`` naming the fetch command.
 
 The model decides how the detector learns. An autoencoder (a model without
 ``num_classes``, e.g. ``mlp_autoencoder``, ``conv_autoencoder``) trains on
-the normal train rows only (``tasks.Reconstruction``) and scores by
+the normal train rows only (``task.Reconstruction``) and scores by
 reconstruction error. A classifier (a model with ``num_classes``, e.g.
 ``mlp``) trains on every train row with its label (``tasks.Classification``,
 2 classes) and scores by the log-odds of the anomaly class. Every eval line
 then carries ``auroc``, ``average_precision``, ``precision_at_alert_rate``
 and ``recall_at_alert_rate`` of the model and, with the prefix ``iforest_``,
 of scikit-learn's IsolationForest fitted on the same normal train rows
-(``hooks_apps.anomaly_hook``).
+(``evaluators.anomaly_hook``).
 """
 
 import json
@@ -31,13 +32,15 @@ import os
 
 import numpy as np
 
-from dlresearch import hooks_apps, tasks
+from dlresearch import problems, tasks
+from dlresearch.apps.anomaly import evaluators, readers, task as task_lib
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import datasets, kinds, pipeline, tabular
+from dlresearch.data import datasets, pipeline
 from dlresearch.models import registry
+from dlresearch.problems import splits as splits_lib
 
-TABULAR = {'creditcard': tabular.creditcard_split,
-           'shuttle': tabular.shuttle_split}
+TABULAR = {'creditcard': readers.creditcard_split,
+           'shuttle': readers.shuttle_split}
 
 
 def one_class_split(cfg: Config) -> dict[str, np.ndarray]:
@@ -48,7 +51,7 @@ def one_class_split(cfg: Config) -> dict[str, np.ndarray]:
     ``x_test`` (every test image), ``y_test`` (1 = another class); images
     float32 in [0, 1], NHWC.
   """
-  data_dir, manual_dir = kinds._dirs(cfg)  # pylint: disable=protected-access
+  data_dir, manual_dir = problems.dirs(cfg)
   info = datasets.dataset_info(cfg.dataset, data_dir, manual_dir)
   if cfg.normal_class < 0:
     raise ConfigError('normal_class', '-1 (every class in turn) is run by '
@@ -57,9 +60,10 @@ def one_class_split(cfg: Config) -> dict[str, np.ndarray]:
   if cfg.normal_class >= info.num_classes:
     raise ConfigError('normal_class', f'{cfg.dataset} has classes 0..'
                       f'{info.num_classes - 1} (got {cfg.normal_class})')
+  picked = splits_lib.pick(cfg, info.splits, train=info.train_split,
+                           eval_default=info.eval_split)
   splits = {}
-  for name, split in (('train', cfg.train_split or info.train_split),
-                      ('test', cfg.eval_split or info.eval_split)):
+  for name, split in (('train', picked.train), ('test', picked.eval)):
     arrays = datasets.load_in_memory(cfg.dataset, split, data_dir, manual_dir)
     x = arrays[info.input_key].astype(np.float32) / 255.0
     y = (arrays[info.label_key] != cfg.normal_class).astype(np.int32)
@@ -70,14 +74,22 @@ def one_class_split(cfg: Config) -> dict[str, np.ndarray]:
 
 
 def load_split(cfg: Config) -> dict[str, np.ndarray]:
-  """``x_train``, ``y_train``, ``x_test``, ``y_test`` of ``cfg.dataset``."""
+  """``x_train``, ``y_train``, ``x_test``, ``y_test`` of ``cfg.dataset``.
+
+  Raises:
+    ConfigError: (``manual_dir``) the raw files are not there; the message
+      names the fetch command.
+  """
   if cfg.dataset in TABULAR:
     raw = os.path.expanduser(cfg.manual_dir) if cfg.manual_dir else None
-    return TABULAR[cfg.dataset](raw)
+    try:
+      return TABULAR[cfg.dataset](raw)
+    except FileNotFoundError as e:
+      raise ConfigError('manual_dir', str(e)) from None
   return one_class_split(cfg)
 
 
-@kinds.register('anomaly')
+@problems.register('anomaly')
 def anomaly(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   """Anomaly detection by an autoencoder or a classifier (module docstring)."""
   del workdir, fresh
@@ -98,13 +110,13 @@ def anomaly(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                                 loss=cfg.loss)
   else:
     train = pipeline.ArrayDataset({'x': normal})
-    task = tasks.Reconstruction(input_key='x')
+    task = task_lib.Reconstruction(input_key='x')
   evals = pipeline.ArrayDataset({'x': split['x_test'],
                                  'label': split['y_test']})
-  hook = hooks_apps.anomaly_hook(cfg, split['x_test'], split['y_test'],
-                                 supervised, normal)
+  hook = evaluators.anomaly_hook(cfg, split['x_test'], split['y_test'],
+                                  supervised, normal)
   return pipeline.Data(train, evals, task,
-                       kinds.model_sizes(cfg, num_classes=2),
+                       problems.model_sizes(cfg, num_classes=2),
                        eval_hooks=[hook])
 
 
@@ -118,7 +130,7 @@ def one_class_table(cfg: Config, workdir: str, run) -> dict:
   Returns:
     The mean of the per-class metrics over the classes plus ``step``.
   """
-  data_dir, manual_dir = kinds._dirs(cfg)  # pylint: disable=protected-access
+  data_dir, manual_dir = problems.dirs(cfg)
   info = datasets.dataset_info(cfg.dataset, data_dir, manual_dir)
   source = datasets.get_source(cfg.dataset, info.train_split, data_dir,
                                manual_dir)

@@ -3,8 +3,8 @@
 ``sklearn_baselines(cfg)`` fits logistic regression and histogram gradient
 boosting on the train split of ``cfg``'s dataset (the same float feature
 vectors the network sees, e.g. Adult's 108 columns) and scores them on its
-eval split, so a network's accuracy can be put next to the classical
-methods on exactly the same rows. ``run_and_write`` also writes
+eval split (picked by ``problems.splits`` as the network's), so a network's
+accuracy can be put next to the classical methods on exactly the same rows. ``run_and_write`` also writes
 ``WORKDIR/baselines.json``.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import datasets
+from dlresearch.problems import splits as splits_lib
 
 FILE = 'baselines.json'
 
@@ -43,10 +44,10 @@ def sklearn_baselines(cfg: Config, seed: int | None = None) -> dict[str, dict]:
   if info.input_key == 'image':
     raise ConfigError('dataset', f'{cfg.dataset} holds images; the baselines '
                       'are for feature vectors')
-  train_x, train_y = _split(cfg, cfg.train_split or info.train_split,
-                            info.input_key, info.label_key)
-  eval_x, eval_y = _split(cfg, cfg.eval_split or info.eval_split,
-                          info.input_key, info.label_key)
+  splits = splits_lib.pick(cfg, info.splits, train=info.train_split,
+                           eval_default=info.eval_split)
+  train_x, train_y = _split(cfg, splits.train, info.input_key, info.label_key)
+  eval_x, eval_y = _split(cfg, splits.eval, info.input_key, info.label_key)
   seed = cfg.seed if seed is None else seed
   models = {
       'logistic_regression': linear_model.LogisticRegression(max_iter=2000),

@@ -1,11 +1,11 @@
-"""The ``ratings`` and ``retrieval`` data kinds: recommendation.
+"""Problems ``ratings`` and ``retrieval``: recommendation.
 
 Data (``--dataset=movielens``): MovieLens latest-small, read from the files
 ``python -m dlresearch.data.fetch movielens`` cached (or ``--manual_dir``).
 Users and movies get dense indices over the whole table
-(``tabular.index_ratings``); each user's latest 20% of ratings (by
+(``readers.index_ratings``); each user's latest 20% of ratings (by
 timestamp) are the eval split, the rest train
-(``tabular.per_user_time_split``).
+(``readers.per_user_time_split``).
 
 - ``ratings``: explicit ratings, ``(user, item) -> rating`` with
   ``tasks.RatingRegression`` (e.g. ``matrix_factorization``, whose global
@@ -27,22 +27,27 @@ import os
 
 import numpy as np
 
-from dlresearch import hooks_apps, recommend, tasks
+from dlresearch import problems
+from dlresearch.apps.recommend import evaluators, metrics, readers, tasks
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import kinds, pipeline, tabular
+from dlresearch.data import pipeline
 
 TEST_FRAC = 0.2  # each user's latest 20% of ratings are held out
-READERS = {'movielens': tabular.movielens}
+READERS = {'movielens': readers.movielens}
 
 
 @functools.lru_cache(maxsize=2)
 def _load(dataset: str, manual_dir: str) -> tuple[dict, dict, dict]:
   if dataset not in READERS:
-    raise ConfigError('dataset', f'the ratings kinds read {", ".join(READERS)}'
+    raise ConfigError('dataset', f'the ratings problems read {", ".join(READERS)}'
                       f' (got {dataset!r})')
   raw = os.path.expanduser(manual_dir) if manual_dir else None
-  index = tabular.index_ratings(READERS[dataset](raw))
-  train, test = tabular.per_user_time_split(index, TEST_FRAC, user_key='user')
+  try:
+    table = READERS[dataset](raw)
+  except FileNotFoundError as e:
+    raise ConfigError('manual_dir', str(e)) from None
+  index = readers.index_ratings(table)
+  train, test = readers.per_user_time_split(index, TEST_FRAC, user_key='user')
   keys = ('user', 'item', 'rating')
   return index, {k: train[k] for k in keys}, {k: test[k] for k in keys}
 
@@ -50,7 +55,7 @@ def _load(dataset: str, manual_dir: str) -> tuple[dict, dict, dict]:
 def load(cfg: Config) -> tuple[dict, dict, dict]:
   """``(index, train, test)``: the item table and the two rating splits.
 
-  ``index`` is ``tabular.index_ratings``'s output (``user_ids``,
+  ``index`` is ``readers.index_ratings``'s output (``user_ids``,
   ``item_ids``, ``titles``, ``genres``, ...); ``train`` / ``test`` hold
   ``user``, ``item`` (dense int32) and ``rating``.
   """
@@ -58,12 +63,12 @@ def load(cfg: Config) -> tuple[dict, dict, dict]:
 
 
 def _sizes(cfg: Config, index: dict, **extra) -> dict:
-  return kinds.model_sizes(cfg, num_users=len(index['user_ids']),
+  return problems.model_sizes(cfg, num_users=len(index['user_ids']),
                            num_items=len(index['item_ids']),
                            num_genres=index['genres'].shape[1], **extra)
 
 
-@kinds.register('ratings')
+@problems.register('ratings')
 def ratings(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   """Explicit rating regression against the bias baseline."""
   del workdir, fresh
@@ -72,10 +77,10 @@ def ratings(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   return pipeline.Data(
       pipeline.ArrayDataset(train), pipeline.ArrayDataset(test),
       tasks.RatingRegression(), sizes,
-      eval_hooks=[hooks_apps.bias_baseline_hook(train, test)])
+      eval_hooks=[evaluators.bias_baseline_hook(train, test)])
 
 
-@kinds.register('retrieval')
+@problems.register('retrieval')
 def retrieval(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   """Two-tower retrieval against the most-popular baseline."""
   del workdir, fresh
@@ -92,7 +97,7 @@ def retrieval(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
     return pipeline.ArrayDataset({'user': split['user'], 'item': split['item']},
                                  batch_fn=features)
 
-  hook = hooks_apps.retrieval_hook(cfg, train, test, len(index['user_ids']),
+  hook = evaluators.retrieval_hook(cfg, train, test, len(index['user_ids']),
                                    genres)
   return pipeline.Data(dataset(train), dataset(test), tasks.InBatchRetrieval(),
                        _sizes(cfg, index), eval_hooks=[hook])
@@ -112,7 +117,7 @@ def user_top_titles(model, variables, cfg: Config, user_id: int,
   if where >= len(index['user_ids']) or index['user_ids'][where] != user_id:
     raise KeyError(f'no user {user_id} in {cfg.dataset} (user ids '
                      f'{index["user_ids"][0]}..{index["user_ids"][-1]})')
-  scores = hooks_apps.score_items(model, variables, np.array([where]),
+  scores = evaluators.score_items(model, variables, np.array([where]),
                                   index['genres'].astype(np.float32))[0]
   seen = index['item'][index['user'] == where]
-  return recommend.top_titles(scores, seen, index['titles'], k)
+  return metrics.top_titles(scores, seen, index['titles'], k)

@@ -1,6 +1,6 @@
 """Recommendation: rating errors, top-k ranking metrics, baselines, a loss.
 
-Users and items are dense indices (``dlresearch.data.tabular.index_ratings``);
+Users and items are dense indices (``readers.index_ratings``);
 a ratings split is a dict with int ``user``, ``item`` and float ``rating``
 arrays.
 

@@ -1,0 +1,58 @@
+"""Problem ``seq2seq``: translation of ``--source_key`` to ``--target_key``.
+
+One tokenizer is built on both sides of train (``tasks.Seq2Seq``);
+training pairs that do not fit ``--max_len`` are dropped; each eval adds
+BLEU/chrF/exact match of decoded translations (``hooks.translation_hook``).
+"""
+
+from absl import logging
+
+from dlresearch import hooks, problems, tasks
+from dlresearch.config import Config, ConfigError
+from dlresearch.data import pipeline, text
+from dlresearch.problems import text_inputs as inputs
+
+
+@problems.register('seq2seq')
+def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
+  """Source/target ids; the eval adds BLEU of the decoded translations.
+
+  Training pairs whose source or target (with ``<eos>``) exceeds ``max_len``
+  are dropped; eval pairs are kept (truncated), and BLEU is scored against
+  the untouched reference text.
+  """
+  fields = ('source_key', 'target_key')
+  splits = inputs.text_splits(cfg)
+  train_cols = inputs.read_columns(
+      cfg, inputs.open_source(cfg, splits.train), fields)
+  tok = inputs.workdir_tokenizer(
+      cfg, workdir, fresh,
+      lambda: train_cols[cfg.source_key] + train_cols[cfg.target_key])
+  eval_cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.eval),
+                                  fields)
+  n = cfg.max_len
+  train = text.translation_arrays(train_cols[cfg.source_key],
+                                  train_cols[cfg.target_key], tok, n + 1)
+  fits = ~train['inputs_mask'][:, n] & ~train['targets_mask'][:, n]
+  logging.info('train: %d of %d pairs fit max_len=%d', fits.sum(), fits.size, n)
+  if not fits.any():
+    raise ConfigError('max_len', f'no training pair fits in {n} tokens')
+  train = {k: v[fits, :n] for k, v in train.items()}
+  evals = text.translation_arrays(eval_cols[cfg.source_key],
+                                  eval_cols[cfg.target_key], tok, n)
+  task = tasks.Seq2Seq(label_smoothing=cfg.label_smoothing)
+  sizes = problems.model_sizes(cfg, vocab_size=tok.vocab_size, max_len=n)
+  test_arrays = None
+  if splits.test:  # teacher-forced metrics only; BLEU is on the eval split
+    cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.test),
+                               fields)
+    test_arrays = inputs.compact(text.translation_arrays(
+        cols[cfg.source_key], cols[cfg.target_key], tok, n), tok.vocab_size)
+  data = pipeline.Data(inputs.compact(train, tok.vocab_size),
+                       inputs.compact(evals, tok.vocab_size), task, sizes,
+                       tokenizer=tok, eval_split=splits.eval, test=test_arrays,
+                       test_split=splits.test or '')
+  data.eval_hooks.append(hooks.translation_hook(
+      cfg, workdir, tok, evals, eval_cols[cfg.source_key],
+      eval_cols[cfg.target_key]))
+  return data

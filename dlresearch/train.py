@@ -10,41 +10,32 @@ profiler, model summary, and the user's own); what an eval computes is an
 evaluator (``evaluators/``).
 """
 
-import dataclasses
 import functools
-import math
 import os
-import shutil
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 
-from dlresearch import checkpoint, config as config_lib, ema as ema_lib
-from dlresearch import init as init_lib
-from dlresearch import logging as log_lib, optim, parallel, state as state_lib
-from dlresearch import policy, tasks, workdir as workdir_lib
-from dlresearch.callbacks import base as callback_lib
-from dlresearch.callbacks import early_stopping, keep_best, model_summary
-from dlresearch.callbacks import nan_stop, plots, profiler
+from dlresearch import assemble, callbacks as callbacks_lib, config as config_lib
+from dlresearch import ema as ema_lib, evaluators, init as init_lib
+from dlresearch import logging as log_lib, parallel, state as state_lib
+from dlresearch import tasks, workdir as workdir_lib
+from dlresearch.callbacks import keep_best, nan_stop
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import kinds, pipeline
-from dlresearch.evaluators import base as evaluator_lib, task_metrics
-from dlresearch.models import registry
-from dlresearch.preemption import Preemption
-from dlresearch.provenance import write_config
+from dlresearch.preemption import Preemption  # noqa: F401 (train.Preemption)
+from dlresearch.provenance import write_config  # noqa: F401
 
-# Kept here for the code that imports them from ``train``.
+# Kept importable from ``train`` (their code moved to the modules named).
 NonFiniteLossError = nan_stop.NonFiniteLossError
 WindowMean = log_lib.WindowMean
 use_compilation_cache = parallel.use_compilation_cache
-__all__ = ['run', 'train_step', 'make_train_step', 'eval_step', 'gradients',
-           'accumulate', 'build_model', 'num_train_steps', 'has_checkpoints',
-           'write_config', 'Preemption', 'NonFiniteLossError', 'WindowMean',
-           'use_compilation_cache']
+build_model = assemble.build_model
+num_train_steps = assemble.num_train_steps
+has_checkpoints = assemble.has_checkpoints
 
 
 # ---------------------------------------------------------------------------
@@ -150,166 +141,13 @@ def eval_step(state: state_lib.TrainState, batch, *, model, task,
 
 
 # ---------------------------------------------------------------------------
-# Building a run.
-
-
-def num_train_steps(cfg: Config, num_examples: int) -> int:
-  if cfg.num_steps:
-    return cfg.num_steps
-  return max(1, math.ceil(cfg.num_epochs * num_examples / cfg.batch_size))
-
-
-def has_checkpoints(workdir: str) -> bool:
-  ckpts = checkpoint.checkpoint_dir(workdir)
-  return os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
-
-
-def build_model(cfg: Config, data_kwargs: dict):
-  """The registry model with the data's sizes, --model_kwargs, dtype, remat."""
-  kwargs = {**data_kwargs, **cfg.model_kwargs, 'dtype': jnp.dtype(cfg.dtype)}
-  try:
-    accepted = registry.fields(cfg.model)
-  except KeyError as e:
-    raise ConfigError('model', str(e).strip('"')) from None
-  if cfg.remat:
-    if 'remat' not in accepted:
-      raise ConfigError('remat', f'model {cfg.model!r} does not support '
-                        'rematerialization')
-    kwargs['remat'] = True
-  unknown = sorted(set(kwargs) - accepted)
-  if unknown:
-    raise ConfigError('model_kwargs', f'{cfg.model} takes no argument '
-                      f'{unknown[0]!r}; it takes {", ".join(sorted(accepted))}')
-  try:
-    return registry.build(cfg.model, **kwargs)
-  except (TypeError, ValueError) as e:
-    raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
-
-
-@dataclasses.dataclass
-class _Run:
-  """What the loop needs, built once per ``run``."""
-
-  cfg: Config
-  workdir: str
-  data: pipeline.Data
-  model: Any
-  task: Any
-  example: tuple  # (args, kwargs): model inputs of one example
-  lr_schedule: Callable
-  strategy: Any
-  ckpt: checkpoint.Checkpointer
-  state: Any
-  start: int
-  num_steps: int
-  data_state: dict
-  p_train: Callable
-  eval_lines: dict  # 'periodic', 'final', 'test' -> evaluators.EvalLine
-
-
-def _build(cfg, workdir, data, mesh, num_steps, eval_hooks) -> _Run:
-  """Model, optimizer, state (resumed or fresh), compiled steps, evals."""
-  model = build_model(cfg, data.model_kwargs)
-  args, kwargs = data.task.model_inputs(data.eval.get(np.arange(1), None))
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), *args, train=False, **kwargs)
-  )['params']
-  tx, lr_schedule = optim.make(cfg, num_steps, abstract_params)
-  create = functools.partial(state_lib.create, model, tx, args, kwargs,
-                             cfg.seed, ema=cfg.ema_decay > 0)
-  shapes = jax.eval_shape(create)
-  task = tasks.freeze_backbone(  # --probe / --freeze: batch stats stay put
-      data.task, probe=cfg.probe,
-      trainable=optim.trainable(cfg, abstract_params),
-      model_state=shapes.model_state)
-  shardings = parallel.state_shardings(shapes, mesh)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      shapes, shardings)
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
-                                 cfg.keep_checkpoints)
-  strategy = parallel.strategy(cfg.parallelism, mesh, shardings,
-                               cfg.cpu_eigen_convs)
-  state, start, data_state = state_lib.restore_or_create(
-      cfg, ckpt, create, shardings, abstract_state, model, workdir)
-  if start > num_steps and not cfg.eval_only:
-    ckpt.close()
-    raise ConfigError('num_steps', f'{workdir} is already at step {start}, '
-                      f'past {num_steps}; it does not train backwards: use '
-                      '--eval_only to evaluate it, or a new --workdir (with '
-                      '--init_from to start from its params)')
-  p_train = strategy.train_step(make_train_step(
-      model, task, tx, cfg.grad_accum_steps, cfg.ema_decay, strategy))
-  return _Run(cfg, workdir, data, model, task, (args, kwargs), lr_schedule,
-              strategy, ckpt, strategy.from_saved(state), start, num_steps,
-              data_state, p_train,
-              _eval_lines(cfg, data, model, task, strategy, eval_hooks))
-
-
-def _eval_lines(cfg, data, model, task, strategy, eval_hooks) -> dict:
-  """The eval lines a run writes: periodic, final and the test split.
-
-  Each runs the task's metrics, their ``ema_`` twins (``--ema_decay``) and,
-  except on the test split, the problem's and the caller's eval hooks.
-  """
-  batch_size = cfg.eval_batch_size or cfg.batch_size
-  steps = [('', strategy.eval_step(functools.partial(
-      eval_step, model=model, task=task)))]
-  if cfg.ema_decay:
-    steps.append(('ema_', strategy.eval_step(functools.partial(
-        eval_step, model=model, task=task, ema=True))))
-  hooks = [evaluator_lib.FromHook(h, model)
-           for h in [*data.eval_hooks, *eval_hooks]]
-
-  def line(dataset, split, name, with_hooks=True):
-    evaluators = [task_metrics.TaskMetrics(fn, dataset, task, strategy,
-                                           batch_size, prefix)
-                  for prefix, fn in steps]
-    return evaluator_lib.EvalLine(split, name, dataset.num_examples,
-                                  evaluators + (hooks if with_hooks else []))
-
-  name = data.eval_split or 'eval'
-  periodic = (task_metrics.Head(data.eval, cfg.eval_max_examples)
-              if cfg.eval_max_examples else data.eval)
-  return {'periodic': line(periodic, 'eval', name),
-          'final': line(data.eval, 'eval', name),
-          'test': (line(data.test, 'test', data.test_split, with_hooks=False)
-                   if data.test is not None else None)}
-
-
-def _builtin_callbacks(r: _Run) -> list:
-  """The loop extras the config asks for, in the order they are called."""
-  cfg = r.cfg
-  out = [nan_stop.NanStop()]
-  if cfg.profile_steps:
-    out.append(profiler.Profiler(config_lib.profile_range(cfg.profile_steps),
-                                 r.workdir))
-  if cfg.model_summary:
-    out.append(model_summary.ModelSummary(*r.example, cfg.batch_size))
-  if cfg.best_metric:
-    best = keep_best.KeepBest(
-        cfg.best_metric, cfg.best_mode, cfg.early_stopping_patience,
-        policy.best_checkpoint_dir(r.workdir),
-        rank_final=not cfg.eval_max_examples, to_saved=r.strategy.to_saved)
-    out += [best, early_stopping.EarlyStopping(best)]
-  if cfg.plots:
-    confusion = functools.partial(
-        plots.confusion_counts, r.model, r.task, r.data.eval,
-        r.data.model_kwargs.get('num_classes'), r.strategy,
-        batch_size=cfg.eval_batch_size or cfg.batch_size)
-    out.append(plots.Plots(r.workdir, confusion, r.data.label_names,
-                           r.data.eval_split or 'eval'))
-  return out
-
-
-# ---------------------------------------------------------------------------
 # The run.
 
 
 def run(cfg: Config, workdir: str, *, data: pipeline.Data | None = None,
         eval_hooks: Iterable[Callable] = (),
         writer: log_lib.Writer | None = None,
-        callbacks: Iterable[callback_lib.Callback] = ()) -> dict:
+        callbacks: Iterable[callbacks_lib.Callback] = ()) -> dict:
   """Trains (or, with ``eval_only``, evaluates) and returns the final eval.
 
   A workdir with checkpoints is resumed; its recorded config must agree with
@@ -365,36 +203,11 @@ def _run(cfg, workdir, data, eval_hooks, writer, callbacks, preemption):
       raise ConfigError('init_from', problem)
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
-  created = not os.path.exists(workdir)
-  before = set() if created else set(os.listdir(workdir))
-  lock = None
-  if jax.process_index() == 0 and not cfg.eval_only:
-    lock = workdir_lib.WorkdirLock(workdir).acquire()  # one writer per workdir
-  try:
+  chief = jax.process_index() == 0
+  with workdir_lib.claim(workdir, lock=chief and not cfg.eval_only,
+                         clean_up=chief):  # one writer per workdir
     return _run_locked(cfg, workdir, data, eval_hooks, writer, callbacks,
                        preemption, mesh, fresh)
-  except BaseException:
-    if (jax.process_index() == 0 and 'metrics.jsonl' not in before and
-        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
-      _remove_new(workdir, created, before)
-    raise
-  finally:
-    if lock is not None:
-      lock.release()
-
-
-def _remove_new(workdir: str, created: bool, before: set) -> None:
-  """Failed before training: removes what this start wrote (config.json, a
-  tokenizer, empty checkpoints/, the lock file, while still held)."""
-  if created:
-    shutil.rmtree(workdir, ignore_errors=True)
-    return
-  for name in set(os.listdir(workdir)) - before:
-    path = os.path.join(workdir, name)
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path, ignore_errors=True)
-    else:
-      os.remove(path)
 
 
 def _run_locked(cfg, workdir, data, eval_hooks, writer, callbacks,
@@ -410,18 +223,24 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, callbacks,
   if jax.process_index() == 0 and fresh:
     os.makedirs(workdir, exist_ok=True)
     write_config(cfg, workdir, num_steps, data.model_kwargs)
-  r = _build(cfg, workdir, data, mesh, num_steps, eval_hooks)
+  r = assemble.assemble(cfg, workdir, data, mesh, num_steps)
+  p_train = r.strategy.train_step(make_train_step(
+      r.model, r.task, r.tx, cfg.grad_accum_steps, cfg.ema_decay, r.strategy))
+  lines = evaluators.eval_lines(cfg, data, r.model, r.task, r.strategy,
+                                eval_step, eval_hooks)
   writer = writer or log_lib.default_writer(
       workdir, num_steps, cfg.batch_size, jax.process_index() == 0,
       progress=cfg.progress, start_step=r.start)
   if cfg.eval_only:
     callbacks_run = list(callbacks)
   else:
-    callbacks_run = [*_builtin_callbacks(r), *callbacks]
+    callbacks_run = [*callbacks_lib.standard(
+        cfg, workdir, model=r.model, task=r.task, data=data,
+        strategy=r.strategy, example=r.example), *callbacks]
   try:
     if cfg.eval_only:
-      return _evaluate_only(r, writer, callbacks_run)
-    return _Loop(r, writer, callbacks_run, preemption).train()
+      return _evaluate_only(r, lines, writer, callbacks_run)
+    return _Loop(r, p_train, lines, writer, callbacks_run, preemption).train()
   finally:
     r.ckpt.close()
     for callback in callbacks_run:
@@ -429,12 +248,12 @@ def _run_locked(cfg, workdir, data, eval_hooks, writer, callbacks,
     writer.close()
 
 
-def _evaluate_only(r: _Run, writer, callbacks) -> dict:
+def _evaluate_only(r: assemble.Run, lines: dict, writer, callbacks) -> dict:
   """``--eval_only``: the eval split (and the test split when named)."""
   test = {}
-  if r.cfg.test_split and r.eval_lines['test'] is not None:
-    test = r.eval_lines['test'].run(r.start, r.state, writer)
-  result = r.eval_lines['final'].run(r.start, r.state, writer)
+  if r.cfg.test_split and lines['test'] is not None:
+    test = lines['test'].run(r.start, r.state, writer)
+  result = lines['final'].run(r.start, r.state, writer)
   for callback in callbacks:
     if test:
       callback.on_eval(r.start, r.state, 'test', test, True)
@@ -453,8 +272,10 @@ class _Loop:
   """The training loop of one ``run``: steps, then what ``cfg`` schedules
   at each (train line, eval, checkpoint), the callbacks after each."""
 
-  def __init__(self, r: _Run, writer, callbacks, preemption):
+  def __init__(self, r: assemble.Run, p_train, lines: dict, writer,
+               callbacks, preemption):
     self.r, self.cfg, self.writer = r, r.cfg, writer
+    self.p_train, self.lines = p_train, lines
     self.callbacks, self.preemption = callbacks, preemption
     self.window = log_lib.WindowMean()
     self.window.load_state_dict(r.data_state.get('window', {}))
@@ -466,9 +287,9 @@ class _Loop:
         process_index=jax.process_index(), process_count=jax.process_count(),
         threads=self.cfg.grain_threads if r.data.use_grain else 0,
         workers=self.cfg.grain_workers if r.data.use_grain else 0)
-    self.info = callback_lib.LoopInfo(
+    self.info = callbacks_lib.LoopInfo(
         self.cfg, r.workdir, r.model, r.start, r.num_steps, r.state, None,
-        r.p_train)
+        p_train)
 
   def _notify(self, method: str, *args) -> bool:
     """Calls ``method`` of every callback; True if one asked to stop."""
@@ -477,7 +298,7 @@ class _Loop:
 
   def train(self) -> dict:
     r, cfg, state = self.r, self.cfg, self.r.state
-    step_fn, stop, step = r.p_train, False, r.start
+    step_fn, stop, step = self.p_train, False, r.start
     for step in range(r.start, r.num_steps):
       batch = r.strategy.batch(next(self.train_iter))
       if step == r.start:
@@ -490,12 +311,12 @@ class _Loop:
       done = step + 1
       logged = (self._train_line(done)
                 if _every(done, cfg.log_every) or done == r.num_steps else None)
-      stop |= self._notify('on_step', done, state, callback_lib.StepMetrics(
+      stop |= self._notify('on_step', done, state, callbacks_lib.StepMetrics(
           done, metrics, r.strategy.host, logged))
       if logged is not None:
         self.writer.write(done, 'train', logged)
       if _every(done, cfg.eval_every) and done != r.num_steps:
-        result = r.eval_lines['periodic'].run(done, state, self.writer)
+        result = self.lines['periodic'].run(done, state, self.writer)
         stop |= self._notify('on_eval', done, state, 'eval', result, False)
       if _every(done, cfg.checkpoint_every) and done != r.num_steps:
         self._save(done, state)
@@ -543,7 +364,7 @@ class _Loop:
 
   def _finish(self, step: int, state) -> dict:
     """The final eval (all of the eval split), then the test split."""
-    lines = self.r.eval_lines
+    lines = self.lines
     result = lines['final'].run(step, state, self.writer)
     self._notify('on_eval', step, state, 'eval', result, True)
     if lines['test'] is not None:

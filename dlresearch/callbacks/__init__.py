@@ -22,3 +22,4 @@ from dlresearch.callbacks.model_summary import ModelSummary
 from dlresearch.callbacks.nan_stop import NanStop, NonFiniteLossError
 from dlresearch.callbacks.plots import Plots
 from dlresearch.callbacks.profiler import Profiler
+from dlresearch.callbacks.standard import standard

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dlresearch import assemble, callbacks as callbacks_lib, config as config_lib
-from dlresearch import ema as ema_lib, evaluators, init as init_lib
+from dlresearch import assemble, callbacks as callbacks_lib
+from dlresearch import config as config_lib, ema as ema_lib, evaluators
+from dlresearch import init as init_lib
 from dlresearch import logging as log_lib, parallel, state as state_lib
 from dlresearch import tasks, workdir as workdir_lib
 from dlresearch.callbacks import keep_best, nan_stop

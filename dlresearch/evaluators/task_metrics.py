@@ -48,7 +48,9 @@ class TaskMetrics:
   def run(self, state) -> dict:
     sums = None
     for local in pipeline.eval_batches(self.dataset, self.batch_size,
-                                       jax.process_index(), jax.process_count()):
-      sums = tasks.add_sums(sums, self.step_fn(state, self.strategy.batch(local)))
+                                       jax.process_index(),
+                                       jax.process_count()):
+      batch = self.strategy.batch(local)
+      sums = tasks.add_sums(sums, self.step_fn(state, batch))
     result = self.task.finalize(tasks.finalize_sums(self.strategy.host(sums)))
     return {f'{self.prefix}{k}': v for k, v in result.items()}

@@ -326,7 +326,7 @@ class _Loop:
       if self.preemption.reached(done):
         return self._preempted(done, state)
     last = r.start if r.start >= r.num_steps else step + 1
-    self.info.stopping = stop
+    stop = self.info.stopping = stop and last < r.num_steps  # else: the end
     if stop:
       self._save(last, state)
       result = {'step': last, 'stopped_early': True,

@@ -14,24 +14,37 @@ built-in ones:
 - ``on_step(step, state, metrics)``: after every step; ``step`` counts the
   steps done (1 after the first). ``metrics`` is a ``StepMetrics``: this
   step's metrics, fetched to the host only when read (no host sync
-  otherwise), and ``metrics.logged``, the train line of a log step.
+  otherwise), and ``metrics.logged``, the train line of a log step, which
+  is written after every ``on_step`` returned (``NanStop`` raises first).
 - ``on_eval(step, state, split, metrics, final)``: after an eval line was
   written; ``split`` is 'eval' or 'test', ``final`` is True for the final
   eval (after the last step, or after a stop).
 - ``on_checkpoint(step, state)``: before the checkpoint of ``step`` is
-  written; raising stops the run with nothing written for that step.
+  written (``state`` as saved: global arrays); raising stops the run with
+  nothing written for that step.
 - ``on_end(step, state, result)``: the run ended (finished, stopped early
   or preempted); ``result`` is what ``train.run`` returns.
 - ``close()``: when ``train.run`` exits, also on an error.
 
-**Stopping.** ``on_step`` or ``on_eval`` returning True asks the loop to
-stop: it finishes the step (its log, eval and checkpoint), checkpoints,
-runs the final eval and returns ``{'stopped_early': True, ...}``.
+With ``--eval_only`` only ``on_eval`` (``final`` True) and ``on_end`` are
+called, and no built-in callback runs.
 
-**Resume.** A callback with a ``state_key`` keeps ``state_dict()`` in every
-checkpoint's data item (JSON) under that key, and gets it back through
-``load_state_dict`` when the run resumes, so it continues as if never
-stopped. Steps already seen before the checkpoint are not called again.
+**Stopping.** ``on_step`` or ``on_eval`` returning True asks the loop to
+stop: it finishes the step (its train line, eval and checkpoint),
+checkpoints, runs the final eval (not ranked by keep-best) and returns
+``{'stopped_early': True, ...}``. Asked at the last step, it is simply the
+end of the run. Raising an exception ends the run with that exception.
+
+**Resume: restored, not replayed.** The loop never re-creates a callback:
+the caller passes callback objects to every ``run``, the resumed one too.
+A callback with a ``state_key`` keeps ``state_dict()`` (a fresh JSON-able
+dict: the checkpoint is written in the background) in every checkpoint's
+data item under that key, and the resumed run hands the one of the
+checkpoint it resumes from to ``load_state_dict`` before the first step,
+so the callback continues as if never stopped. Steps and evals seen after
+that checkpoint and before the stop are seen again (the run redoes them);
+those before it are not. A callback without a ``state_key`` starts a
+resumed run as the caller built it.
 """
 
 import dataclasses

@@ -50,6 +50,47 @@ def quiet_libraries() -> None:
       target.addFilter(_QUIET)
 
 
+class WindowMean:
+  """Sums a step's metrics on device; ``pop()`` gives their window mean.
+
+  Train lines report the mean over the steps since the last line, not one
+  batch; summing stays on device (no host sync per step). ``metrics`` is a
+  flat dict of arrays (jax or NumPy; this module imports no jax). The sums
+  ride in each checkpoint (``state_dict``/``load_state_dict``: float32 sums
+  are exact as JSON numbers), so a run stopped between two log steps and
+  resumed writes the same train lines as one never stopped.
+  """
+
+  def __init__(self):
+    self._sum, self._count, self._saved = None, 0, None
+
+  def add(self, metrics) -> None:
+    if self._sum is None and self._saved:  # resumed mid-window
+      saved, self._saved = self._saved, None
+      metrics = {k: v.dtype.type(saved[k]) + v for k, v in metrics.items()}
+    self._sum = metrics if self._sum is None else {
+        k: self._sum[k] + v for k, v in metrics.items()}
+    self._count += 1
+
+  def pop(self):
+    out = {k: v / self._count for k, v in self._sum.items()}
+    self._sum, self._count = None, 0
+    return out
+
+  def state_dict(self, host) -> dict:
+    """The sums so far as floats (``host`` fetches them) and their count."""
+    if not self._count:
+      return {}
+    return {'count': self._count,
+            'sums': {k: float(v) for k, v in host(self._sum).items()}}
+
+  def load_state_dict(self, state: dict) -> None:
+    self._sum, self._saved = None, None
+    self._count = int(state.get('count', 0))
+    if self._count:
+      self._saved = state['sums']
+
+
 class Writer(Protocol):
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:

@@ -24,10 +24,14 @@ compile without it. ``jax.pmap`` takes no compiler options: under
 """
 
 import functools
+import os
 
 import jax
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dlresearch.config import Config
 
 AXES = ('data', 'fsdp')
 BATCH_AXES = ('data', 'fsdp')
@@ -73,6 +77,34 @@ def make_mesh(spec: str = '', devices=None) -> Mesh:
   # Auto axes: shardings are propagated by the compiler, not carried in types.
   return jax.make_mesh(tuple(sizes.values()), AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def use_compilation_cache(directory: str) -> None:
+  """JAX's persistent compilation cache in ``directory`` ('none'/'': off).
+
+  The default directory yields to one already configured (e.g. by
+  ``JAX_COMPILATION_CACHE_DIR``); an explicit one replaces it. Programs that
+  took at least 0.2 s to compile are kept, unless
+  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` sets another threshold.
+  JAX opens its cache once, at the first compile of the process; a change
+  here (another directory, on or off: a second ``run`` in a notebook)
+  resets it so that the next compile opens the new one.
+  """
+  if directory.lower() in ('', 'none'):
+    enabled, path = False, jax.config.jax_compilation_cache_dir
+  else:
+    enabled, path = True, os.path.expanduser(directory)
+    default = Config.__dataclass_fields__['compilation_cache'].default
+    if directory == default and jax.config.jax_compilation_cache_dir:
+      path = jax.config.jax_compilation_cache_dir
+    os.makedirs(path, exist_ok=True)
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  if (enabled, path) != (jax.config.jax_enable_compilation_cache,
+                         jax.config.jax_compilation_cache_dir):
+    jax.config.update('jax_enable_compilation_cache', enabled)
+    jax.config.update('jax_compilation_cache_dir', path)
+    compilation_cache.reset_cache()
 
 
 # XLA:CPU compiler options for the jitted steps (see the module docstring).
@@ -159,6 +191,10 @@ class JitStrategy:
     self._batch = batch_sharding(mesh)
     self.compiler_options = compiler_options(mesh, cpu_eigen_convs)
 
+  def gradients(self, grad_fn):
+    """``grad_fn`` as the step calls it: unchanged (the compiler reduces)."""
+    return grad_fn
+
   def train_step(self, fn):
     return jax.jit(fn, in_shardings=(self.shardings, self._batch),
                    out_shardings=(self.shardings, replicated(self.mesh)),
@@ -204,13 +240,29 @@ class PmapStrategy:
     self.devices = [d for d in mesh.devices.flat
                     if d.process_index == jax.process_index()]
 
+  def gradients(self, grad_fn):
+    """``grad_fn(params, model_state, batch, rng)`` across the devices: a
+    different dropout key per device, gradients and batch statistics
+    averaged, metric sums added."""
+    axis = self.axis_name
+
+    def fn(params, model_state, batch, rng):
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis))
+      grads, sums, model_state = grad_fn(params, model_state, batch, rng)
+      return (jax.lax.pmean(grads, axis), jax.lax.psum(sums, axis),
+              jax.lax.pmean(model_state, axis))
+
+    return fn
+
   def train_step(self, fn):
-    return jax.pmap(functools.partial(fn, axis_name=self.axis_name),
-                    axis_name=self.axis_name, donate_argnums=0)
+    """``fn``: a step whose ``grad_fn`` went through ``gradients``."""
+    return jax.pmap(fn, axis_name=self.axis_name, donate_argnums=0)
 
   def eval_step(self, fn):
-    return jax.pmap(functools.partial(fn, axis_name=self.axis_name),
-                    axis_name=self.axis_name)
+    """``fn(state, batch) -> sums`` added across the devices."""
+    axis = self.axis_name
+    return jax.pmap(lambda state, batch: jax.lax.psum(fn(state, batch), axis),
+                    axis_name=axis)
 
   def batch(self, local_batch: dict) -> dict:
     n = len(self.devices)

@@ -1,13 +1,21 @@
-"""The train state: one pytree with everything a step reads and writes."""
+"""The train state: one pytree with everything a step reads and writes.
+
+Also where a run's first state comes from (``restore_or_create``: the
+workdir's checkpoint, then ``--init_from``, then fresh) and the check that
+no non-finite state is trained on or saved.
+"""
 
 import dataclasses
 from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
+from absl import logging
 
-from dlresearch import ema as ema_lib
+from dlresearch import ema as ema_lib, init as init_lib, policy
+from dlresearch.config import ConfigError
 
 
 @flax.struct.dataclass
@@ -65,3 +73,72 @@ def to_checkpoint(state: TrainState) -> dict:
 
 def from_checkpoint(tree: dict) -> TrainState:
   return TrainState(**{'ema_params': None, **tree})
+
+
+@jax.jit
+def count_non_finite(tree) -> jax.Array:
+  """How many NaN/inf values the floating-point leaves of ``tree`` hold."""
+  counts = [jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return sum(counts, jnp.int32(0))
+
+
+def non_finite_reason(state: TrainState) -> str | None:
+  """Why ``state`` must not be saved or trained on, or None."""
+  bad = {name: int(count_non_finite(getattr(state, name)))
+         for name in ('params', 'opt_state', 'model_state')}
+  bad = {k: v for k, v in bad.items() if v}
+  if not bad:
+    return None
+  return 'non-finite values in ' + ', '.join(f'{k} ({v})' for k, v in bad.items())
+
+
+def restore_or_create(cfg, ckpt, create, shardings, abstract_state, model,
+                      workdir):
+  """Resume order: workdir checkpoint, then --init_from params, then fresh.
+
+  Returns ``(state, start step, data state)``, the state as global arrays
+  laid out by ``shardings``. ``--eval_only --eval_checkpoint=best`` swaps in
+  the keep-best checkpoint's params and model state.
+  """
+  if ckpt.latest_step() is not None:
+    # The newest checkpoint that reads and verifies; corrupt ones are moved
+    # aside (never deleted) when training, left in place by --eval_only.
+    state, data_state, _ = ckpt.restore_latest_good(
+        to_checkpoint(abstract_state), move_aside=not cfg.eval_only,
+        check=lambda tree: non_finite_reason(from_checkpoint(tree)))
+    state = from_checkpoint(state)
+    logging.info('resumed from step %d', data_state['step'])
+    if cfg.eval_only and cfg.eval_checkpoint:
+      state, step = _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir)
+      return state, step, data_state
+    return state, data_state['step'], data_state
+  state = jax.jit(create, out_shardings=shardings)()
+  if cfg.init_from:  # dlresearch/init.py: what loads, what is new, the report
+    params, model_state, _ = init_lib.initialize(
+        cfg, model, state.params, state.model_state, workdir)
+    state = state.replace(params=params, model_state=model_state)
+  return state, 0, {}
+
+
+def _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir):
+  """The state of ``--eval_checkpoint`` ('best' or a step number)."""
+  if cfg.eval_checkpoint == 'best':
+    best = policy.BestCheckpoint(policy.best_checkpoint_dir(workdir))
+    try:
+      if best.best_step() is None:
+        raise ConfigError('eval_checkpoint', f'no keep-best checkpoint in '
+                          f'{workdir} (train with --best_metric)')
+      variables, info = best.restore({'params': abstract_state.params,
+                                      'model_state': abstract_state.model_state})
+    finally:
+      best.close()
+    return state.replace(params=variables['params'],
+                         model_state=variables['model_state']), info['step']
+  step = int(cfg.eval_checkpoint)
+  if step not in ckpt.all_steps():
+    raise ConfigError('eval_checkpoint', f'no checkpoint step {step} in '
+                      f'{workdir} (steps: {ckpt.all_steps()})')
+  state, data_state = ckpt.restore(to_checkpoint(abstract_state),
+                                   step)
+  return from_checkpoint(state), data_state['step']

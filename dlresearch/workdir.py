@@ -5,7 +5,8 @@
 ``out_of_space`` turns a write that fails later for lack of space (ENOSPC,
 EDQUOT, EFBIG) into one line too. ``WorkdirLock``
 makes a second run on the same workdir refuse to start instead of
-interleaving its checkpoints with the first one's.
+interleaving its checkpoints with the first one's. ``claim`` holds the lock
+for one start and undoes what a start that fails before training wrote.
 
 The lock is ``fcntl.flock`` on ``WORKDIR/.lock``, held on an open descriptor
 for as long as the lock object lives. The kernel releases it when the process
@@ -15,11 +16,13 @@ the error message. On NFS, Linux maps flock to POSIX locks, which lockd/NFSv4
 honour across machines.
 """
 
+import contextlib
 import datetime
 import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 
@@ -182,3 +185,36 @@ def _describe_holder(fd: int) -> str:
             f'{info["started"]}')
   except (OSError, ValueError, KeyError, TypeError):
     return 'another process (holder unknown)'
+
+
+@contextlib.contextmanager
+def claim(workdir: str, *, lock: bool, clean_up: bool):
+  """One start's hold on ``workdir``: locked (``lock``) while inside; if the
+  start fails before ``metrics.jsonl`` exists and ``clean_up`` is set, what
+  it wrote (config.json, a tokenizer, empty checkpoints/, the lock file,
+  while still held) is removed, and a directory it created with it."""
+  created = not os.path.exists(workdir)
+  before = set() if created else set(os.listdir(workdir))
+  held = WorkdirLock(workdir).acquire() if lock else None
+  try:
+    yield
+  except BaseException:
+    if (clean_up and 'metrics.jsonl' not in before and
+        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
+      _remove_new(workdir, created, before)
+    raise
+  finally:
+    if held is not None:
+      held.release()
+
+
+def _remove_new(workdir: str, created: bool, before: set) -> None:
+  if created:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return
+  for name in set(os.listdir(workdir)) - before:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)

@@ -22,7 +22,7 @@ APPS, RAI, TOOLS = 'dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools'
 TOOLS_AT_TOP = frozenset({'dlresearch.export', 'dlresearch.runs'})
 # What data (sources -> arrays -> batches) sits below.
 ABOVE_DATA = ('dlresearch.tasks', 'dlresearch.problems', 'dlresearch.models',
-              'dlresearch.hooks', 'dlresearch.evaluators',
+              'dlresearch.evaluators',
               'dlresearch.callbacks', 'dlresearch.train', APPS, RAI, TOOLS)
 
 

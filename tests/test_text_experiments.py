@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import checkpoint, cli, config as config_lib, hooks, tasks
+from dlresearch import checkpoint, cli, config as config_lib, tasks
+from dlresearch.evaluators import bleu, samples
 from dlresearch import logging as log_lib
 from dlresearch import train
 from dlresearch.config import ConfigError
@@ -167,7 +168,7 @@ def test_rnn_lm_lstm_tiny_sample_resume_eval_only(
   model = registry.build(cfg.model, vocab_size=tok.vocab_size,
                          **cfg.model_kwargs)
   params = checkpoint.load_variables(str(tmp_path))['params']
-  words, ids = hooks.continue_prompt(model, params, tok, cfg.prompt, 33,
+  words, ids = samples.continue_prompt(model, params, tok, cfg.prompt, 33,
                                           jax.random.PRNGKey(1))
   assert ids.shape == (33,) and words == tok.decode(ids)
 
@@ -235,7 +236,7 @@ def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
     assert np.isfinite(last[key]), key
   assert 0 <= result['bleu'] <= 100 and 0 <= result['exact_match'] <= 1
   # All 50 test pairs (fewer than bleu_examples) as source/reference/output.
-  blocks = (tmp_path / hooks.TRANSLATIONS_FILE).read_text().split('\n\n')
+  blocks = (tmp_path / bleu.TRANSLATIONS_FILE).read_text().split('\n\n')
   triples = [b.split('\n') for b in blocks if b]
   from num2words import num2words
   german = {num2words(n): num2words(n, lang='de') for n in range(50)}
@@ -246,12 +247,12 @@ def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
 
 def test_translation_scores():
   refs = ['einundzwanzig', 'dreihundert', 'zwei']
-  perfect = hooks.translation_scores(refs, refs, 'char')
+  perfect = bleu.translation_scores(refs, refs, 'char')
   assert perfect == {'bleu': pytest.approx(100), 'chrf': pytest.approx(100),
                      'exact_match': 1.0}
   # One-word compounds: 13a BLEU has no 2-4-grams, so it is 0 even when right.
-  assert hooks.translation_scores(refs, refs, '13a')['bleu'] == 0.0
-  near = hooks.translation_scores(['einundzwanzig', 'dreihundertzwei',
+  assert bleu.translation_scores(refs, refs, '13a')['bleu'] == 0.0
+  near = bleu.translation_scores(['einundzwanzig', 'dreihundertzwei',
                                         'zwei'], refs, 'char')
   assert 0 < near['bleu'] < 100 and near['exact_match'] == pytest.approx(2 / 3)
 

@@ -7,7 +7,8 @@ with the char tokenizer, else ``bits_per_token``). ``--sample`` adds a
 sampled continuation to each eval.
 """
 
-from dlresearch import hooks, problems, tasks
+from dlresearch import problems, tasks
+from dlresearch.evaluators import samples
 from dlresearch.config import Config
 from dlresearch.data import pipeline, text
 from dlresearch.problems import text_inputs as inputs
@@ -39,5 +40,5 @@ def lm(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                        test=rows(splits.test) if splits.test else None,
                        test_split=splits.test or '')
   if cfg.sample:
-    data.eval_hooks.append(hooks.sample_hook(cfg, tok, sizes.get('max_len')))
+    data.eval_hooks.append(samples.sample_hook(cfg, tok, sizes.get('max_len')))
   return data

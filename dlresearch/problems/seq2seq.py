@@ -2,12 +2,13 @@
 
 One tokenizer is built on both sides of train (``tasks.Seq2Seq``);
 training pairs that do not fit ``--max_len`` are dropped; each eval adds
-BLEU/chrF/exact match of decoded translations (``hooks.translation_hook``).
+BLEU/chrF/exact match of decoded translations (``bleu.translation_hook``).
 """
 
 from absl import logging
 
-from dlresearch import hooks, problems, tasks
+from dlresearch import problems, tasks
+from dlresearch.evaluators import bleu
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import pipeline, text
 from dlresearch.problems import text_inputs as inputs
@@ -52,7 +53,7 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                        inputs.compact(evals, tok.vocab_size), task, sizes,
                        tokenizer=tok, eval_split=splits.eval, test=test_arrays,
                        test_split=splits.test or '')
-  data.eval_hooks.append(hooks.translation_hook(
+  data.eval_hooks.append(bleu.translation_hook(
       cfg, workdir, tok, evals, eval_cols[cfg.source_key],
       eval_cols[cfg.target_key]))
   return data

@@ -2,7 +2,7 @@
 
 The metrics are exact over the whole eval split, not sums over batches, so
 the hook scores the eval split on the host (this process's full copy of
-the parameters, fixed-size jitted batches: ``hooks.batched``) and computes
+the parameters, fixed-size jitted batches: ``evaluators.batched``) and computes
 them once. IsolationForest, fitted on the same normal train rows, is
 computed at the first eval and reported in every eval line.
 
@@ -18,7 +18,7 @@ import functools
 import jax
 import numpy as np
 
-from dlresearch import hooks
+from dlresearch.evaluators import base as evaluators
 from dlresearch.apps.anomaly import metrics
 from dlresearch.config import Config
 
@@ -41,7 +41,7 @@ def anomaly_scores(model, variables, x: np.ndarray, supervised: bool,
       return out[:, 1] - out[:, 0]
     return metrics.reconstruction_error(xb, out)
 
-  return hooks.batched(score, (x,), batch_size)
+  return evaluators.batched(score, (x,), batch_size)
 
 
 def _named(found: dict, alert_rate: float, prefix: str = '') -> dict:
@@ -77,7 +77,7 @@ def anomaly_hook(cfg: Config, x_eval: np.ndarray, y_eval: np.ndarray,
                   cfg.alert_rate, 'iforest_')
 
   def hook(model, state):
-    scores = anomaly_scores(model, hooks.host_variables(state), x_eval,
+    scores = anomaly_scores(model, evaluators.host_variables(state), x_eval,
                             supervised, batch_size)
     out = _named(metrics.anomaly_metrics(y_eval, scores, rates),
                  cfg.alert_rate)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlresearch import hooks
+from dlresearch.evaluators import base as evaluators
 from dlresearch.apps.recommend import metrics
 from dlresearch.config import Config
 
@@ -80,7 +80,7 @@ def retrieval_hook(cfg: Config, train: dict, test: dict, num_users: int,
                   popular, seen, relevant, k)}
 
   def hook(model, state):
-    scores = score_items(model, hooks.host_variables(state),
+    scores = score_items(model, evaluators.host_variables(state),
                          np.arange(num_users), genres)
     return {f'recall@{k}': metrics.recall_at_k(scores, seen, relevant, k),
             f'ndcg@{k}': metrics.ndcg_at_k(scores, seen, relevant, k),

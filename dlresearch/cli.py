@@ -32,6 +32,7 @@ once per run.
 
 import dataclasses
 import os
+import shlex
 import sys
 from typing import Callable, Sequence
 
@@ -263,6 +264,47 @@ def print_result(result: dict) -> None:
       print(f'--- {key} at step {result["step"]} ---\n{value}\n---', flush=True)
 
 
+def _without_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+  """``argv`` less ``--name=value`` / ``--name value`` for each of ``names``."""
+  out, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+      continue
+    flag = arg.split('=', 1)[0]
+    if flag in [f'--{n}' for n in names]:
+      skip = '=' not in arg
+      continue
+    out.append(arg)
+  return out
+
+
+def retry_advice(experiment: str, argv: Sequence[str], workdir: str,
+                 cfg: Config) -> str:
+  """After a divergence: a command that retries with half the learning rate.
+
+  A workdir keeps the config it was started with (``check_resume``), so a
+  lower ``--learning_rate`` goes to a new workdir, starting (``--init_from``)
+  from this one's last checkpoint when it has one. A workdir that the failed
+  start removed again (nothing was trained) can be reused as it is.
+  """
+  lr = f'{cfg.learning_rate / 2:g}'
+  saved = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(n) for n in (os.listdir(saved) if os.path.isdir(saved)
+                                  else ()) if n.isdigit())
+  fresh = not os.path.exists(os.path.join(workdir, 'config.json'))
+  args = _without_flags(argv, ('workdir', 'learning_rate', 'init_from'))
+  new = workdir if fresh else f'{workdir.rstrip("/")}_lr{lr}'
+  command = ['python', '-m', f'experiments.{experiment}', *args,
+             f'--workdir={new}', f'--learning_rate={lr}']
+  if steps and not fresh:
+    command.append(f'--init_from={os.path.join(workdir, "checkpoints", str(steps[-1]))}')
+  where = ('' if fresh else ' (a workdir keeps its learning rate, so a new '
+           'one' + (f', starting from step {steps[-1]}' if steps else '') + ')')
+  return (f'To retry with half the learning rate{where}: '
+          f'{shlex.join(command)} (or set --grad_clip_norm)')
+
+
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
          run: Callable | None = None, model_selects_preset: bool = False,
          options: Sequence[str] = ()) -> None:
@@ -305,7 +347,8 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
     except plain as e:
       fail(str(e))
     except train.NonFiniteLossError as e:
-      fail(str(e), code=3)
+      fail(f'{e}. {retry_advice(experiment, sys.argv[1:], workdir, cfg)}',
+           code=3)
     except tuple(errors) as e:
       fail(f'--{errors[type(e)]}: {e}')
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, no checkpoint

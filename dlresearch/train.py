@@ -205,7 +205,12 @@ def _run(cfg, workdir, data, eval_hooks, writer, callbacks, preemption):
   mesh = parallel.make_mesh(cfg.mesh)
   config_lib.check_devices(cfg, mesh.size)
   chief = jax.process_index() == 0
-  with workdir_lib.claim(workdir, lock=chief and not cfg.eval_only,
+  beside = cfg.eval_only and chief and workdir_lib.busy_holder(workdir)
+  if beside:  # a training run holds the workdir: write nothing into it
+    logging.warning('%s is in use by %s: evaluating without writing to it '
+                    '(the result is printed only)', workdir, beside)
+    writer = writer or log_lib.MultiWriter([])
+  with workdir_lib.claim(workdir, lock=chief and not beside,
                          clean_up=chief):  # one writer per workdir
     return _run_locked(cfg, workdir, data, eval_hooks, writer, callbacks,
                        preemption, mesh, fresh)

@@ -111,6 +111,25 @@ def holds_lock(path: str) -> bool:
   return any(path == d or path.startswith(d + os.sep) for d in _HELD)
 
 
+def busy_holder(workdir: str) -> str | None:
+  """Who holds ``workdir``'s lock when another live process does, else None
+  (``--eval_only`` beside a training run writes nothing into its workdir)."""
+  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), LOCK_FILE)
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+  except OSError:
+    return None  # no lock file: nobody holds it
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = _describe_holder(fd)
+    os.close(fd)
+    return holder if e.errno in (errno.EAGAIN, errno.EACCES) else None
+  fcntl.flock(fd, fcntl.LOCK_UN)
+  os.close(fd)
+  return None
+
+
 class WorkdirLock:
   """One writer per workdir: ``with WorkdirLock(workdir): ...``.
 

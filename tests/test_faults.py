@@ -12,6 +12,8 @@ reference; the damage cases work on copies of it.
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -19,7 +21,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from dlresearch import checkpoint, config as config_lib, train
+from dlresearch import checkpoint, cli, config as config_lib, train
+from dlresearch import workdir as workdir_lib
 from dlresearch.data import datasets
 import _forked  # pylint: disable=g-bad-import-order
 
@@ -360,6 +363,35 @@ def test_diverging_update_is_never_checkpointed(stage2):
   assert 'non-finite values in params' in line
   assert 'after the update of step 1' in line
   assert steps_on_disk(stage2['dirs']['diverge']) == []
+  # The advice is a command that is accepted: half the learning rate, in a
+  # new workdir (this one keeps its recorded learning rate).
+  assert line.endswith(' (or set --grad_clip_norm)'), line
+  command = shlex.split(re.search(
+      r'To retry with half the learning rate[^:]*: (.*) \(or set', line)[1])
+  assert command[:3] == ['python', '-m', MODULE]
+  assert '--learning_rate=1.7e+38' in command
+  assert f'--workdir={stage2["dirs"]["diverge"]}_lr1.7e+38' in command
+  # Accepted and trained (at 1.7e38 it diverges again: exit 3, not a
+  # refused flag or config).
+  retry = run_cases([{'argv': command[3:]}], stage2['dirs']['diverge'].parent)[0]
+  assert retry['code'] == 3 and 'the run diverged' in retry['stderr'], (
+      retry['stderr'][-3000:])
+
+
+def test_divergence_in_a_trained_workdir_advises_a_new_one(tmp_path):
+  workdir = tmp_path / 'w'
+  os.makedirs(workdir / 'checkpoints' / '20')
+  (workdir / 'config.json').write_text('{}')
+  cfg = config_lib.Config(learning_rate=0.1)
+  advice = cli.retry_advice('cnn_imagenet', [
+      '--preset=quickstart', '--workdir', str(workdir), '--learning_rate=0.1',
+      '--init_from=x'], str(workdir), cfg)
+  command = shlex.split(re.search(r'rate[^:]*: (.*) \(or set', advice)[1])
+  assert command == [
+      'python', '-m', 'experiments.cnn_imagenet', '--preset=quickstart',
+      f'--workdir={workdir}_lr0.05', '--learning_rate=0.05',
+      f'--init_from={workdir}/checkpoints/20'], advice
+  assert 'starting from step 20' in advice
 
 
 def test_full_disk_is_one_line_and_keeps_earlier_checkpoints(stage2):
@@ -444,3 +476,25 @@ def test_failed_metrics_write_leaves_no_partial_line(tmp_path, monkeypatch):
   assert [l['step'] for l in log_lib.read_metrics(str(tmp_path))] == [1]
   log_lib.JsonlWriter(str(tmp_path / 'metrics.jsonl')).close()  # drops it
   assert raw_lines(tmp_path)[-1].endswith('\n')
+
+
+def test_eval_only_beside_a_training_run_writes_nothing_into_it(env, tmp_path):
+  """``--eval_only`` on a workdir another process holds (a run training in
+  it) evaluates its latest checkpoint and prints the result, but writes
+  nothing there: no eval line in the trainer's metrics.jsonl, no file."""
+  workdir = copy_tree(env['ref'], tmp_path / 'held')
+  before = _forked.snapshot(workdir)
+  holder = workdir_lib.WorkdirLock(workdir).acquire()  # the "training run"
+  try:
+    result = run_cases([{'argv': [*TRAIN, f'--data_dir={env["data_dir"]}',
+                                  f'--workdir={workdir}', '--eval_only']}],
+                       tmp_path)[0]
+  finally:
+    holder.release()
+  assert result['code'] == 0, result['stderr'][-3000:]
+  assert final_line(result).startswith('final eval at step 30: ')
+  assert f'in use by pid {os.getpid()}' in result['stderr']
+  assert 'evaluating without writing to it' in result['stderr']
+  after = _forked.snapshot(workdir)
+  after.pop('.lock', None), before.pop('.lock', None)
+  assert after == before

@@ -27,8 +27,7 @@ class NanStop(Callback):
   @staticmethod
   def _fail(what: str) -> None:
     raise NonFiniteLossError(
-        f'{what}: the run diverged. Lower --learning_rate or set '
-        '--grad_clip_norm; no checkpoint of this state was written.')
+        f'{what}: the run diverged; no checkpoint of this state was written')
 
   def check(self, step: int, metrics) -> None:
     bad = [k for k in ('loss', 'grad_norm')

@@ -156,6 +156,9 @@ class TrainIterator:
     it = ds.to_iter_dataset(grain.ReadOptions(
         num_threads=max(self.threads, 1), prefetch_buffer_size=4))
     if self.workers:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # a notebook or a test: grain reads
+        flags.FLAGS.mark_as_parsed()  # its absl flags (defaults) to start
       it = it.mp_prefetch(
           grain.MultiprocessingOptions(num_workers=self.workers),
           worker_init_fn=_exit_with_parent)

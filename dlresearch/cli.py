@@ -314,7 +314,7 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
   data); an experiment passes its own only to wrap the run (e.g. a table of
   runs). The option sections whose flags are defined follow the presets'
   data kinds (``flag_sections``); ``options`` names more, for the fields an
-  experiment's own ``run`` reads (``xray``).
+  experiment's own ``run`` reads.
   """
   startup.install()
   define_flags(presets, default_preset, shown_preset=_preset_in_argv(

@@ -6,10 +6,11 @@ declaring its fields, their help, closed choices and resume rule, and a
 
 - engine sections (``engine.py``), whose flags every experiment has: data,
   model, optimisation, loop, evaluation, parallelism, cluster, transfer;
-- option sections of problems and applications (``options.py``), whose flags
-  an experiment has only when its presets use one of the section's data
-  kinds: image, text, hf_text, generation, translation, audit, anomaly,
-  retrieval, xray.
+- option sections of problems (``options.py``) and of applications (their
+  own ``dlresearch/apps/<name>/options.py``, found by a scan of the folder),
+  whose flags an experiment has only when its presets use one of the
+  section's data kinds: image, text, hf_text, generation, translation,
+  audit; anomaly, retrieval.
 
 ``Config`` inherits every section, so call sites read ``cfg.learning_rate``
 and build ``Config(model=...)`` / ``dataclasses.replace(cfg, ...)`` whatever
@@ -27,9 +28,11 @@ what the checkpoint means is refused (``check_resume``); the fields declared
 """
 
 import dataclasses
+import importlib
 import json
 import math
 import os
+import pathlib
 import typing
 from typing import Any
 
@@ -43,16 +46,21 @@ from dlresearch.config.engine import profile_range
 CONFIG_FILE = 'config.json'
 
 
-# Bases listed last section first: a dataclass orders its fields from the
-# last base to the first, so ``dataclasses.fields(Config)`` follows the
-# sections' declaration order (data, model, ..., xray).
-@dataclasses.dataclass(frozen=True)
-class Config(options.Xray, options.Retrieval, options.Anomaly, options.Audit,
-             options.Translation, options.Generation, options.HfText,
-             options.Text, options.Image, engine.Transfer, engine.Cluster,
-             engine.Parallelism, engine.Evaluation, engine.Loop,
-             engine.Optimisation, engine.Model, engine.Data):
-  """Everything one run needs. Field names are also the flag names."""
+def _import_app_options() -> None:
+  """Imports ``dlresearch/apps/<name>/options.py`` of every application.
+
+  Found by scanning the folder, as ``problems`` finds ``apps/*/problem.py``:
+  the engine names no application, and an application's sections declare
+  themselves (``@section``, ``register_options``) when imported. These
+  modules import only ``dlresearch.config.declare``.
+  """
+  apps = pathlib.Path(__file__).resolve().parents[1] / 'apps'
+  for path in sorted(apps.glob('*/options.py')):
+    importlib.import_module(f'dlresearch.apps.{path.parent.name}.options')
+
+
+class _Methods:
+  """What ``Config`` adds to the fields of its sections."""
 
   def replace(self, **kwargs) -> 'Config':
     return dataclasses.replace(self, **kwargs)
@@ -62,6 +70,25 @@ class Config(options.Xray, options.Retrieval, options.Anomaly, options.Audit,
 
   def validate(self) -> 'Config':
     return validate(self)
+
+
+def _compose() -> type:
+  """``Config``: a frozen dataclass inheriting every section.
+
+  Bases are listed last section first: a dataclass orders its fields from
+  the last base to the first, so ``dataclasses.fields(Config)`` follows the
+  sections' declaration order (data, model, ..., then the applications').
+  """
+  _import_app_options()
+  bases = (_Methods, *(s.cls for s in reversed(all_sections())))
+  cls = type('Config', bases, {
+      '__doc__': 'Everything one run needs. Field names are also the flag '
+                 'names; the fields are those of the sections (``sections()``).',
+      '__module__': __name__, '__qualname__': 'Config'})
+  return dataclasses.dataclass(frozen=True)(cls)
+
+
+Config = _compose()
 
 
 def sections() -> tuple[Section, ...]:
@@ -229,6 +256,11 @@ def flatten(data: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+# Fields older versions recorded that no run reads any more (read and
+# dropped): ``pretrained`` was the X-ray demo's, now a flag of its tool.
+RETIRED_FIELDS = frozenset({'pretrained'})
+
+
 def from_json(data: dict[str, Any]) -> Config:
   """A Config from ``to_json`` output or a flat record; unknown keys are an error."""
   if not isinstance(data, dict):
@@ -240,6 +272,8 @@ def from_json(data: dict[str, Any]) -> Config:
       raise ConfigError(nested[0], 'unknown config section in the recorded '
                         'config (written by a newer dlresearch?)')
   data = flatten(data)
+  for name in RETIRED_FIELDS:  # recorded by older versions; no meaning now
+    data.pop(name, None)
   unknown = sorted(set(data) - set(_FIELDS))
   if unknown:
     raise ConfigError(unknown[0], 'unknown config field in the recorded '
@@ -308,7 +342,8 @@ def check_resume(recorded: Config, new: Config, workdir: str) -> None:
 
 # Keep the public surface small and explicit.
 __all__ = ['CHOICES', 'CONFIG_FILE', 'Config', 'ConfigError',
-           'MAY_CHANGE_ON_RESUME', 'Section', 'changed_fields', 'check_devices',
+           'MAY_CHANGE_ON_RESUME', 'RETIRED_FIELDS', 'Section',
+           'changed_fields', 'check_devices',
            'check_resume', 'field_help', 'field_types', 'flatten', 'from_json',
            'is_flag', 'is_sectioned', 'override', 'parse_value',
            'profile_range', 'read_record', 'read_recorded',

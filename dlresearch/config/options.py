@@ -5,7 +5,9 @@ of the section's kinds (``dlresearch.cli``); the fields still exist on every
 ``Config`` and keep their preset or default values elsewhere. The
 ``register_options`` calls below say which kinds read which section; a
 problem module (``dlresearch/problems/``, ``dlresearch/apps/<name>/``) may
-make the same call for its own kind.
+make the same call for its own kind. An application declares its own
+sections in ``dlresearch/apps/<name>/options.py`` (found by
+``dlresearch.config``'s scan, as problems are found by ``problems``').
 """
 
 from dlresearch.config.declare import (MAY_CHANGE, ConfigError, _f, check,
@@ -144,55 +146,3 @@ class Audit:
 
 
 register_options(Audit, kinds=('classification',))
-
-
-@section('anomaly')
-class Anomaly:
-  """anomaly: the normal class and the alert rate of anomaly detection."""
-
-  normal_class: int = _f(0, 'One-class anomaly detection on a labelled image '
-                         'dataset: the class id trained on as normal (>= 0; '
-                         'every other class is an anomaly at test time). -1: '
-                         'each class in turn, one run per class and a '
-                         'per-class table (experiments.anomaly).')
-  alert_rate: float = _f(0.001, 'Anomaly evals (--data_kind=anomaly): the '
-                         'fraction of eval examples flagged, highest scores '
-                         'first, for precision_at_alert_rate and '
-                         'recall_at_alert_rate; in (0, 1] (0.001 = 0.1%).',
-                         on_resume=MAY_CHANGE)
-
-  def validate(self):
-    check(0 < self.alert_rate <= 1, 'alert_rate', 'in (0, 1]', self.alert_rate)
-    check(self.normal_class >= -1, 'normal_class', '>= 0 (or -1 for every '
-          'class in turn)', self.normal_class)
-
-
-register_options(Anomaly, kinds=('anomaly',))
-
-
-@section('retrieval')
-class Retrieval:
-  """retrieval: the length of the ranked lists of retrieval evals."""
-
-  ranking_k: int = _f(10, 'Retrieval evals (--data_kind=retrieval): the '
-                      'length K of each recommended list for recall@K and '
-                      'ndcg@K (>= 1).', on_resume=MAY_CHANGE)
-
-  def validate(self):
-    check(self.ranking_k >= 1, 'ranking_k', '>= 1', self.ranking_k)
-
-
-register_options(Retrieval, kinds=('retrieval',))
-
-
-@section('xray')
-class Xray:
-  """xray: the ImageNet weights of the X-ray transfer demo, experiments.xray."""
-
-  pretrained: str = _f('', 'Transfer demos (experiments.xray): the '
-                       'torchvision MobileNetV2 ImageNet weights (.pth); '
-                       'empty: the file `python -m dlresearch.data.fetch '
-                       'mobilenet_v2_imagenet` cached.')
-
-
-register_options(Xray, kinds=())  # no data kind reads it: asked for by name

@@ -129,5 +129,9 @@ def test_fresh_run_writes_the_same_metrics_and_a_sectioned_record(runs):
   assert strip(new) == strip(_lines(os.path.join(FIXTURE, 'metrics.jsonl')))
   old, new = _record(FIXTURE), _record(runs['fresh_dir'])
   assert config_lib.is_sectioned(new['config'])
-  assert config_lib.flatten(new['config']) == old['config']  # same keys, values
+  # Same keys and values; fields added since e5bc124 hold their defaults.
+  flat = config_lib.flatten(new['config'])
+  default = config_lib.flatten(config_lib.to_json(config_lib.Config()))
+  added = {k: default[k] for k in flat.keys() - old['config'].keys()}
+  assert flat == {**old['config'], **added}
   assert new['data_model_kwargs'] == old['data_model_kwargs']

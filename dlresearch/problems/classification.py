@@ -14,6 +14,7 @@ and fairness gaps. ``--image_channels`` repeats grey images to RGB;
 
 import dataclasses
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -111,6 +112,10 @@ def mix_fn(cfg: Config, num_classes: int, key: str, label_key: str,
   if cfg.cutmix_alpha and not is_image:
     raise ConfigError('cutmix_alpha', f'{cfg.dataset} has no images to cut '
                       'and paste; use --mixup_alpha')
+  if (cfg.batch_size // jax.process_count()) % 2:
+    raise ConfigError('batch_size', 'Mixup/CutMix mix neighbouring examples: '
+                      f'each of the {jax.process_count()} processes needs an '
+                      f'even share of --batch_size={cfg.batch_size}')
   return augment.Mix(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
                      cfg.mix_prob, cfg.mix_switch_prob, cfg.label_smoothing,
                      key, label_key)

@@ -376,3 +376,26 @@ def test_training_with_the_recipe_resumes_bit_identically(tmp_path, data_dir):
   va = dlresearch.restore(whole).variables
   vb = dlresearch.restore(halves).variables
   jax.tree.map(np.testing.assert_array_equal, va, vb)
+
+
+@pytest.mark.slow  # compiles a ViT and starts a grain worker process
+def test_deit_preset_tiny_trains_through_grain_workers(tmp_path):
+  """vit_s16_i1k --tiny on mock ImageNet: the whole recipe, pickled into a
+  real grain worker process, two steps."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from dlresearch import logging as log_lib, problems  # pylint: disable=import-outside-toplevel
+  p = vit_imagenet.PRESETS['vit_s16_i1k']
+  cfg = config_lib.override(p.config, {**p.tiny,
+                                       'data_dir': str(tmp_path / 'tfds')})
+  assert cfg.grain_workers >= 1
+  with tfds.testing.mock_data(num_examples=24):
+    data = problems.build(cfg, str(tmp_path / 'run'))
+    assert data.task.label_smoothing == 0.0  # folded into the targets
+    batch = data.train.get(np.arange(4), [np.random.default_rng(i)
+                                          for i in range(4)])
+    assert batch['image'].shape == (4, 32, 32, 3)
+    result = train.run(cfg, str(tmp_path / 'run'))
+  lines = log_lib.read_metrics(str(tmp_path / 'run'))
+  assert [l['step'] for l in lines if l['split'] == 'train'] == [1, 2]
+  assert all(np.isfinite(l['loss']) for l in lines)
+  assert result['step'] == 2

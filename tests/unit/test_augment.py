@@ -260,6 +260,28 @@ def test_mixed_global_batch_does_not_depend_on_the_process_count():
       whole['image'])
 
 
+@pytest.mark.slow  # starts a grain worker process
+def test_grain_worker_process_gives_the_same_augmented_batches():
+  rng = np.random.default_rng(1)
+  arrays = {'image': rng.integers(0, 256, (64, 12, 12, 3), dtype=np.uint8),
+            'label': rng.integers(0, 10, 64)}
+  ds = pipeline.ArrayDataset(
+      arrays, pipeline.image_example_fn(
+          'crop_flip', 8, True, randaugment_ops=2, randaugment_magnitude=9.0,
+          randaugment_magnitude_std=0.5, color_jitter=0.4, random_erase=0.5),
+      pipeline.image_batch_fn('imagenet'),
+      augment.Mix(10, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1))
+  here = pipeline.TrainIterator(ds, 16, seed=2, step=3)
+  worker = pipeline.TrainIterator(ds, 16, seed=2, step=3, workers=1)
+  try:
+    for _ in range(3):
+      a, b = next(here), next(worker)
+      for key in ('image', 'label'):
+        np.testing.assert_array_equal(a[key], b[key])
+  finally:
+    worker.close()
+
+
 # ---------------------------------------------------------------- soft labels
 
 

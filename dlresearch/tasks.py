@@ -42,9 +42,15 @@ from dlresearch import group_metrics
 
 def softmax_xent(logits: jax.Array, labels: jax.Array,
                  label_smoothing: float = 0.0) -> jax.Array:
-  """Softmax cross-entropy with integer labels and optional label smoothing."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  """Softmax cross-entropy with optional label smoothing.
+
+  ``labels`` are integer class ids, or soft targets with the logits' shape
+  (rows summing to 1: Mixup/CutMix, ``data.augment.Mix``).
+  """
+  if labels.ndim == logits.ndim:
+    targets = labels.astype(jnp.float32)
+  else:
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
@@ -151,6 +157,10 @@ def apply_model(model, variables, args, kwargs, *, train: bool, rng):
 class Classification:
   """One label per example: softmax/sigmoid cross-entropy or MSE.
 
+  Labels are int class ids ``[B]``, or soft targets ``[B, C]`` (float rows
+  summing to 1, from Mixup/CutMix) in training: the loss is then the
+  cross-entropy against them, and accuracy counts their argmax as the label.
+
   ``groups``: ``((key, (group names...)), ...)``: batch columns of int group
   ids (never model inputs). On eval batches that carry them, the sums add
   each group's confusion counts and ``finalize`` the per-group metrics and
@@ -177,6 +187,8 @@ class Classification:
     # Label smoothing regularises training; eval reports the plain loss.
     smoothing = self.label_smoothing if train else 0.0
     per_example = LOSSES[self.loss](logits, labels, smoothing)
+    if labels.ndim == logits.ndim:  # soft targets: metrics on their argmax
+      labels = jnp.argmax(labels, -1)
     sums = classification_sums(logits, labels, per_example,
                                batch.get('_valid'))
     if not train:

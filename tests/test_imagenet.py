@@ -23,7 +23,11 @@ def test_imagenet_preset_tiny_runs_on_mock_data(tmp_path, preset):
     assert batch['image'].dtype == np.float32
     # ImageNet mean/std normalisation: roughly centred, not in [0, 1].
     assert batch['image'].min() < 0 < batch['image'].max()
-    assert batch['label'].shape == (16,) and batch['label'].max() < 1000
+    if cfg.mixup_alpha:  # the recipe's Mixup/CutMix: soft targets
+      assert batch['label'].shape == (16, 1000)
+      np.testing.assert_allclose(batch['label'].sum(-1), 1.0, rtol=1e-5)
+    else:
+      assert batch['label'].shape == (16,) and batch['label'].max() < 1000
     evals = list(pipeline.eval_batches(data.eval, 16))
     assert sum(b['_valid'].sum() for b in evals) == data.eval.num_examples
     assert all(b['image'].shape == (16, 32, 32, 3) for b in evals)

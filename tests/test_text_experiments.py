@@ -273,8 +273,8 @@ def test_vit_s16_i1k_preset_is_vit_s16():
   p = vit_imagenet.PRESETS['vit_s16_i1k']
   cfg = p.config
   assert (cfg.model, cfg.batch_size, cfg.num_epochs, cfg.warmup_steps) == (
-      'vit_s16', 1024, 90, 10_000)
-  assert cfg.weight_decay * cfg.learning_rate == pytest.approx(1e-4)
+      'vit_s16', 1024, 300, 5 * 1251)  # DeiT-S
+  assert (cfg.learning_rate, cfg.weight_decay) == (1e-3, 0.05)
   config_lib.override(cfg, p.tiny)
   model = train.build_model(cfg, {'num_classes': 1000})
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),

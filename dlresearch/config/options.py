@@ -22,8 +22,44 @@ class Image:
                        'stored size of fixed-size datasets).')
   image_channels: int = _f(0, 'Repeat single-channel images to this many '
                            'channels (0 = as stored; 3 for ImageNet models).')
-  augment: str = _f('none', 'Per-example training augmentation.',
+  augment: str = _f('none', 'Per-example training crop and flip: none, '
+                    'flip, pad_crop_flip (CIFAR: pad 1/8, random crop, flip) '
+                    'or crop_flip (RandomResizedCrop to --image_size with '
+                    '--crop_scale_min/--crop_ratio_max, then flip). The '
+                    'options below come after it.',
                     choices=('none', 'flip', 'pad_crop_flip', 'crop_flip'))
+  crop_scale_min: float = _f(0.08, '--augment=crop_flip: smallest crop area '
+                             'as a fraction of the image, in (0, 1] (the '
+                             'largest is 1; 0.08 torchvision/timm, 0.05 '
+                             'big_vision).')
+  crop_ratio_max: float = _f(4 / 3, '--augment=crop_flip: crop aspect '
+                             'ratios are log-uniform in [1/r, r]; r >= 1.')
+  randaugment_ops: int = _f(0, 'RandAugment: ops applied per training image, '
+                            'in [0, 14] (0 = off; 2 in DeiT and big_vision).')
+  randaugment_magnitude: float = _f(9.0, 'RandAugment magnitude on the '
+                                    "paper's 0-10 scale (10 = each op's "
+                                    'strongest; up to 30 extrapolates; 0 = '
+                                    'identity for all ops with a magnitude); '
+                                    'in [0, 30].')
+  randaugment_magnitude_std: float = _f(0.0, 'RandAugment: std of the normal '
+                                        'noise added to the magnitude per op '
+                                        "(timm's mstd; DeiT 0.5), >= 0.")
+  color_jitter: float = _f(0.0, 'Colour jitter: brightness, contrast and '
+                           'saturation factors uniform in [1-s, 1+s], random '
+                           'order; s in [0, 1] (0 = off; timm 0.4).')
+  random_erase: float = _f(0.0, 'Random erasing: probability of one '
+                           'rectangle of random pixels per training image, '
+                           'in [0, 1] (0 = off; DeiT 0.25).')
+  mixup_alpha: float = _f(0.0, 'Mixup: lam ~ Beta(a, a) per batch, >= 0 '
+                          '(0 = off; DeiT 0.8). Labels become soft targets '
+                          'with --label_smoothing folded in.')
+  cutmix_alpha: float = _f(0.0, 'CutMix: lam ~ Beta(a, a) per batch, >= 0 '
+                           '(0 = off; DeiT 1.0).')
+  mix_prob: float = _f(1.0, 'Probability that a training batch is mixed when '
+                       '--mixup_alpha or --cutmix_alpha is on, in [0, 1].')
+  mix_switch_prob: float = _f(0.5, 'With both Mixup and CutMix on: the '
+                              'probability of CutMix for a mixed batch, in '
+                              '[0, 1].')
   normalize: str = _f('scale', 'Image normalisation: none, scale to [0, 1], '
                       'ImageNet mean/std, or per-channel standardisation.',
                       choices=('none', 'scale', 'imagenet', 'standardize'))
@@ -31,6 +67,26 @@ class Image:
   def validate(self):
     for name in ('image_size', 'image_channels'):
       check(getattr(self, name) >= 0, name, '>= 0', getattr(self, name))
+    check(0 < self.crop_scale_min <= 1, 'crop_scale_min', 'in (0, 1]',
+          self.crop_scale_min)
+    check(self.crop_ratio_max >= 1, 'crop_ratio_max', '>= 1',
+          self.crop_ratio_max)
+    check(0 <= self.randaugment_ops <= 14, 'randaugment_ops', 'in [0, 14]',
+          self.randaugment_ops)
+    check(0 <= self.randaugment_magnitude <= 30, 'randaugment_magnitude',
+          'in [0, 30]', self.randaugment_magnitude)
+    check(self.randaugment_magnitude_std >= 0, 'randaugment_magnitude_std',
+          '>= 0', self.randaugment_magnitude_std)
+    for name in ('color_jitter', 'random_erase', 'mix_prob',
+                 'mix_switch_prob'):
+      check(0 <= getattr(self, name) <= 1, name, 'in [0, 1]',
+            getattr(self, name))
+    for name in ('mixup_alpha', 'cutmix_alpha'):
+      check(getattr(self, name) >= 0, name, '>= 0', getattr(self, name))
+    if (self.mixup_alpha or self.cutmix_alpha) and self.batch_size % 2:
+      raise ConfigError('batch_size', 'Mixup/CutMix mix neighbouring '
+                        f'examples: use an even batch size (got '
+                        f'{self.batch_size})')
 
 
 register_options(Image, kinds=('classification',))

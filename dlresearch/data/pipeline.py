@@ -4,7 +4,8 @@ The global batch at step ``s`` is a fixed function of the seed and ``s``:
 epoch ``e = s // steps_per_epoch`` is a seeded permutation of the split, and
 step ``s`` takes the next ``batch_size`` indices of it (the epoch's remainder
 is dropped). Each process reads only its own contiguous slice of the global
-batch. Per-example augmentation draws from ``rng(seed, step, position)``.
+batch. Per-example augmentation draws from ``rng(seed, step, position)``;
+batch-level Mixup/CutMix from ``rng(seed, step)`` (``MIX_STREAM``).
 So the iterator state is just the next step: a resumed run, or a run with a
 different number of processes, sees exactly the same global batches.
 
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
+from dlresearch.data import augment as augment_lib
 from dlresearch.data import transforms
 
 Example = dict[str, np.ndarray]
@@ -32,6 +34,12 @@ Example = dict[str, np.ndarray]
 ExampleFn = Callable[[Example, np.random.Generator | None], Example]
 # batch -> batch, vectorised (e.g. normalisation).
 BatchFn = Callable[[Example], Example]
+# (training batch, rng of (seed, step)) -> batch: Mixup/CutMix
+# (``augment.Mix``), after ``batch_fn``; never applied to eval batches.
+MixFn = Callable[[Example, np.random.Generator], Example]
+# The last word of a batch-level rng's seed, (seed, step, 0, MIX_STREAM): no
+# per-example rng (seed, step, position) can be equal to it.
+MIX_STREAM = 0x6D6978
 
 
 class Dataset(Protocol):
@@ -48,6 +56,7 @@ class ArrayDataset:
   arrays: Mapping[str, np.ndarray]
   example_fn: ExampleFn | None = None
   batch_fn: BatchFn | None = None
+  mix_fn: MixFn | None = None  # training batches only (``_BatchAt``)
 
   @property
   def num_examples(self) -> int:
@@ -71,6 +80,7 @@ class SourceDataset:
   example_fn: ExampleFn | None = None
   batch_fn: BatchFn | None = None
   keys: tuple[str, ...] | None = None  # the features to keep
+  mix_fn: MixFn | None = None  # training batches only (``_BatchAt``)
 
   @property
   def num_examples(self) -> int:
@@ -202,7 +212,11 @@ class _BatchAt:
     if getattr(self.dataset, 'example_fn', None) is not None:  # augmentation
       rngs = [np.random.default_rng([self.seed, step, p])
               for p in range(self.part.start, self.part.stop)]
-    return self.dataset.get(idx[self.part], rngs)
+    batch = self.dataset.get(idx[self.part], rngs)
+    mix = getattr(self.dataset, 'mix_fn', None)
+    if mix is not None:  # Mixup/CutMix: one draw per global batch
+      batch = mix(batch, np.random.default_rng([self.seed, step, 0, MIX_STREAM]))
+    return batch
 
 
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:
@@ -268,8 +282,10 @@ def image_batch_fn(normalize: str, input_key: str = 'image') -> BatchFn:
 
 
 def image_example_fn(augment: str, image_size: int, train: bool,
-                     input_key: str = 'image') -> ExampleFn | None:
-  """Per-example crops/flips for training, resize + centre crop for eval.
+                     input_key: str = 'image', **recipe) -> ExampleFn | None:
+  """Per-example crops/flips (and ``recipe``: the ``augment.ImageTrainFn``
+  fields crop_scale, crop_ratio, randaugment_*, color_jitter, random_erase)
+  for training, resize + centre crop for eval.
 
   Returns None when nothing per-example is needed (the fast, vectorised path).
   """
@@ -278,21 +294,10 @@ def image_example_fn(augment: str, image_size: int, train: bool,
       return None
     return lambda ex, rng: {**ex, input_key: transforms.resize_center_crop(
         ex[input_key], image_size)}
-  if augment == 'none' and not image_size:
+  fn = augment_lib.ImageTrainFn(augment, image_size, input_key, **recipe)
+  if (augment == 'none' and not image_size and not fn.randaugment_ops
+      and not fn.color_jitter and not fn.random_erase):
     return None
-
-  def fn(ex, rng):
-    img = ex[input_key]
-    if augment == 'crop_flip':
-      img = transforms.random_resized_crop(img, rng, image_size or img.shape[0])
-    elif image_size:
-      img = transforms.resize_center_crop(img, image_size)
-    if augment == 'pad_crop_flip':
-      img = transforms.pad_random_crop(img, rng, pad=max(img.shape[0] // 8, 1))
-    if augment in ('flip', 'crop_flip', 'pad_crop_flip'):
-      img = transforms.random_flip(img, rng)
-    return {**ex, input_key: img}
-
   return fn
 
 

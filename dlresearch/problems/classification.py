@@ -14,12 +14,13 @@ and fairness gaps. ``--image_channels`` repeats grey images to RGB;
 
 import dataclasses
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dlresearch import problems, tasks
 from dlresearch.config import Config, ConfigError
-from dlresearch.data import datasets, pipeline, text
+from dlresearch.data import augment, datasets, pipeline, text
 from dlresearch.problems import splits as splits_lib
 
 
@@ -52,18 +53,23 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   def make(split, train):
     keys_ = keys if train else keys + tuple(g for g, _ in groups)
     example_fn = (pipeline.image_example_fn(cfg.augment, cfg.image_size, train,
-                                            key) if is_image else None)
+                                            key, **recipe(cfg))
+                  if is_image else None)
     batch_fn = (pipeline.image_batch_fn(cfg.normalize, key) if is_image else
                 (lambda b: {**b, key: b[key].astype(np.float32)}))
     if in_memory:
       arrays = datasets.load_in_memory(cfg.dataset, split, data_dir, manual_dir)
       return pipeline.ArrayDataset({k: arrays[k] for k in keys_}, example_fn,
-                                   batch_fn)
+                                   batch_fn, mix if train else None)
     source = datasets.get_source(cfg.dataset, split, data_dir, manual_dir)
-    return pipeline.SourceDataset(source, example_fn, batch_fn, keys_)
+    return pipeline.SourceDataset(source, example_fn, batch_fn, keys_,
+                                  mix if train else None)
 
+  mix = mix_fn(cfg, info.num_classes, key, info.label_key, is_image)
+  # With Mixup/CutMix the label smoothing is folded into the soft targets.
   task = tasks.Classification(input_key=key, label_key=info.label_key,
-                              loss=cfg.loss, label_smoothing=cfg.label_smoothing,
+                              loss=cfg.loss,
+                              label_smoothing=0.0 if mix else cfg.label_smoothing,
                               groups=groups)
   # Every split gets the same input transforms (the test split at the end
   # included): channel repeat, then the fixed pixel permutation.
@@ -86,6 +92,33 @@ def classification(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                        test=test, test_split=splits.test or '',
                        label_names=datasets.label_names(cfg.dataset, data_dir,
                                                         manual_dir))
+
+
+def recipe(cfg: Config) -> dict:
+  """The per-example augmentation options (``augment.ImageTrainFn``)."""
+  return dict(crop_scale=(cfg.crop_scale_min, 1.0),
+              crop_ratio=(1 / cfg.crop_ratio_max, cfg.crop_ratio_max),
+              randaugment_ops=cfg.randaugment_ops,
+              randaugment_magnitude=cfg.randaugment_magnitude,
+              randaugment_magnitude_std=cfg.randaugment_magnitude_std,
+              color_jitter=cfg.color_jitter, random_erase=cfg.random_erase)
+
+
+def mix_fn(cfg: Config, num_classes: int, key: str, label_key: str,
+           is_image: bool) -> augment.Mix | None:
+  """The training batches' Mixup/CutMix, or None when both are off."""
+  if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+    return None
+  if cfg.cutmix_alpha and not is_image:
+    raise ConfigError('cutmix_alpha', f'{cfg.dataset} has no images to cut '
+                      'and paste; use --mixup_alpha')
+  if (cfg.batch_size // jax.process_count()) % 2:
+    raise ConfigError('batch_size', 'Mixup/CutMix mix neighbouring examples: '
+                      f'each of the {jax.process_count()} processes needs an '
+                      f'even share of --batch_size={cfg.batch_size}')
+  return augment.Mix(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha,
+                     cfg.mix_prob, cfg.mix_switch_prob, cfg.label_smoothing,
+                     key, label_key)
 
 
 def audit_groups(cfg: Config, split: str, input_key: str, label_key: str

@@ -209,22 +209,34 @@ def _describe_holder(fd: int) -> str:
 @contextlib.contextmanager
 def claim(workdir: str, *, lock: bool, clean_up: bool):
   """One start's hold on ``workdir``: locked (``lock``) while inside; if the
-  start fails before ``metrics.jsonl`` exists and ``clean_up`` is set, what
-  it wrote (config.json, a tokenizer, empty checkpoints/, the lock file,
-  while still held) is removed, and a directory it created with it."""
+  start fails before anything was trained (no line in a ``metrics.jsonl``
+  it created, no checkpoint: e.g. at the first batch) and ``clean_up`` is
+  set, what it wrote (config.json, a tokenizer, an empty metrics.jsonl and
+  tensorboard/, empty checkpoints/, the lock file, while still held) is
+  removed, and a directory it created with it."""
   created = not os.path.exists(workdir)
   before = set() if created else set(os.listdir(workdir))
   held = WorkdirLock(workdir).acquire() if lock else None
   try:
     yield
   except BaseException:
-    if (clean_up and 'metrics.jsonl' not in before and
-        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
+    if clean_up and 'metrics.jsonl' not in before and not _trained(workdir):
       _remove_new(workdir, created, before)
     raise
   finally:
     if held is not None:
       held.release()
+
+
+def _trained(workdir: str) -> bool:
+  """A line in metrics.jsonl or an entry in checkpoints/."""
+  try:
+    if os.path.getsize(os.path.join(workdir, 'metrics.jsonl')):
+      return True
+  except OSError:
+    pass
+  saved = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(saved) and bool(os.listdir(saved))
 
 
 def _remove_new(workdir: str, created: bool, before: set) -> None:

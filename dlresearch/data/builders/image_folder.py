@@ -151,6 +151,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(config=tfds.core.BuilderConfig(
         name=config_name(listing.root)), **kwargs)
 
+  def _create_builder_config(self, builder_config, version):
+    del version  # One config per folder, named by __init__: nothing to look up.
+    return builder_config
+
   def __getstate__(self):
     # Pickled into grain's workers, which read and never prepare: the file
     # list stays behind.

@@ -209,9 +209,10 @@ def _describe_holder(fd: int) -> str:
 @contextlib.contextmanager
 def claim(workdir: str, *, lock: bool, clean_up: bool):
   """One start's hold on ``workdir``: locked (``lock``) while inside; if the
-  start fails before anything was trained (no line in a ``metrics.jsonl``
-  it created, no checkpoint: e.g. at the first batch) and ``clean_up`` is
-  set, what it wrote (config.json, a tokenizer, an empty metrics.jsonl and
+  start fails before ``metrics.jsonl`` exists, or at its first batch (an
+  error with a true ``first_batch``, e.g. ``pipeline.ExampleError``: an
+  unreadable example, a grain worker that died), and ``clean_up`` is set,
+  what it wrote (config.json, a tokenizer, an empty metrics.jsonl and
   tensorboard/, empty checkpoints/, the lock file, while still held) is
   removed, and a directory it created with it."""
   created = not os.path.exists(workdir)
@@ -219,24 +220,15 @@ def claim(workdir: str, *, lock: bool, clean_up: bool):
   held = WorkdirLock(workdir).acquire() if lock else None
   try:
     yield
-  except BaseException:
-    if clean_up and 'metrics.jsonl' not in before and not _trained(workdir):
+  except BaseException as e:
+    if clean_up and 'metrics.jsonl' not in before and (
+        getattr(e, 'first_batch', False) or
+        not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
       _remove_new(workdir, created, before)
     raise
   finally:
     if held is not None:
       held.release()
-
-
-def _trained(workdir: str) -> bool:
-  """A line in metrics.jsonl or an entry in checkpoints/."""
-  try:
-    if os.path.getsize(os.path.join(workdir, 'metrics.jsonl')):
-      return True
-  except OSError:
-    pass
-  saved = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(saved) and bool(os.listdir(saved))
 
 
 def _remove_new(workdir: str, created: bool, before: set) -> None:

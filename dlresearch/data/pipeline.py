@@ -38,11 +38,19 @@ BatchFn = Callable[[Example], Example]
 
 class ExampleError(ValueError):
   """One example could not be read or transformed: one line naming it (its
-  index in the split, and the file when the reader names one)."""
+  index in the split, and the file when the reader names one).
+
+  ``first_batch`` is True when it stopped the first batch a
+  ``TrainIterator`` was asked for (nothing trained: the start failed).
+  """
+
+  first_batch = False
 
 
 class WorkerError(RuntimeError):
   """A grain worker process died (killed, out of memory, crashed)."""
+
+  first_batch = False
 
 
 class Dataset(Protocol):
@@ -156,6 +164,7 @@ class TrainIterator:
   def __post_init__(self):
     self._slice = local_slice(self.batch_size, self.process_index, self.process_count)
     self._iter: Iterator[Example] | None = None
+    self._served = False  # a batch was returned
 
   def batch_at(self, step: int) -> Example:
     """This process's slice of the global batch at ``step`` (pure)."""
@@ -190,15 +199,20 @@ class TrainIterator:
     if self._iter is None:
       self._iter = self._start()
     try:
-      batch = next(self._iter)
-    except RuntimeError as e:
-      # grain's own words for a worker that exited without raising.
-      if self.workers and 'Worker process was terminated' in str(e):
-        code = re.search(r'exit code (-?\d+)', str(e))
-        raise WorkerError(_died(self.step, int(code[1]) if code else None)
-                          ) from None
+      try:
+        batch = next(self._iter)
+      except RuntimeError as e:
+        # grain's own words for a worker that exited without raising.
+        if self.workers and 'Worker process was terminated' in str(e):
+          code = re.search(r'exit code (-?\d+)', str(e))
+          raise WorkerError(_died(self.step, int(code[1]) if code else None)
+                            ) from None
+        raise
+    except (ExampleError, WorkerError) as e:
+      e.first_batch = not self._served
       raise
     self.step += 1
+    self._served = True
     return batch
 
   def state(self) -> dict:

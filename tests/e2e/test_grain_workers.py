@@ -246,3 +246,21 @@ def test_a_corrupt_example_at_the_first_batch_names_its_file_writes_nothing(
           ), errors[0]
   assert not workdir.exists()  # a failed start writes nothing
   assert not _no_tagged_processes(tag)
+
+
+def test_a_worker_that_dies_at_the_first_batch_leaves_no_workdir(tmp_path):
+  tag = uuid.uuid4().hex
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, PYTHONPATH=ROOT, DLRESEARCH_TEST_TAG=tag)
+  p = subprocess.run(
+      [sys.executable, '-c', DIE_WRAPPER, '1', ROOT, *ARGS, '--augment=flip',
+       '--grain_workers=1', f'--workdir={workdir}'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert p.returncode == 2, p.stderr[-3000:]
+  assert 'Traceback' not in p.stderr, p.stderr[-3000:]
+  errors = _error_lines(p.stderr)
+  assert len(errors) == 1 and 'while reading the batch of step 0;' in (
+      errors[0]), p.stderr[-3000:]
+  assert not workdir.exists()  # a failed start writes nothing
+  assert not _no_tagged_processes(tag)

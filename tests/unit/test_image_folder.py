@@ -179,3 +179,16 @@ def test_a_corrupt_record_names_its_file(folder, monkeypatch):
   assert str(e.value).startswith('train/digit_0/broken.jpg: not a readable '
                                  'image')
   assert '<_io.BytesIO' not in str(e.value)
+
+
+def test_a_split_of_broken_files_only_is_one_line(tmp_path):
+  root = tmp_path / 'folder'
+  (root / 'train' / 'cat').mkdir(parents=True)
+  Image.new('RGB', (5, 7)).save(root / 'train' / 'cat' / 'ok.png')
+  (root / 'test' / 'cat').mkdir(parents=True)
+  (root / 'test' / 'cat' / 'a.jpg').write_bytes(b'broken')
+  with pytest.raises(datasets.DatasetNotFoundError) as e:
+    datasets.dataset_info(f'image_folder:{root}', str(tmp_path / 'tfds'))
+  assert str(e.value) == (f'--dataset=image_folder:{root}: {root}/test: none '
+                          'of its 1 image files could be read (see the '
+                          'skipped files in the log)')

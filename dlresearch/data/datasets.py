@@ -7,6 +7,9 @@ values (scalar labels may come back as Python ints), `source.__getitems__`.
 * The offline builders in `OFFLINE_BUILDERS` (registered with TFDS when this
   module is imported) are prepared into `data_dir` on first use, on JAX
   process 0 only, while the other processes wait.
+* ``image_folder:PATH`` (``builders/image_folder.py``): your own images, one
+  sub-folder per class, prepared once the same way, refused when the folder
+  changed since; its images are decoded per example when read.
 * Any other TFDS dataset must already be prepared in `data_dir` in the
   `array_record` format; preparing official datasets such as `imagenet2012`
   needs TensorFlow, so it is done elsewhere and the files are copied over

@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.unit import test_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -26,6 +28,7 @@ def _train(folder, data_dir, workdir, *flags):
       capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_prepare_train_reuse_and_refuse_a_changed_folder(tmp_path):
   folder, data_dir = tmp_path / 'pictures', tmp_path / 'tfds'
   test_image_folder.write_digits(folder, per_class=8)  # 24 + 6 + broken.jpg

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.unit import test_image_folder
@@ -33,6 +34,7 @@ def _cells(png, rows, cols, cell=160):
           for r in range(rows) for c in range(cols)]
 
 
+@pytest.mark.slow
 def test_draws_the_augmented_batch_with_labels(tmp_path):
   out = tmp_path / 'grids' / 'digits.png'
   p = _show('--preset=quickstart', '--set=augment=pad_crop_flip', '--num=8',

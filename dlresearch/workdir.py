@@ -209,16 +209,20 @@ def _describe_holder(fd: int) -> str:
 @contextlib.contextmanager
 def claim(workdir: str, *, lock: bool, clean_up: bool):
   """One start's hold on ``workdir``: locked (``lock``) while inside; if the
-  start fails before ``metrics.jsonl`` exists and ``clean_up`` is set, what
-  it wrote (config.json, a tokenizer, empty checkpoints/, the lock file,
-  while still held) is removed, and a directory it created with it."""
+  start fails before ``metrics.jsonl`` exists, or at its first batch (an
+  error with a true ``first_batch``, e.g. ``pipeline.ExampleError``: an
+  unreadable example, a grain worker that died), and ``clean_up`` is set,
+  what it wrote (config.json, a tokenizer, an empty metrics.jsonl and
+  tensorboard/, empty checkpoints/, the lock file, while still held) is
+  removed, and a directory it created with it."""
   created = not os.path.exists(workdir)
   before = set() if created else set(os.listdir(workdir))
   held = WorkdirLock(workdir).acquire() if lock else None
   try:
     yield
-  except BaseException:
-    if (clean_up and 'metrics.jsonl' not in before and
+  except BaseException as e:
+    if clean_up and 'metrics.jsonl' not in before and (
+        getattr(e, 'first_batch', False) or
         not os.path.exists(os.path.join(workdir, 'metrics.jsonl'))):
       _remove_new(workdir, created, before)
     raise

@@ -7,6 +7,9 @@ values (scalar labels may come back as Python ints), `source.__getitems__`.
 * The offline builders in `OFFLINE_BUILDERS` (registered with TFDS when this
   module is imported) are prepared into `data_dir` on first use, on JAX
   process 0 only, while the other processes wait.
+* ``image_folder:PATH`` (``builders/image_folder.py``): your own images, one
+  sub-folder per class, prepared once the same way, refused when the folder
+  changed since; its images are decoded per example when read.
 * Any other TFDS dataset must already be prepared in `data_dir` in the
   `array_record` format; preparing official datasets such as `imagenet2012`
   needs TensorFlow, so it is done elsewhere and the files are copied over
@@ -44,6 +47,7 @@ from dlresearch.data import fetch
 from dlresearch.data.builders import adult
 from dlresearch.data.builders import digits
 from dlresearch.data.builders import fashion_mnist_local
+from dlresearch.data.builders import image_folder
 from dlresearch.data.builders import mnist1d
 from dlresearch.data.builders import number_words
 from dlresearch.data.builders import rotten_tomatoes
@@ -214,11 +218,47 @@ def _check_manual_files(name: str, data_dir: str,
         'they are)')
 
 
+def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
+  """``image_folder:PATH`` prepared (once, on process 0) and unchanged since."""
+  try:
+    listing = image_folder.scan(image_folder.folder_of(name))
+    builder = image_folder.ImageFolder(listing, data_dir=data_dir)
+    if builder.is_prepared():
+      image_folder.check_unchanged(builder, listing)
+      return builder
+    try:
+      if jax.process_index() == 0:
+        logging.info('Preparing %s (%d image files) in %s.', name,
+                     listing.count, builder.data_dir)
+        builder.download_and_prepare(
+            file_format='array_record',
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False))
+        if builder.skipped:
+          logging.warning('%s: skipped %d of %d files that are not readable '
+                          'images (listed in %s/metadata.json)', name,
+                          len(builder.skipped), listing.count, builder.data_dir)
+    finally:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('dlresearch_prepare_image_folder')
+    builder = image_folder.ImageFolder(listing, data_dir=data_dir)
+    if not builder.is_prepared():
+      raise DatasetNotFoundError(
+          f'{name} is not prepared in {data_dir} after JAX process 0 prepared '
+          'it: with several processes, data_dir must be a filesystem that all '
+          'of them share (see process 0 log for errors)')
+    return builder
+  except image_folder.FolderError as e:
+    raise DatasetNotFoundError(f'--dataset={name}: {e}') from None
+
+
 def _open(
     name: str, data_dir: str, manual_dir: str | None
 ) -> tfds.core.DatasetBuilder:
   """A builder for `name` whose data is prepared (offline ones on demand)."""
   data_dir = os.fspath(data_dir)
+  if name.startswith(image_folder.PREFIX):
+    return _open_image_folder(name, data_dir)
   _check_manual_files(name, data_dir, manual_dir)
   builder = _builder(name, data_dir)
   if _base_name(name) in OFFLINE_BUILDERS and not builder.is_prepared():
@@ -251,6 +291,9 @@ def _data_source(
     builder: tfds.core.DatasetBuilder, name: str, split: str, data_dir: str
 ):
   """`builder.as_data_source`, with a clear error when nothing is prepared."""
+  if isinstance(builder, image_folder.ImageFolder):  # decoded per example
+    return image_folder.ImageFolderSource(builder.as_data_source(
+        split=split, decoders={'image': tfds.decode.SkipDecoding()}))
   try:
     return builder.as_data_source(split=split)
   except (ValueError, NotImplementedError) as e:

@@ -7,6 +7,7 @@ decoding, and turns every decoding failure (unknown format, truncated or
 corrupt data) into one ``ImageError`` naming the file and the reason.
 """
 
+import io
 import struct
 import warnings
 import zlib
@@ -26,11 +27,21 @@ def read(path: str, mode: str) -> np.ndarray:
   Raises:
     ImageError: one line naming the file and why it was refused.
   """
+  return _decode(path, mode, path)
+
+
+def decode(data: bytes, mode: str, name: str) -> np.ndarray:
+  """``read`` for an encoded image held in memory; ``name`` is the file it
+  came from (named in the ``ImageError``)."""
+  return _decode(io.BytesIO(data), mode, name)
+
+
+def _decode(source, mode: str, path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(path) as image:
+      with Image.open(source) as image:
         width, height = image.size
         if width * height > MAX_PIXELS:
           raise ImageError(f'{path}: refusing a {width}x{height} image (more '
@@ -48,6 +59,8 @@ def read(path: str, mode: str) -> np.ndarray:
           MemoryError, IndexError, TypeError, KeyError) as e:
     # UnidentifiedImageError is an OSError; truncated data raises OSError.
     reason = ' '.join(f'{e}'.splitlines()) or type(e).__name__
+    if not isinstance(source, str):  # PIL names the in-memory file object
+      reason = reason.replace(f' {source!r}', '')
     raise ImageError(f'{path}: not a readable image ({reason:.200})') from None
   x = np.asarray(image, np.uint8)
   return x[..., None] if x.ndim == 2 else x

@@ -20,6 +20,8 @@ Two ways to read examples, same batches either way:
 import dataclasses
 import functools
 import os
+import re
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Protocol
@@ -40,6 +42,23 @@ MixFn = Callable[[Example, np.random.Generator], Example]
 # The last word of a batch-level rng's seed, (seed, step, 0, MIX_STREAM): no
 # per-example rng (seed, step, position) can be equal to it.
 MIX_STREAM = 0x6D6978
+
+
+class ExampleError(ValueError):
+  """One example could not be read or transformed: one line naming it (its
+  index in the split, and the file when the reader names one).
+
+  ``first_batch`` is True when it stopped the first batch a
+  ``TrainIterator`` was asked for (nothing trained: the start failed).
+  """
+
+  first_batch = False
+
+
+class WorkerError(RuntimeError):
+  """A grain worker process died (killed, out of memory, crashed)."""
+
+  first_batch = False
 
 
 class Dataset(Protocol):
@@ -89,11 +108,19 @@ class SourceDataset:
   def get(self, indices, rngs):
     examples = []
     for i, index in enumerate(indices):
-      ex = self.source[int(index)]
-      if self.keys is not None:
-        ex = {k: ex[k] for k in self.keys}
-      if self.example_fn is not None:
-        ex = self.example_fn(ex, None if rngs is None else rngs[i])
+      try:
+        ex = self.source[int(index)]
+        if self.keys is not None:
+          ex = {k: ex[k] for k in self.keys}
+        if self.example_fn is not None:
+          ex = self.example_fn(ex, None if rngs is None else rngs[i])
+      except Exception as e:  # pylint: disable=broad-except
+        # In a grain worker this crosses to the trainer, which stops with
+        # this one line (the original is chained for debugging).
+        reason = ' '.join(str(e).split()) or type(e).__name__
+        raise ExampleError(f'could not read example {int(index)} of the '
+                           f'split ({len(self.source)} examples): '
+                           f'{reason:.300}') from e
       examples.append(ex)
     batch = _stack(examples)
     return self.batch_fn(batch) if self.batch_fn else batch
@@ -147,6 +174,7 @@ class TrainIterator:
   def __post_init__(self):
     self._slice = local_slice(self.batch_size, self.process_index, self.process_count)
     self._iter: Iterator[Example] | None = None
+    self._served = False  # a batch was returned
 
   def batch_at(self, step: int) -> Example:
     """This process's slice of the global batch at ``step`` (pure)."""
@@ -180,8 +208,21 @@ class TrainIterator:
   def __next__(self) -> Example:
     if self._iter is None:
       self._iter = self._start()
-    batch = next(self._iter)
+    try:
+      try:
+        batch = next(self._iter)
+      except RuntimeError as e:
+        # grain's own words for a worker that exited without raising.
+        if self.workers and 'Worker process was terminated' in str(e):
+          code = re.search(r'exit code (-?\d+)', str(e))
+          raise WorkerError(_died(self.step, int(code[1]) if code else None)
+                            ) from None
+        raise
+    except (ExampleError, WorkerError) as e:
+      e.first_batch = not self._served
+      raise
     self.step += 1
+    self._served = True
     return batch
 
   def state(self) -> dict:
@@ -236,6 +277,17 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     os._exit(1)  # pylint: disable=protected-access
 
   threading.Thread(target=watch, daemon=True, name='exit-with-parent').start()
+
+
+def _died(step: int, code: int | None) -> str:
+  how = f'exit code {code}' if code is not None else 'no exit code'
+  if code is not None and code < 0:
+    how = f'killed by {signal.Signals(-code).name}'
+    if code == -signal.SIGKILL:
+      how += ' (often the out-of-memory killer: see dmesg)'
+  return (f'a grain worker process died ({how}) while reading the batch of '
+          f'step {step}; rerun the same command to resume from the last '
+          'checkpoint (fewer --grain_workers if memory ran out)')
 
 
 def _count(start: int):

@@ -116,6 +116,11 @@ class Cluster:
                    'install slurm-wlm munge)')
     if os.getuid() != 0:
       _unavailable('slurmd must run as root to start job steps')
+    try:
+      socket.getaddrinfo(HOST, None)
+    except OSError as e:
+      _unavailable(f'this machine\'s name {HOST!r} does not resolve ({e}); '
+                   'the first node of a job is named after it')
     d = lambda *p: os.path.join(self.root, *p)
     self._spawn(['munged', '--foreground', '--force', f'--socket={self.socket}',
                  f'--key-file={d("munge", "munge.key")}',
@@ -154,6 +159,17 @@ class Cluster:
     return '\n'.join(out)
 
   def stop(self):
+    # A job left running by a failed test: SIGKILL its processes first.
+    jobs = subprocess.run(['squeue', '-h', '-o', '%i'], env=self.env,
+                          capture_output=True, text=True, timeout=30).stdout.split()
+    if jobs:
+      subprocess.run(['scancel', '--signal=KILL', '--full', *jobs], env=self.env,
+                     capture_output=True, timeout=30)
+      deadline = time.monotonic() + 15
+      while time.monotonic() < deadline and subprocess.run(
+          ['squeue', '-h', '-o', '%i'], env=self.env, capture_output=True,
+          text=True, timeout=30).stdout.strip():
+        time.sleep(0.5)
     for p in reversed(self.procs):
       if p.poll() is None:
         p.send_signal(signal.SIGTERM)

@@ -160,8 +160,11 @@ class Cluster:
 
   def stop(self):
     # A job left running by a failed test: SIGKILL its processes first.
+    running = any(p.poll() is None for p in self.procs
+                  if os.path.basename(p.args[0]) == 'slurmctld')
     jobs = subprocess.run(['squeue', '-h', '-o', '%i'], env=self.env,
-                          capture_output=True, text=True, timeout=30).stdout.split()
+                          capture_output=True, text=True,
+                          timeout=30).stdout.split() if running else []
     if jobs:
       subprocess.run(['scancel', '--signal=KILL', '--full', *jobs], env=self.env,
                      capture_output=True, timeout=30)

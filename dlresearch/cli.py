@@ -246,12 +246,13 @@ def _flag_errors() -> dict:
 
 def _one_line_errors() -> tuple:
   """Exceptions whose message is already one self-explaining line."""
-  from dlresearch import checkpoint, workdir  # pylint: disable=g-import-not-at-top
+  from dlresearch import checkpoint, distributed, workdir  # pylint: disable=g-import-not-at-top
   from dlresearch import logging as log_lib  # pylint: disable=g-import-not-at-top
   from dlresearch.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
   return (datasets.DatasetNotFoundError, workdir.WorkdirError,
           checkpoint.CheckpointError, log_lib.MetricsWriteError,
-          pipeline.ExampleError, pipeline.WorkerError)
+          pipeline.ExampleError, pipeline.WorkerError,
+          distributed.ClusterError)
 
 
 def print_result(result: dict) -> None:

@@ -6,8 +6,10 @@ process group comes from, in order:
 1. explicit ``coordinator_address``, ``num_processes``, ``process_id`` (what
    ``launch/local.sh`` passes as flags);
 2. SLURM, inside an ``srun`` step with more than one task: JAX's own SLURM
-   support reads the job (coordinator = first node of the step). One task per
-   node sees all of that node's GPUs; several tasks per node get one GPU each
+   support reads the job (coordinator = first node of the step, port from the
+   job id or ``JAX_COORDINATOR_PORT``; ``JAX_COORDINATOR_ADDRESS=HOST[:PORT]``
+   replaces the node's name where it does not resolve). One task per node
+   sees all of that node's GPUs; several tasks per node get one GPU each
    (``SLURM_LOCALID``);
 3. a Kubernetes indexed Job / JobSet (``launch/k8s/jobset-gpu.yaml``):
    ``JOB_COMPLETION_INDEX`` (set by Kubernetes) is the process id,
@@ -31,6 +33,9 @@ Failure behaviour (measured with jax 0.10.2, see tests/test_distributed.py):
   and leaves with ``os._exit(1)``, so the peers see a dead process and stop
   within the heartbeat timeout. ``sys.exit(nonzero)`` is not an exception the
   hook sees; call :func:`abort` instead where only some processes may fail.
+- A coordinator host that does not resolve (SLURM node names often do not
+  outside the cluster's own DNS): :func:`initialize` says so in one line,
+  naming the host and the override, before it waits for anyone.
 - A peer that never shows up: every process that did start exits with status
   1 after ``init_timeout_s`` with a message naming the coordinator and the
   process count (a watchdog thread, since JAX itself aborts with a bare gRPC
@@ -46,6 +51,7 @@ import importlib.util
 import logging as py_logging
 import os
 import pkgutil
+import socket
 import sys
 import threading
 from typing import NoReturn
@@ -56,6 +62,10 @@ from absl import logging
 # Extra seconds JAX's own initialization timeout gets beyond ``init_timeout_s``
 # so that the watchdog's clearer message comes first.
 _INIT_GRACE_S = 10
+
+
+class ClusterError(ValueError):
+  """The process group cannot form as set up; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +88,7 @@ def detect(coordinator_address: str | None = None,
   if any(v is not None for v in given.values()):
     missing = [k for k, v in given.items() if v is None]
     if missing:
-      raise ValueError(
+      raise ClusterError(
           f'distributed.initialize: {", ".join(missing)} missing; '
           'coordinator_address, num_processes and process_id must be given '
           'together (or none of them, to detect SLURM/Kubernetes/TPU).')
@@ -112,14 +122,16 @@ def initialize(coordinator_address: str | None = None,
                       ('init_timeout_s', init_timeout_s),
                       ('shutdown_timeout_s', shutdown_timeout_s)):
     if not (isinstance(value, int) and value > 0):
-      raise ValueError(f'distributed.initialize: {name} must be a positive '
-                       f'int (got {value!r}).')
+      raise ClusterError(f'distributed.initialize: {name} must be a '
+                         f'positive int (got {value!r}).')
   spec = detect(coordinator_address, num_processes, process_id)
   if spec is None:
     return
   if jax.distributed.is_initialized():  # e.g. a second train.run in one program
     logging.info('distributed.initialize: already initialized')
     return
+  if spec.kind in ('explicit', 'slurm'):  # k8s: the service's DNS may lag
+    _check_coordinator_resolves(spec)
   if _cpu_only():
     # Cross-process collectives on CPU, so N local processes act like N hosts.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -182,14 +194,14 @@ def _check_explicit(address: str, num_processes: int, process_id: int) -> None:
   host, sep, port = str(address).rpartition(':')
   if not (isinstance(address, str) and sep and host and port.isdigit()
           and 0 < int(port) < 65536):
-    raise ValueError('distributed.initialize: coordinator_address must look '
-                     f"like 'host:port' (got {address!r}).")
+    raise ClusterError('distributed.initialize: coordinator_address must '
+                       f"look like 'host:port' (got {address!r}).")
   if not (isinstance(num_processes, int) and num_processes >= 1):
-    raise ValueError('distributed.initialize: num_processes must be an int '
-                     f'>= 1 (got {num_processes!r}).')
+    raise ClusterError('distributed.initialize: num_processes must be an int '
+                       f'>= 1 (got {num_processes!r}).')
   if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
-    raise ValueError(f'distributed.initialize: process_id must be in [0, '
-                     f'{num_processes}) (got {process_id!r}).')
+    raise ClusterError(f'distributed.initialize: process_id must be in [0, '
+                       f'{num_processes}) (got {process_id!r}).')
 
 
 def _env_int(name: str) -> int:
@@ -197,8 +209,8 @@ def _env_int(name: str) -> int:
   try:
     return int(value)
   except ValueError:
-    raise ValueError(f'distributed.initialize: environment variable {name} '
-                     f'must be an integer (got {value!r}).') from None
+    raise ClusterError(f'distributed.initialize: environment variable {name} '
+                       f'must be an integer (got {value!r}).') from None
 
 
 def _detect_slurm() -> ClusterSpec | None:
@@ -210,7 +222,7 @@ def _detect_slurm() -> ClusterSpec | None:
   # JAX's own SLURM support (coordinator = first host of the step's node list).
   from jax._src.clusters.slurm_cluster import SlurmCluster  # pylint: disable=g-import-not-at-top
   if not SlurmCluster.is_env_present():
-    raise ValueError(
+    raise ClusterError(
         f'distributed.initialize: SLURM_NTASKS={num_tasks} but this process is '
         'not an srun task (SLURM_STEP_NODELIST/SLURM_PROCID/SLURM_LOCALID '
         'unset). Start it with srun (see launch/slurm/train.sbatch), or pass '
@@ -220,10 +232,47 @@ def _detect_slurm() -> ClusterSpec | None:
   address = SlurmCluster.get_coordinator_address(
       timeout_secs=None,
       override_coordinator_port=os.environ.get('JAX_COORDINATOR_PORT'))
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    address = _with_port(os.environ['JAX_COORDINATOR_ADDRESS'],
+                         address.rsplit(':', 1)[1])
   # One task per node: all the node's devices; several: one device each.
   local = None if num_tasks == num_nodes else (SlurmCluster.get_local_process_id(),)
   return ClusterSpec('slurm', address, SlurmCluster.get_process_count(),
                      SlurmCluster.get_process_id(), local)
+
+
+def _with_port(address: str, port: str) -> str:
+  """``HOST`` or ``HOST:PORT`` (``[v6]:PORT``, bare ``v6``) -> ``HOST:PORT``."""
+  host, sep, given = address.rpartition(':')
+  if sep and given.isdigit() and (address.startswith('[') or ':' not in host):
+    if not (host and 0 < int(given) < 65536):
+      raise ClusterError('distributed.initialize: JAX_COORDINATOR_ADDRESS '
+                         f"must be 'HOST' or 'HOST:PORT' (got {address!r}).")
+    return address
+  return f'[{address}]:{port}' if ':' in address else f'{address}:{port}'
+
+
+def _check_coordinator_resolves(spec: ClusterSpec) -> None:
+  """One line naming the coordinator host if it does not resolve here."""
+  host = spec.coordinator_address.rsplit(':', 1)[0].strip('[]')
+  try:
+    socket.getaddrinfo(host, None)
+    return
+  except (OSError, UnicodeError) as e:
+    why = getattr(e, 'strerror', None) or str(e)
+  if spec.kind == 'explicit':
+    origin, fix = 'coordinator_address', 'pass'
+  elif os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    origin, fix = 'JAX_COORDINATOR_ADDRESS', 'set it to'
+  else:
+    origin = ('first node of the SLURM step '
+              f'{os.environ.get("SLURM_STEP_NODELIST", "")}')
+    fix = 'submit with JAX_COORDINATOR_ADDRESS=HOST[:PORT] set to'
+  raise ClusterError(
+      f'distributed.initialize: the coordinator host {host!r} ({origin}) does '
+      f'not resolve on {socket.gethostname()} ({why}); {fix} an address of '
+      'that node that every process can reach (e.g. its IP; for a SLURM node, '
+      'NodeAddr in `scontrol show node`).')
 
 
 def _detect_k8s() -> ClusterSpec | None:
@@ -231,7 +280,7 @@ def _detect_k8s() -> ClusterSpec | None:
       or 'JAX_COORDINATOR_ADDRESS' not in os.environ):
     return None
   if 'JAX_NUM_PROCESSES' not in os.environ:
-    raise ValueError(
+    raise ClusterError(
         'distributed.initialize: Kubernetes indexed Job with '
         'JAX_COORDINATOR_ADDRESS but no JAX_NUM_PROCESSES; set it to the Job '
         'parallelism (launch/k8s/render.sh does).')

@@ -130,6 +130,88 @@ def test_kubernetes_indexed_job(clean_env):
 
 
 # ---------------------------------------------------------------------------
+# The coordinator's address: the SLURM override, and a host that does not
+# resolve (one line before anyone waits; tests/e2e/test_slurm.py does the same
+# under a real SLURM).
+
+
+@pytest.mark.parametrize('override, address', [
+    ('10.1.2.3', '10.1.2.3:2222'),
+    ('node17.cluster:9999', 'node17.cluster:9999'),
+    ('[fd00::1]:9999', '[fd00::1]:9999'),
+    ('fd00::1', '[fd00::1]:2222'),
+])
+def test_slurm_coordinator_override(clean_env, override, address):
+  _slurm(clean_env, tasks=2, nodes=2, procid=1, localid=0)
+  clean_env.setenv('JAX_COORDINATOR_PORT', '2222')
+  clean_env.setenv('JAX_COORDINATOR_ADDRESS', override)
+  assert distributed.detect() == distributed.ClusterSpec(
+      'slurm', address, 2, 1, None)
+
+
+def test_slurm_coordinator_override_with_a_bad_port(clean_env):
+  _slurm(clean_env, tasks=2, nodes=2, procid=1, localid=0)
+  clean_env.setenv('JAX_COORDINATOR_ADDRESS', 'node17:99999')
+  with pytest.raises(distributed.ClusterError,
+                     match=r"JAX_COORDINATOR_ADDRESS must be 'HOST' or "
+                     r"'HOST:PORT' \(got 'node17:99999'\)"):
+    distributed.detect()
+
+
+@pytest.fixture
+def no_dns(clean_env):
+  """gpu017 and *.invalid do not resolve; JAX's own start-up is not reached."""
+  real = socket.getaddrinfo
+
+  def getaddrinfo(host, *args, **kwargs):
+    if host == 'gpu017' or host.endswith('.invalid'):
+      raise socket.gaierror(socket.EAI_NONAME, 'Name or service not known')
+    return real(host, *args, **kwargs)
+
+  def reached(**kwargs):
+    raise AssertionError(f'jax.distributed.initialize({kwargs}) was called')
+
+  clean_env.setattr(distributed.socket, 'getaddrinfo', getaddrinfo)
+  clean_env.setattr(distributed.jax.distributed, 'initialize', reached)
+  return clean_env
+
+
+def _initialize_error(*args) -> str:
+  with pytest.raises(distributed.ClusterError) as e:
+    distributed.initialize(*args)
+  return str(e.value)
+
+
+def test_slurm_first_node_that_does_not_resolve(no_dns):
+  _slurm(no_dns, tasks=2, nodes=2, procid=1, localid=0)
+  assert _initialize_error() == (
+      "distributed.initialize: the coordinator host 'gpu017' (first node of "
+      'the SLURM step gpu[017-018],gpu020) does not resolve on '
+      f'{socket.gethostname()} (Name or service not known); submit with '
+      'JAX_COORDINATOR_ADDRESS=HOST[:PORT] set to an address of that node '
+      'that every process can reach (e.g. its IP; for a SLURM node, NodeAddr '
+      'in `scontrol show node`).')
+
+
+def test_slurm_override_that_does_not_resolve(no_dns):
+  _slurm(no_dns, tasks=2, nodes=2, procid=1, localid=0)
+  no_dns.setenv('JAX_COORDINATOR_ADDRESS', 'head.invalid')
+  message = _initialize_error()
+  assert message.startswith(
+      "distributed.initialize: the coordinator host 'head.invalid' "
+      '(JAX_COORDINATOR_ADDRESS) does not resolve on ')
+  assert '; set it to an address of that node' in message
+
+
+def test_explicit_address_that_does_not_resolve(no_dns):
+  message = _initialize_error('head.invalid:1234', 2, 0)
+  assert message.startswith(
+      "distributed.initialize: the coordinator host 'head.invalid' "
+      '(coordinator_address) does not resolve on ')
+  assert '; pass an address of that node' in message
+
+
+# ---------------------------------------------------------------------------
 # Real process groups.
 
 

@@ -145,6 +145,10 @@ def test_slurm_outside_a_job_refuses_to_run():
 def test_slurm_header_matches_the_dry_run_defaults():
   text = open(os.path.join(LAUNCH, 'slurm', 'train.sbatch')).read()
   assert '#SBATCH --nodes=2\n' in text and '#SBATCH --ntasks-per-node=1\n' in text
+  # No GPUs or other generic resources: a CPU cluster refuses the whole job
+  # at submission ("Invalid generic resource (gres) specification").
+  header = [l for l in text.splitlines() if l.startswith('#SBATCH')]
+  assert not [l for l in header if re.search(r'gpu|gres|tres', l)], header
 
 
 # ---------------------------------------------------------------------------

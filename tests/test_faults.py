@@ -418,7 +418,6 @@ def test_bad_start_up_inputs_are_one_line_and_write_nothing(env):
   for name, needle, result in env['startup']:
     line = assert_one_line(result)
     assert needle in line, (name, line)
-    assert result['seconds'] < 30, (name, result['seconds'])  # at once
   tmp = env['tmp']
   assert os.listdir(tmp / 'clean') == []
   assert (tmp / 'a_file').read_text() == 'not a directory'

@@ -116,7 +116,9 @@ def _read_all(tmp_path, cases, timeout):
   return [paths[i][1] for i in range(len(cases))], results, dead, started
 
 
-def _check(cases, paths, results, dead, started, per_case_s=5.0):
+def _check(cases, paths, results, dead, started):
+  """A hang is caught by the reader's deadline (``dead``); a case's own
+  time is not judged (no timing assertions: the machine may be busy)."""
   problems = []
   if dead:
     name = cases[started][0] if started is not None else '?'
@@ -128,8 +130,6 @@ def _check(cases, paths, results, dead, started, per_case_s=5.0):
     if r['outcome'] == 'other':
       problems.append(f'{name}: {r["message"]}')
       continue
-    if r['seconds'] > per_case_s:
-      problems.append(f'{name}: took {r["seconds"]:.1f} s')
     if r['outcome'] == 'refused':
       message = r['message']
       if '\n' in message or paths[i] not in message:

@@ -63,6 +63,14 @@ class Model:
                           '\'{"hidden_size": 256}\').')
   dtype: str = _f('float32', 'Computation dtype; parameters stay float32.',
                   choices=('float32', 'bfloat16'))
+  attention_impl: str = _f('auto', 'Attention kernel of the Transformer '
+                           'models: explicit (softmax(q k^T) v as two '
+                           'einsums; every backend), xla or cudnn '
+                           '(jax.nn.dot_product_attention; cudnn: NVIDIA GPUs '
+                           'with --dtype=bfloat16); auto: explicit on CPU, '
+                           'xla elsewhere. Same results to float32 rounding.',
+                           choices=('auto', 'explicit', 'xla', 'cudnn'),
+                           on_resume=MAY_CHANGE)
 
 
 @section('optimisation')

@@ -281,3 +281,19 @@ def test_llama_tiny_trains_a_char_lm_through_the_lm_problem(tmp_path):
   assert len(losses) >= 2 and losses[-1] < losses[0], losses
   assert result['bits_per_char'] < math.log2(40)  # below the uniform over ~40 chars
   assert result['sample'].startswith(cfg.prompt)
+
+
+def test_attention_impl_config_field_reaches_the_model():
+  from dlresearch import assemble  # pylint: disable=g-import-not-at-top
+  from dlresearch.config import Config, ConfigError  # pylint: disable=g-import-not-at-top
+  cfg = Config(model='llama_tiny', attention_impl='xla')
+  assert assemble.build_model(cfg, {'vocab_size': 7}).attention_impl == 'xla'
+  assert assemble.build_model(cfg.replace(attention_impl='auto'),
+                              {'vocab_size': 7}).attention_impl == 'auto'
+  bert = assemble.build_model(cfg.replace(model='bert_base'), {'num_classes': 2})
+  assert bert.attention_impl == 'xla'
+  with pytest.raises(ConfigError, match='no attention layers'):
+    assemble.build_model(cfg.replace(model='lenet5'), {'num_classes': 2})
+  if jax.default_backend() == 'cpu':
+    with pytest.raises(ConfigError, match="attention_impl.*'cudnn' needs an NVIDIA GPU"):
+      assemble.build_model(cfg.replace(attention_impl='cudnn'), {'vocab_size': 7})

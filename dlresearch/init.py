@@ -185,6 +185,9 @@ def merge(target: dict, source: dict, new_head: str = '') -> tuple[dict, dict]:
     if pattern is not None and pattern.search(param_path):
       new.append(path)
       continue
+    if path not in flat_s and path.rsplit('/', 1)[-1] in ('lora_a', 'lora_b'):
+      new.append(path)  # LoRA adapters start fresh on pretrained weights
+      continue
     if path not in flat_s:
       raise ConfigError('init_from', f'{path} is not in the source; add it to '
                         '--new_head to initialise it fresh')

@@ -272,7 +272,8 @@ def test_llama_tiny_trains_a_char_lm_through_the_lm_problem(tmp_path):
     (texts / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
   preset = transformer_lm.PRESETS['shakespeare_char']
   cfg = config_lib.override(preset.config, {
-      **preset.tiny, 'model': 'llama_tiny', 'model_kwargs': {},
+      **preset.tiny, 'model': 'llama_tiny',
+      'model_kwargs': {'num_layers': 2, 'd_model': 64, 'num_heads': 4},
       'data_dir': str(tmp_path / 'tfds'), 'manual_dir': str(texts), 'sample': True,
       'model_summary': False, 'plots': False})
   result = train.run(cfg, str(tmp_path / 'run'))

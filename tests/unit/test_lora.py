@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dlresearch
 from dlresearch import checkpoint, config as config_lib, optim, train
 from dlresearch.config import Config, ConfigError
 from dlresearch.models import lora, registry
@@ -153,3 +154,11 @@ def test_lora_run_from_init_from_changes_only_adapters_on_the_fsdp_mesh(tmp_path
   assert all(np.abs(tuned[p]).max() > 0 for p in tuned if p.endswith('/lora_b'))
   report = (tmp_path / 'lora' / 'init_report.json').read_text()
   assert 'lora_a' in report and 'lora_b' in report
+  # dlresearch.restore of the LoRA run applies the adapters: its predictions
+  # are the merged plain model's.
+  run = dlresearch.restore(str(tmp_path / 'lora'))
+  assert isinstance(run.model, lora.LoRA)
+  tokens = _tokens((2, 9), run.model.vocab_size)
+  merged = lora.merge(flax.traverse_util.unflatten_dict(tuned, sep='/'), 8.0 / 4)
+  np.testing.assert_allclose(run.predict(tokens),
+                             run.model.model.apply({'params': merged}, tokens), atol=1e-5)

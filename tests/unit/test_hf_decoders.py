@@ -242,3 +242,18 @@ def test_logits_and_cached_decode_equal_transformers(tmp_path, kind):
   generated = decoding.generate(model, variables['params'], tokens[:, :4], 5,
                                 jax.random.key(0), greedy=True)
   np.testing.assert_array_equal(np.asarray(generated), expected['generated'])
+
+
+def test_restore_of_an_hf_directory_predicts_logits(tmp_path):
+  import dlresearch  # pylint: disable=g-import-not-at-top
+  state = llama_state(seed=4)
+  _write(tmp_path / 'llama', LLAMA, state)
+  run = dlresearch.restore(f'hf:{tmp_path / "llama"}')
+  assert run.config.model == 'llama' and run.model.num_kv_heads == 2
+  assert run.tokenizer is None  # no tokenizer.json written
+  tokens = np.random.default_rng(5).integers(0, 37, size=(1, 6))
+  logits = run.predict(jnp.asarray(tokens, jnp.int32))
+  assert logits.shape == (1, 6, 37)
+  np.testing.assert_allclose(logits, np_hf_llama(state, tokens), rtol=1e-4, atol=1e-4)
+  with pytest.raises(WeightsError, match='no config.json'):
+    dlresearch.restore(f'hf:{tmp_path}')

@@ -11,6 +11,7 @@ import pytest
 
 import dlresearch
 from dlresearch import checkpoint, config as config_lib, optim, train
+from dlresearch.tools import export
 from dlresearch.config import Config, ConfigError
 from dlresearch.models import lora, registry
 
@@ -162,3 +163,12 @@ def test_lora_run_from_init_from_changes_only_adapters_on_the_fsdp_mesh(tmp_path
   merged = lora.merge(flax.traverse_util.unflatten_dict(tuned, sep='/'), 8.0 / 4)
   np.testing.assert_allclose(run.predict(tokens),
                              run.model.model.apply({'params': merged}, tokens), atol=1e-5)
+  # dlresearch.export of a LoRA run: the merged plain model, same outputs.
+  model, variables, example, signature = export.restore_for_export(str(tmp_path / 'lora'))
+  assert not isinstance(model, lora.LoRA) and signature['lora'] == 'merged'
+  assert not any(lora.is_adapter(p) for p in _flat(variables['params']))
+  export.export_run(model, variables, example, str(tmp_path / 'exported'), signature)
+  with open(tmp_path / 'exported' / 'model.jaxexport', 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  example = jnp.asarray(example)
+  np.testing.assert_allclose(exported.call(example), run.predict(example), atol=1e-5)

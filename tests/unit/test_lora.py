@@ -172,3 +172,19 @@ def test_lora_run_from_init_from_changes_only_adapters_on_the_fsdp_mesh(tmp_path
     exported = jax.export.deserialize(bytearray(f.read()))
   example = jnp.asarray(example)
   np.testing.assert_allclose(exported.call(example), run.predict(example), atol=1e-5)
+
+
+def test_lora_under_remat_gives_the_same_gradients():
+  tokens = _tokens((2, 6), 11)
+  grads, params = {}, None
+  for remat in (False, True):
+    model = lora.LoRA(registry.build('llama_tiny', vocab_size=11, remat=remat), rank=2,
+                      targets='.*', dropout=0.1)
+    if params is None:  # the same params for both (remat's init draws others)
+      params = _perturb_adapters(model.init(jax.random.key(0), tokens)['params'])
+    loss = lambda p, m=model: jnp.sum(m.apply(  # noqa: E731
+        {'params': p}, tokens, train=True, rngs={'dropout': jax.random.key(3)}) ** 2)
+    grads[remat] = _flat(jax.jit(jax.grad(loss))(params))
+  for path, g in grads[False].items():
+    np.testing.assert_allclose(grads[True][path], g, atol=1e-6, err_msg=path)
+  assert np.abs(grads[True]['transformer/block_0/attn/query/lora_a']).max() > 0

@@ -22,7 +22,7 @@ import optax
 from dlresearch import checkpoint, optim, parallel, state as state_lib, tasks
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import pipeline
-from dlresearch.models import registry
+from dlresearch.models import attention, lora, registry
 
 
 def num_train_steps(cfg: Config, num_examples: int) -> int:
@@ -48,14 +48,26 @@ def build_model(cfg: Config, data_kwargs: dict):
       raise ConfigError('remat', f'model {cfg.model!r} does not support '
                         'rematerialization')
     kwargs['remat'] = True
+  if cfg.attention_impl != 'auto':  # models/attention.py: the implementations
+    if 'attention_impl' not in accepted:
+      raise ConfigError('attention_impl', f'model {cfg.model!r} has no '
+                        'attention layers to choose a kernel for')
+    problem = attention.check_implementation(cfg.attention_impl)
+    if problem:
+      raise ConfigError('attention_impl', problem)
+    kwargs['attention_impl'] = cfg.attention_impl
   unknown = sorted(set(kwargs) - accepted)
   if unknown:
     raise ConfigError('model_kwargs', f'{cfg.model} takes no argument '
                       f'{unknown[0]!r}; it takes {", ".join(sorted(accepted))}')
   try:
-    return registry.build(cfg.model, **kwargs)
+    model = registry.build(cfg.model, **kwargs)
   except (TypeError, ValueError) as e:
     raise ConfigError('model_kwargs', f'{cfg.model}: {e}') from None
+  if cfg.lora_rank:  # adapters on the model's Dense kernels (models/lora.py)
+    model = lora.LoRA(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                      cfg.lora_targets)
+  return model
 
 
 @dataclasses.dataclass

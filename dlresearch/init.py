@@ -8,7 +8,9 @@ A fresh run may start from
   architecture because a path and a shape happen to match;
 - pretrained weights of another framework: ``torch:PATH`` (a torchvision
   state dict), ``safetensors:PATH`` or ``hf:DIR`` (a Hugging Face BERT-family
-  directory). They are converted (``dlresearch.weights.convert``) to the
+  directory, or a Llama or GPT-2 one: ``model_type`` in its ``config.json``,
+  loaded into a ``TransformerLM`` such as ``llama*`` or ``gpt2_small`` whose
+  sizes equal the config's). They are converted (``dlresearch.weights.convert``) to the
   run's model, chosen by its registry name: ``resnet*``, ``vgg*``,
   ``mobilenet_v2``, ``bert*``. The source is converted with its own head
   size, so every one of its tensors has to fit.
@@ -121,6 +123,40 @@ def _hf_source_model(directory: str, model):
   return source
 
 
+def _hf_config(directory: str) -> dict:
+  """``DIR/config.json`` of a Hugging Face model directory."""
+  from dlresearch.weights.errors import WeightsError  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.expanduser(directory), 'config.json')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{path}: {e}') from None
+
+
+def _hf_decoder(spec: str, model, state: dict, hf_config: dict):
+  """``(model, variables)`` of a HF Llama or GPT-2 directory.
+
+  Every size and setting of the config must equal the model's (set them
+  with ``--model_kwargs``), so nothing loads into another architecture.
+  """
+  from dlresearch.models import lora  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights import convert  # pylint: disable=g-import-not-at-top
+  base = model.model if isinstance(model, lora.LoRA) else model
+  want = convert.hf_decoder_kwargs(hf_config)
+  for field, value in want.items():
+    got = getattr(base, field, None)
+    if field == 'num_kv_heads':
+      got = got or getattr(base, 'num_heads', None)
+    if field == 'mlp_dim':
+      got = got or 4 * getattr(base, 'd_model', 0)
+    if got != value:
+      raise ConfigError('model_kwargs', f'{spec} has {field}={value!r} but '
+                        f'the model has {got!r}; set it with --model_kwargs')
+  converter = convert.llama if hf_config['model_type'] == 'llama' else convert.gpt2
+  return base, converter(state, base)
+
+
 def foreign_variables(cfg: Config, model) -> dict:
   """Another framework's weights (``cfg.init_from``) converted for ``model``.
 
@@ -137,6 +173,9 @@ def foreign_model(cfg: Config, model) -> tuple[Any, dict]:
   spec = cfg.init_from
   state = weights.read(spec)
   name = cfg.model
+  hf_config = _hf_config(spec[len('hf:'):]) if spec.startswith('hf:') else {}
+  if hf_config.get('model_type') in ('llama', 'gpt2'):
+    return _hf_decoder(spec, model, state, hf_config)
   if name.startswith('bert'):
     state = convert.hf_bert_state(state)
     source = (_hf_source_model(spec[len('hf:'):], model)
@@ -184,6 +223,9 @@ def merge(target: dict, source: dict, new_head: str = '') -> tuple[dict, dict]:
     param_path = path.split('/', 1)[1]
     if pattern is not None and pattern.search(param_path):
       new.append(path)
+      continue
+    if path not in flat_s and path.rsplit('/', 1)[-1] in ('lora_a', 'lora_b'):
+      new.append(path)  # LoRA adapters start fresh on pretrained weights
       continue
     if path not in flat_s:
       raise ConfigError('init_from', f'{path} is not in the source; add it to '

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from dlresearch.config import Config, ConfigError
+from dlresearch.models import lora as lora_lib
 
 
 class FreezeError(ValueError):
@@ -73,11 +74,13 @@ def schedule(cfg: Config, num_steps: int) -> optax.Schedule:
 # Weight decay by role, read from a parameter's name and its module's name
 # (never its rank: the q/k/v biases of attention are [heads, head_dim]).
 # Decayed: the weights of Dense/Conv/DenseGeneral layers (attention
-# projections included) and recurrent weight matrices, and token or entity
-# embedding tables (as BERT, GPT-2 and most LM code do). Not decayed: biases
-# (also per-entity bias tables such as ``user_bias``), norm scales/offsets,
-# learned position tables and the ViT class token (as timm and big_vision).
-_DECAY_LEAVES = frozenset({'kernel', 'recurrent_kernel', 'embedding'})
+# projections included), LoRA adapters, recurrent weight matrices, and token
+# or entity embedding tables (as BERT, GPT-2 and most LM code do). Not
+# decayed: biases (also per-entity bias tables such as ``user_bias``), norm
+# scales/offsets, learned position tables and the ViT class token (as timm
+# and big_vision).
+_DECAY_LEAVES = frozenset({'kernel', 'recurrent_kernel', 'embedding',
+                           'lora_a', 'lora_b'})
 _NO_DECAY_LEAVES = frozenset({'bias', 'recurrent_bias', 'scale', 'offset',
                               'cls', 'pos_embedding'})
 _POSITION_MODULE = re.compile(r'(^|_)pos(ition)?(_|$)|positions?_')
@@ -171,16 +174,23 @@ def make(cfg: Config, num_steps: int, params=None) -> tuple[
 
 
 def trainable(cfg: Config, params) -> Any:
-  """The trainable-parameter mask of ``--freeze``/``--probe``; None: all train.
+  """The trainable-parameter mask of ``--freeze``/``--probe``/``--lora_rank``;
+  None: all train.
 
   ``--probe`` trains only the parameters matching ``--new_head``; a frozen
   parameter gets no optimizer state (``optax.multi_transform``).
   """
-  if not cfg.freeze and not cfg.probe:
+  if not cfg.freeze and not cfg.probe and not cfg.lora_rank:
     return None
   if params is None:
     raise ValueError('freezing parameters needs the params tree')
   mask = trainable_mask(params, cfg.freeze) if cfg.freeze else None
+  if cfg.lora_rank:  # LoRA: the adapters train, and a fresh --new_head
+    head = re.compile(cfg.new_head) if cfg.new_head else None
+    lora = jax.tree.map(lambda n: lora_lib.is_adapter(n) or bool(
+        head and head.search(n)), path_names(params))
+    mask = lora if mask is None else jax.tree.map(
+        lambda a, b: a and b, mask, lora)
   if cfg.probe:
     head = trainable_mask(params, cfg.new_head)  # False on the head
     head = jax.tree.map(lambda t: not t, head)

@@ -63,6 +63,14 @@ class Model:
                           '\'{"hidden_size": 256}\').')
   dtype: str = _f('float32', 'Computation dtype; parameters stay float32.',
                   choices=('float32', 'bfloat16'))
+  attention_impl: str = _f('auto', 'Attention kernel of the Transformer '
+                           'models: explicit (softmax(q k^T) v as two '
+                           'einsums; every backend), xla or cudnn '
+                           '(jax.nn.dot_product_attention; cudnn: NVIDIA GPUs '
+                           'with --dtype=bfloat16); auto: explicit on CPU, '
+                           'xla elsewhere. Same results to float32 rounding.',
+                           choices=('auto', 'explicit', 'xla', 'cudnn'),
+                           on_resume=MAY_CHANGE)
 
 
 @section('optimisation')
@@ -307,8 +315,26 @@ class Transfer:
   lr_multipliers: str = _f('', "Per-group learning rates: 'REGEX=FACTOR,...' "
                            "over '/'-joined parameter paths (first match "
                            "wins; factor >= 0), e.g. '^block=0.1'.")
+  lora_rank: int = _f(0, 'LoRA (models/lora.py): rank r of the low-rank '
+                      'adapters added to the Dense/attention kernels that '
+                      '--lora_targets selects; only they (and --new_head) '
+                      'train, the base weights are frozen (no optimizer '
+                      'state). >= 0; 0 = off.')
+  lora_alpha: float = _f(8.0, 'LoRA scale numerator: an adapter adds '
+                         '(alpha / rank) * B A x (> 0).')
+  lora_dropout: float = _f(0.0, 'Dropout on the input of the LoRA adapters '
+                           'in training, in [0, 1).')
+  lora_targets: str = _f('attn/(query|value)/kernel', "Regex (re.search) over "
+                         "the '/'-joined kernel paths of Dense and attention-"
+                         "projection layers (e.g. 'transformer/block_0/attn/"
+                         "query/kernel'); '.*' adapts every such kernel, "
+                         'never a convolution or an embedding.')
 
   def validate(self):
+    check(self.lora_rank >= 0, 'lora_rank', '>= 0', self.lora_rank)
+    check(self.lora_alpha > 0, 'lora_alpha', '> 0', self.lora_alpha)
+    check(0 <= self.lora_dropout < 1, 'lora_dropout', 'in [0, 1)',
+          self.lora_dropout)
     if self.probe and not self.new_head:
       raise ConfigError('probe', "needs --new_head (the parameters it trains, "
                         "e.g. '^head/')")

@@ -6,22 +6,39 @@ True where a query may attend to a key (build them with ``padding_mask``,
 uniform weights (as in ``jax.nn.dot_product_attention``); models only mask
 keys, so this happens only for an all-padding sequence.
 
-Two code paths give the same numbers to float32 rounding: an explicit
-``softmax(q k^T / sqrt(d) + mask) v`` (``attention_weights``), and
-``jax.nn.dot_product_attention`` (which can pick cuDNN on GPUs). The explicit
-path runs on CPU (``explicit_attention()``: 1.4x faster forward+backward on
-nanoGPT's shapes, 1.07x on the benchmark GPT's; README "Speed on CPU"), and
-everywhere when the attention weights are asked for (``return_weights=True``,
-for explanations) or attention dropout is active.
+Implementations (``implementation=``, the config's ``--attention_impl``),
+equal to float32 rounding (tested on CPU for the ones CPU runs):
+
+- ``'explicit'``: ``softmax(q k^T / sqrt(d) + mask) v`` written as two
+  einsums (``attention_weights``); runs everywhere;
+- ``'xla'``: ``jax.nn.dot_product_attention(implementation='xla')``;
+- ``'cudnn'``: ``jax.nn.dot_product_attention(implementation='cudnn')``,
+  cuDNN flash attention: NVIDIA GPUs only, bfloat16/float16 compute dtype
+  (``--dtype=bfloat16``); a purely causal mask is passed as ``is_causal``;
+- ``'auto'`` (default): ``'explicit'`` on CPU (1.4x faster forward+backward
+  on nanoGPT's shapes, 1.07x on the benchmark GPT's; README "Speed on
+  CPU"), ``'xla'`` on other backends.
+
+Asking for a choice the backend lacks fails with one line
+(``check_implementation``). Whatever the choice, the explicit path runs when
+the attention weights are asked for (``return_weights=True``, for
+explanations) or attention dropout is active.
+
+Grouped-query attention: ``num_kv_heads`` key/value heads (a divisor of
+``num_heads``; 1 is multi-query attention, None or ``num_heads`` is ordinary
+multi-head attention). Query head ``n`` reads key/value head ``n //
+(num_heads // num_kv_heads)`` (as ``jax.nn.dot_product_attention`` and
+Hugging Face's ``repeat_kv``); the KV cache holds ``num_kv_heads`` heads.
 
 KV cache (autoregressive decoding): call with ``decode=True`` and a mutable
 ``'cache'`` collection. The first such call, when the collection does not yet
 exist (e.g. under ``model.init`` or ``jax.eval_shape(model.init, ...)``),
-creates ``cached_key``/``cached_value`` ``[B, S_max, heads, head_dim]`` and
+creates ``cached_key``/``cached_value`` ``[B, S_max, kv_heads, head_dim]`` and
 ``cache_index`` sized by that call's input length ``S_max`` and computes
 ordinary causal attention. Later calls take a chunk of ``T >= 1`` new
 positions, write their keys/values at ``cache_index``, attend causally over
-the cache and advance the index by ``T``. Writing past ``S_max`` is not
+the cache and advance the index by ``T``. Rotary positions start at
+``cache_index``, so cached keys carry the rotation of their own position. Writing past ``S_max`` is not
 detected under ``jit`` (``dynamic_update_slice`` clamps), so callers size
 the cache for the whole sequence.
 """
@@ -93,8 +110,10 @@ def attention_weights(
 ) -> Array:
   """``softmax(q k^T / sqrt(d))`` over keys, ``[B, heads, T, S]``, in float32.
 
-  ``query`` is ``[B, T, heads, d]``, ``key`` is ``[B, S, heads, d]``.
+  ``query`` is ``[B, T, heads, d]``, ``key`` is ``[B, S, kv_heads, d]``
+  (``kv_heads`` dividing ``heads``).
   """
+  key = _repeat_heads(key, query.shape[2])
   logits = jnp.einsum(
       'btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32
   ) / np.sqrt(query.shape[-1]).astype(np.float32)
@@ -113,14 +132,87 @@ def explicit_attention() -> bool:
   return jax.default_backend() == 'cpu'
 
 
+IMPLEMENTATIONS = ('auto', 'explicit', 'xla', 'cudnn')
+
+
+def check_implementation(name: str, backend: str | None = None) -> str | None:
+  """Why attention implementation ``name`` cannot run on ``backend``, or None.
+
+  ``backend`` defaults to ``jax.default_backend()``.
+  """
+  if name not in IMPLEMENTATIONS:
+    return (f'unknown attention implementation {name!r}; choose one of: '
+            f'{", ".join(IMPLEMENTATIONS)}')
+  backend = backend or jax.default_backend()
+  if name == 'cudnn' and backend not in ('gpu', 'cuda'):
+    return (f"attention implementation 'cudnn' needs an NVIDIA GPU; this "
+            f"backend is {backend!r} (use 'auto', 'explicit' or 'xla')")
+  return None
+
+
+def resolve_implementation(name: str) -> str:
+  """``'explicit'``, ``'xla'`` or ``'cudnn'`` for ``name`` on this backend.
+
+  Raises ValueError (one line) where ``name`` cannot run here.
+  """
+  problem = check_implementation(name)
+  if problem:
+    raise ValueError(problem)
+  if name == 'auto':
+    return 'explicit' if explicit_attention() else 'xla'
+  return name
+
+
+def dot_product_attention(
+    query: Array, key: Array, value: Array, mask: Array | None = None,
+    implementation: str = 'auto', is_causal: bool = False,
+) -> Array:
+  """``[B, T, heads, d]`` attention output by the chosen implementation.
+
+  ``key``/``value`` are ``[B, S, kv_heads, d]`` with ``kv_heads`` dividing
+  ``heads`` (grouped-query attention). ``mask`` is a bool mask (module
+  docstring); ``is_causal`` adds the causal mask of ``T == S`` positions.
+  """
+  implementation = resolve_implementation(implementation)
+  if implementation == 'explicit':
+    if is_causal:
+      mask = combine_masks(mask, causal_mask(query.shape[1], key.shape[1]))
+    weights = attention_weights(query, key, mask)
+    return grouped_values(weights.astype(value.dtype), value)
+  if implementation == 'cudnn' and query.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention implementation 'cudnn' needs a bfloat16 or "
+                     f'float16 compute dtype (got {query.dtype}; set '
+                     "--dtype=bfloat16 or use 'xla')")
+  return jax.nn.dot_product_attention(
+      query, key, value, mask=mask, is_causal=is_causal,
+      implementation=implementation)
+
+
+def _repeat_heads(x: Array, heads: int) -> Array:
+  """``[B, S, kv_heads, d]`` -> ``[B, S, heads, d]`` (head n reads n // group)."""
+  kv_heads = x.shape[2]
+  if heads % kv_heads:
+    raise ValueError(f'{heads} query heads do not share {kv_heads} key/value '
+                     'heads evenly')
+  return x if kv_heads == heads else jnp.repeat(x, heads // kv_heads, axis=2)
+
+
+def grouped_values(weights: Array, value: Array) -> Array:
+  """``weights [B, heads, T, S]`` applied to ``value [B, S, kv_heads, d]``."""
+  value = _repeat_heads(value, weights.shape[1])
+  return jnp.einsum('bnts,bsnh->btnh', weights, value)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: ``inputs_q [B,T,D]`` (and ``inputs_kv [B,S,D']``) -> ``[B,T,D]``.
 
-  Parameters: ``query``, ``key``, ``value`` (DenseGeneral ``D -> heads x
-  head_dim``, with biases) and ``out`` (``heads x head_dim -> D``). With
-  ``inputs_kv=None`` this is self-attention. ``rotary=True`` rotates queries
-  and keys by their positions (self-attention only). ``dropout_rate`` drops
-  attention weights when ``train=True``.
+  Parameters: ``query`` (DenseGeneral ``D -> heads x head_dim``), ``key``,
+  ``value`` (``D -> kv_heads x head_dim``; ``kv_heads = num_kv_heads or
+  num_heads``), with biases unless ``use_bias=False``, and ``out`` (``heads
+  x head_dim -> D``). With ``inputs_kv=None`` this is self-attention.
+  ``rotary=True`` rotates queries and keys by their positions with base
+  ``rotary_base`` (self-attention only). ``dropout_rate`` drops attention
+  weights when ``train=True``. ``implementation``: see the module docstring.
 
   Call arguments: ``mask`` (see the module docstring), ``causal`` (adds a
   causal mask), ``train``, ``decode`` (KV cache, self-attention only) and
@@ -134,8 +226,19 @@ class MultiHeadAttention(nn.Module):
   rotary: bool = False
   rotary_base: float = 10000.0
   use_bias: bool = True
+  num_kv_heads: int | None = None  # None: num_heads
+  implementation: str = 'auto'
   kernel_init: Any = nn.initializers.xavier_uniform()
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    kv_heads = self.num_kv_heads or self.num_heads
+    if kv_heads < 1 or self.num_heads % kv_heads:
+      raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide '
+                       f'num_heads={self.num_heads}')
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(check_implementation(self.implementation))
+    super().__post_init__()
 
   @nn.compact
   def __call__(
@@ -157,12 +260,13 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f'{features} features do not split into {self.num_heads} heads')
     head_dim = features // self.num_heads
     dense = functools.partial(
-        nn.DenseGeneral, (self.num_heads, head_dim), use_bias=self.use_bias,
-        dtype=self.dtype, kernel_init=self.kernel_init,
+        nn.DenseGeneral, use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=self.kernel_init,
     )
-    query = dense(name='query')(inputs_q)
-    key = dense(name='key')(inputs_kv)
-    value = dense(name='value')(inputs_kv)
+    kv_features = (self.num_kv_heads or self.num_heads, head_dim)
+    query = dense((self.num_heads, head_dim), name='query')(inputs_q)
+    key = dense(kv_features, name='key')(inputs_kv)
+    value = dense(kv_features, name='value')(inputs_kv)
 
     q_len = query.shape[1]
     offset = 0
@@ -185,7 +289,10 @@ class MultiHeadAttention(nn.Module):
       cache_key.value, cache_value.value = key, value
       cache_index.value = offset + q_len
       mask = causal_mask(q_len, key.shape[1], offset)
-    elif causal or decode:
+    # A causal mask alone goes to the kernel as is_causal (cuDNN skips the
+    # masked blocks); with a padding mask or a cache offset it is a mask.
+    is_causal = (causal or decode) and not cached and mask is None
+    if (causal or decode) and not cached and not is_causal:
       mask = combine_masks(mask, causal_mask(q_len, key.shape[1]))
     if mask is not None:
       mask = jnp.asarray(mask, bool)
@@ -193,13 +300,16 @@ class MultiHeadAttention(nn.Module):
         raise ValueError(f'attention masks must be 4-D [batch, heads, q, kv]; got {mask.shape}')
 
     drop = train and self.dropout_rate > 0.0
-    if return_weights or drop or explicit_attention():
+    if return_weights or drop:
+      if is_causal:
+        mask = causal_mask(q_len, key.shape[1])
       dropout = nn.Dropout(self.dropout_rate, deterministic=not train) if drop else None
       weights = attention_weights(query, key, mask, dropout)
-      out = jnp.einsum('bnts,bsnh->btnh', weights.astype(value.dtype), value)
+      out = grouped_values(weights.astype(value.dtype), value)
     else:
       weights = None
-      out = jax.nn.dot_product_attention(query, key, value, mask=mask)
+      out = dot_product_attention(query, key, value, mask, self.implementation,
+                                  is_causal=is_causal)
     out = nn.DenseGeneral(
         self.out_features or inputs_q.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
         dtype=self.dtype, kernel_init=self.kernel_init, name='out',

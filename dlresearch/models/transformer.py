@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 
 from dlresearch.models import cpu_fusion, registry
-from dlresearch.models.attention import MultiHeadAttention, padding_mask
+from dlresearch.models.attention import IMPLEMENTATIONS, MultiHeadAttention
+from dlresearch.models.attention import check_implementation, padding_mask
 from dlresearch.models.mlp import ACTIVATIONS, get_activation
 
 Array = jax.Array
@@ -150,21 +151,68 @@ class MlpBlock(nn.Module):
 
   mlp_dim: int
   activation: str = 'gelu'
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     dense = functools.partial(
-        nn.Dense, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
+        nn.Dense, use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform()
     )
     y = _activation(self.activation)(dense(self.mlp_dim, name='fc1')(x))
     return dense(x.shape[-1], name='fc2')(y)
 
 
+class GatedMlpBlock(nn.Module):
+  """``down(act(gate(x)) * up(x))``: SwiGLU with ``activation='silu'``
+  (Shazeer 2020; Llama's MLP), GeGLU with ``'gelu'``.
+
+  ``gate``, ``up``: ``d -> mlp_dim``; ``down``: ``mlp_dim -> d`` (Hugging
+  Face's ``gate_proj``, ``up_proj``, ``down_proj``).
+  """
+
+  mlp_dim: int
+  activation: str = 'silu'
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dense = functools.partial(
+        nn.Dense, use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform()
+    )
+    gate = _activation(self.activation)(dense(self.mlp_dim, name='gate')(x))
+    return dense(x.shape[-1], name='down')(gate * dense(self.mlp_dim, name='up')(x))
+
+
+NORMS = ('layer', 'rms')
+
+
+def make_norm(kind: str, epsilon: float, dtype: Any, name: str) -> nn.Module:
+  """``'layer'``: LayerNorm (exact variance); ``'rms'``: RMSNorm (Zhang &
+  Sennrich 2019; ``x / sqrt(mean(x^2) + eps) * scale``, statistics in float32)."""
+  if kind == 'rms':
+    return nn.RMSNorm(epsilon=epsilon, dtype=dtype, name=name)
+  # use_fast_variance=False: E[(x - mean)^2], exact on offset inputs
+  # (flax's default E[x^2] - E[x]^2 loses 0.1 at offset 1000).
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False,
+                      name=name)
+
+
+def _check_norm(kind: str) -> None:
+  if kind not in NORMS:
+    raise ValueError(f'unknown norm {kind!r}; choose one of: {", ".join(NORMS)}')
+
+
 class TransformerBlock(nn.Module):
   """Self-attention (``attn``), optional cross-attention (``cross_attn``), MLP (``mlp``).
 
-  Norms are ``ln_attn``, ``ln_cross``, ``ln_mlp``. Dropout ``dropout_rate``
+  Norms are ``ln_attn``, ``ln_cross``, ``ln_mlp`` (LayerNorm, or RMSNorm
+  with ``norm='rms'``); ``gated_mlp`` swaps ``MlpBlock`` for
+  ``GatedMlpBlock``; ``num_kv_heads``, ``rotary_base``, ``use_bias`` and
+  ``attention_impl`` go to the attention layers. Dropout ``dropout_rate``
   is applied to each branch output before the residual add;
   ``attention_dropout_rate`` to the attention weights. Returns ``(x,
   weights)`` where ``weights`` is ``{'self': [B,h,T,T], 'cross': [B,h,T,S]}``
@@ -181,6 +229,12 @@ class TransformerBlock(nn.Module):
   rotary: bool = False
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-6
+  norm: str = 'layer'
+  gated_mlp: bool = False
+  num_kv_heads: int | None = None
+  rotary_base: float = 10000.0
+  use_bias: bool = True
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -200,10 +254,7 @@ class TransformerBlock(nn.Module):
     materialize = cpu_fusion.enabled()
 
     def residual(x, branch, norm_name):
-      # use_fast_variance=False: E[(x - mean)^2], exact on offset inputs
-      # (flax's default E[x^2] - E[x]^2 loses 0.1 at offset 1000).
-      norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                          use_fast_variance=False, name=norm_name)
+      norm = make_norm(self.norm, self.layer_norm_epsilon, self.dtype, norm_name)
       drop = nn.Dropout(self.dropout_rate, deterministic=not train)
       if self.norm_first:
         out = drop(branch(norm(x)))
@@ -212,11 +263,12 @@ class TransformerBlock(nn.Module):
 
     attention = functools.partial(
         MultiHeadAttention, self.num_heads, dropout_rate=self.attention_dropout_rate,
-        dtype=self.dtype,
+        use_bias=self.use_bias, implementation=self.attention_impl, dtype=self.dtype,
     )
 
     def self_attention(y):
-      out = attention(rotary=self.rotary, name='attn')(
+      out = attention(rotary=self.rotary, rotary_base=self.rotary_base,
+                      num_kv_heads=self.num_kv_heads, name='attn')(
           y, mask=mask, causal=self.causal, train=train, decode=decode,
           return_weights=return_weights,
       )
@@ -237,7 +289,8 @@ class TransformerBlock(nn.Module):
       if encoded is None:
         raise ValueError('a cross-attention block needs the encoder output `encoded`')
       x = residual(x, cross_attention, 'ln_cross')
-    mlp = MlpBlock(self.mlp_dim, self.activation, self.dtype, name='mlp')
+    mlp_cls = GatedMlpBlock if self.gated_mlp else MlpBlock
+    mlp = mlp_cls(self.mlp_dim, self.activation, self.use_bias, self.dtype, name='mlp')
     x = residual(x, mlp, 'ln_mlp')
     return x, weights
 
@@ -265,6 +318,12 @@ class TransformerStack(nn.Module):
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-6
   remat: bool = False  # recompute each block's activations in the backward pass
+  norm: str = 'layer'
+  gated_mlp: bool = False
+  num_kv_heads: int | None = None
+  rotary_base: float = 10000.0
+  use_bias: bool = True
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -291,12 +350,13 @@ class TransformerStack(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate, norm_first=self.norm_first,
           causal=self.causal, cross_attention=self.cross_attention, rotary=self.rotary,
           activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
-          dtype=self.dtype, name=f'block_{i}',
+          norm=self.norm, gated_mlp=self.gated_mlp, num_kv_heads=self.num_kv_heads,
+          rotary_base=self.rotary_base, use_bias=self.use_bias,
+          attention_impl=self.attention_impl, dtype=self.dtype, name=f'block_{i}',
       )(x, mask, encoded, encoded_mask, train, decode, return_weights)
       all_weights.append(weights)
     if self.norm_first:
-      x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                       use_fast_variance=False, name='ln_final')(x)
+      x = make_norm(self.norm, self.layer_norm_epsilon, self.dtype, 'ln_final')(x)
     return x, tuple(all_weights)
 
 
@@ -349,6 +409,7 @@ class TransformerClassifier(nn.Module):
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
+  attention_impl: str = 'auto'  # attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -396,7 +457,8 @@ class TransformerClassifier(nn.Module):
         mlp_dim=self.mlp_dim or 4 * self.d_model, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         norm_first=True, rotary=self.positions == 'rotary', activation=self.activation,
-        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='encoder',
+        layer_norm_epsilon=self.layer_norm_epsilon, attention_impl=self.attention_impl,
+        dtype=self.dtype, name='encoder',
     )(x, padding_mask(mask), train=train, return_weights=return_attention)
     if self.pooling == 'cls':
       pooled = x[:, 0]
@@ -421,6 +483,12 @@ class TransformerLM(nn.Module):
   (``tie_embeddings``) or the bias-free Dense ``lm_head``. Features:
   ``pre_logits`` = the final-norm hidden states ``[B, T, d]``. ``decode=True``
   uses the KV cache (module docstring).
+
+  The Llama family (``llama_*`` below) is this model with ``positions=
+  'rotary'`` (base ``rotary_base``), ``norm='rms'``, ``gated_mlp=True``
+  with ``activation='silu'`` (SwiGLU), ``use_bias=False`` and
+  ``num_kv_heads`` key/value heads (grouped-query attention; the KV cache
+  holds that many heads).
   """
 
   vocab_size: int
@@ -436,10 +504,26 @@ class TransformerLM(nn.Module):
   activation: str = 'gelu'
   layer_norm_epsilon: float = 1e-5
   remat: bool = False
+  norm: str = 'layer'  # 'rms': RMSNorm
+  gated_mlp: bool = False  # True: down(act(gate(x)) * up(x))
+  num_kv_heads: int | None = None  # None: num_heads (grouped-query attention)
+  rotary_base: float = 10000.0  # theta of positions='rotary'
+  use_bias: bool = True  # biases of the attention and MLP projections
+  attention_impl: str = 'auto'  # attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     _check_common(self.positions, self.activation, self.d_model, self.num_heads)
+    _check_norm(self.norm)
+    kv_heads = self.num_kv_heads or self.num_heads
+    if kv_heads < 1 or self.num_heads % kv_heads:
+      raise ValueError(f'num_kv_heads={self.num_kv_heads} must divide '
+                       f'num_heads={self.num_heads}')
+    if self.attention_impl not in IMPLEMENTATIONS:
+      raise ValueError(check_implementation(self.attention_impl))
+    if (self.d_model // self.num_heads) % 2 and self.positions == 'rotary':
+      raise ValueError(f'rotary positions need an even head dimension; got '
+                       f'd_model/num_heads = {self.d_model // self.num_heads}')
     super().__post_init__()
 
   @nn.compact
@@ -465,7 +549,9 @@ class TransformerLM(nn.Module):
         attention_dropout_rate=_attention_dropout(self), norm_first=True, causal=True,
         rotary=self.positions == 'rotary',
         activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype, name='transformer',
+        norm=self.norm, gated_mlp=self.gated_mlp, num_kv_heads=self.num_kv_heads,
+        rotary_base=self.rotary_base, use_bias=self.use_bias,
+        attention_impl=self.attention_impl, dtype=self.dtype, name='transformer',
     )(x, train=train, decode=decode)
     if self.tie_embeddings:
       logits = embed.attend(x)
@@ -509,6 +595,7 @@ class EncoderDecoder(nn.Module):
   activation: str = 'relu'
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
+  attention_impl: str = 'auto'  # attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -536,7 +623,7 @@ class EncoderDecoder(nn.Module):
         attention_dropout_rate=self.attention_dropout_rate,
         norm_first=self.norm_first, rotary=self.positions == 'rotary',
         activation=self.activation, layer_norm_epsilon=self.layer_norm_epsilon,
-        remat=self.remat, dtype=self.dtype,
+        remat=self.remat, attention_impl=self.attention_impl, dtype=self.dtype,
     )
     self.encoder = stack(self.num_layers)
     self.decoder = stack(
@@ -625,6 +712,7 @@ class BERT(nn.Module):
   layer_norm_epsilon: float = 1e-12
   pooling: str = 'cls'  # 'cls': tanh pooler on [CLS]; 'mean': mean of real tokens
   remat: bool = False
+  attention_impl: str = 'auto'  # attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -663,7 +751,8 @@ class BERT(nn.Module):
         remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         dropout_rate=self.dropout_rate, attention_dropout_rate=_attention_dropout(self),
         norm_first=self.norm_first, activation=self.activation,
-        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='encoder',
+        layer_norm_epsilon=self.layer_norm_epsilon, attention_impl=self.attention_impl,
+        dtype=self.dtype, name='encoder',
     )(x, padding_mask(mask), train=train, return_weights=return_attention)
     if self.pooling == 'mean':  # sentence-transformers: mean of real tokens
       m = jnp.ones(x.shape[:2], x.dtype) if mask is None else jnp.asarray(mask, x.dtype)
@@ -703,6 +792,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
+  attention_impl: str = 'auto'  # attention.IMPLEMENTATIONS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -737,7 +827,7 @@ class ViT(nn.Module):
         remat=self.remat, num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         norm_first=True, activation='gelu', layer_norm_epsilon=self.layer_norm_epsilon,
-        dtype=self.dtype, name='encoder',
+        attention_impl=self.attention_impl, dtype=self.dtype, name='encoder',
     )(x, train=train, return_weights=return_attention)
     feats = {'tokens': x, 'pre_logits': x[:, 0]}
     if return_attention:
@@ -756,6 +846,21 @@ registry.register('gpt2_small', functools.partial(
     TransformerLM, vocab_size=50257, num_layers=12, d_model=768, num_heads=12,
     mlp_dim=3072, max_len=1024, dropout_rate=0.1, attention_dropout_rate=None,
     activation='gelu_tanh'))
+# Llama (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU, no biases,
+# grouped-query attention. 'llama' takes any sizes (default: the module's,
+# with 2 key/value heads); llama_tiny is for tests and CPU runs; llama_100m is
+# 100,092,672 parameters with a 32000 vocabulary (tied; checked by eval_shape).
+LLAMA = dict(positions='rotary', norm='rms', gated_mlp=True, activation='silu',
+             use_bias=False, tie_embeddings=False, layer_norm_epsilon=1e-5,
+             rotary_base=10000.0)
+registry.register('llama', functools.partial(TransformerLM, **LLAMA, num_kv_heads=2))
+registry.register('llama_tiny', functools.partial(
+    TransformerLM, **LLAMA, num_layers=2, d_model=64, num_heads=4,
+    num_kv_heads=2, mlp_dim=176))
+registry.register('llama_100m', functools.partial(
+    TransformerLM, **{**LLAMA, 'tie_embeddings': True}, vocab_size=32000,
+    num_layers=12, d_model=768, num_heads=12, num_kv_heads=4, mlp_dim=2048,
+    max_len=2048))
 registry.register('transformer_seq2seq', EncoderDecoder)
 # Transformer base (Vaswani et al. 2017): 6+6 x 512, 8 heads, FF 2048, post-LN.
 registry.register('transformer_base', functools.partial(

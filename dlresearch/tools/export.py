@@ -34,6 +34,7 @@ import jax
 import numpy as np
 
 from dlresearch import checkpoint, config as config_lib
+from dlresearch.models import lora
 from dlresearch.tools import entry
 
 PROG = 'python -m dlresearch.export'
@@ -211,7 +212,12 @@ def restore_for_export(workdir: str, step: int | str | None = None):
   signature = {'step': run.step}
   if data.label_names:
     signature['label_names'] = list(data.label_names)
-  return run.model, run.variables, np.asarray(args[0]), signature
+  model, variables = run.model, run.variables
+  if isinstance(model, lora.LoRA):  # the merged plain model, same outputs
+    variables = {**variables, 'params': lora.merge(variables['params'], model.scale)}
+    model = model.model
+    signature['lora'] = 'merged'
+  return model, variables, np.asarray(args[0]), signature
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,10 +90,15 @@ def _steps(ckpts: str) -> list[int]:
 def restore(workdir: str, step: int | str | None = None) -> Restored:
   """The run in ``workdir`` at its latest checkpoint, ``step``, or ``'best'``.
 
+  ``'hf:DIR'``: a Hugging Face Llama or GPT-2 directory, converted into
+  ``llama`` or ``transformer_lm`` (``restore_hf``).
+
   Raises:
     FileNotFoundError: no recorded config or no such checkpoint.
   """
   log_lib.quiet_libraries()
+  if workdir.startswith('hf:'):
+    return restore_hf(workdir[len('hf:'):])
   workdir = os.path.abspath(os.path.expanduser(workdir))
   cfg = config_lib.read_recorded(workdir)
   if cfg is None:
@@ -113,6 +118,38 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
     raise ValueError(f'{workdir}: cannot rebuild the model: {e}') from None
   variables, found = _variables(workdir, step)
   return Restored(cfg, model, variables, found, workdir, tokenizer)
+
+
+def restore_hf(directory: str) -> Restored:
+  """A HF Llama/GPT-2 directory as a ``Restored`` (step 0): ``.model``,
+  ``.variables``, ``.config`` (its ``--model``, ``--model_kwargs`` and
+  ``--init_from``), ``.predict(token_ids) -> logits [B, T, vocab]``, and
+  ``.tokenizer`` (a ``tokenizers.Tokenizer``) when ``tokenizer.json`` exists.
+
+  Raises ``weights.WeightsError`` for a missing or misshaped tensor (named)
+  or another architecture.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  from dlresearch import weights  # pylint: disable=g-import-not-at-top
+  from dlresearch.models import registry  # pylint: disable=g-import-not-at-top
+  from dlresearch.weights import convert  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(os.path.expanduser(directory))
+  state = weights.read(f'hf:{directory}')  # checks config.json is there
+  with open(os.path.join(directory, 'config.json'), encoding='utf-8') as f:
+    hf_config = json.load(f)
+  kwargs = convert.hf_decoder_kwargs(hf_config)
+  llama = hf_config['model_type'] == 'llama'
+  name = 'llama' if llama else 'transformer_lm'
+  model = registry.build(name, **kwargs)
+  variables = (convert.llama if llama else convert.gpt2)(state, model)
+  tokenizer = None
+  if os.path.isfile(os.path.join(directory, 'tokenizer.json')):
+    import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizers.Tokenizer.from_file(
+        os.path.join(directory, 'tokenizer.json'))
+  cfg = Config(data_kind='lm', model=name, model_kwargs=kwargs,
+               init_from=f'hf:{directory}')
+  return Restored(cfg, model, variables, 0, directory, tokenizer)
 
 
 # ---------------------------------------------------------------------------

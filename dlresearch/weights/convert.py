@@ -305,3 +305,156 @@ def bert(state: Mapping[str, np.ndarray], model: nn.Module) -> dict:
 
   return from_torch(state, abstract_variables(model, TOKEN_INPUT), rule,
                     ('embeddings.position_ids',))
+
+
+# -------------------------------------------------- Hugging Face decoders --
+
+
+def hf_decoder_kwargs(hf_config: Mapping[str, Any]) -> dict[str, Any]:
+  """``TransformerLM`` arguments of a HF Llama or GPT-2 ``config.json``.
+
+  Raises WeightsError for another architecture or a setting our model lacks.
+  """
+  kind = hf_config.get('model_type')
+  try:
+    if kind == 'llama':
+      d, heads = hf_config['hidden_size'], hf_config['num_attention_heads']
+      if hf_config.get('head_dim', d // heads) != d // heads:
+        raise WeightsError(f'head_dim={hf_config["head_dim"]} != hidden_size / '
+                           'num_attention_heads is not supported')
+      # transformers >= 5 writes rope_parameters; older ones rope_theta and
+      # rope_scaling.
+      rope = dict(hf_config.get('rope_parameters') or {})
+      rope_type = rope.get('rope_type', 'default')
+      if hf_config.get('rope_scaling') or rope_type != 'default':
+        raise WeightsError(f'RoPE scaling ({rope_type}) is not supported (plain '
+                           'RoPE only)')
+      theta = rope.get('rope_theta', hf_config.get('rope_theta', 10000.0))
+      if hf_config.get('hidden_act', 'silu') != 'silu':
+        raise WeightsError(f'hidden_act={hf_config["hidden_act"]!r}: only silu')
+      if hf_config.get('attention_bias', False) != hf_config.get('mlp_bias', False):
+        raise WeightsError('attention_bias and mlp_bias must agree')
+      return dict(
+          vocab_size=hf_config['vocab_size'], num_layers=hf_config['num_hidden_layers'],
+          d_model=d, num_heads=heads,
+          num_kv_heads=hf_config.get('num_key_value_heads') or heads,
+          mlp_dim=hf_config['intermediate_size'], positions='rotary',
+          rotary_base=float(theta), norm='rms',
+          gated_mlp=True, activation='silu',
+          use_bias=bool(hf_config.get('attention_bias', False)),
+          layer_norm_epsilon=hf_config.get('rms_norm_eps', 1e-6),
+          tie_embeddings=bool(hf_config.get('tie_word_embeddings', False)))
+    if kind == 'gpt2':
+      act = hf_config.get('activation_function', 'gelu_new')
+      if act not in ('gelu_new', 'gelu_pytorch_tanh'):
+        raise WeightsError(f'activation_function={act!r}: only gelu_new')
+      d = hf_config['n_embd']
+      return dict(
+          vocab_size=hf_config['vocab_size'], num_layers=hf_config['n_layer'],
+          d_model=d, num_heads=hf_config['n_head'],
+          mlp_dim=hf_config.get('n_inner') or 4 * d,
+          max_len=hf_config['n_positions'], positions='learned',
+          activation='gelu_tanh', norm='layer', use_bias=True,
+          layer_norm_epsilon=hf_config.get('layer_norm_epsilon', 1e-5),
+          tie_embeddings=bool(hf_config.get('tie_word_embeddings', True)))
+  except KeyError as e:
+    raise WeightsError(f'config.json lacks {e.args[0]!r}') from None
+  raise WeightsError(f'model_type={kind!r}: HF decoders load from llama or '
+                     'gpt2 configs')
+
+
+def _prefixed(state: Mapping[str, np.ndarray], prefix: str,
+              probe: str) -> dict[str, np.ndarray]:
+  """``state`` with ``prefix`` added when it holds the bare base model."""
+  if prefix + probe not in state and probe in state:
+    return {prefix + k: v for k, v in state.items()}
+  return dict(state)
+
+
+def _heads_in(w, shape):  # Linear (out = heads*hd, in) -> [in, heads, hd].
+  return w.T.reshape(shape)
+
+
+def llama(state: Mapping[str, np.ndarray], model: nn.Module) -> dict:
+  """HF ``LlamaForCausalLM``/``LlamaModel`` -> a ``llama*`` ``TransformerLM``.
+
+  HF stores q/k so that ``rotate_half`` pairs channel ``i`` with ``i +
+  head_dim/2``, as our ``rotary_embedding`` does, so the projections only
+  change layout: ``q_proj [heads*hd, d]`` -> ``query [d, heads, hd]``,
+  ``o_proj [d, heads*hd]`` -> ``out [heads, hd, d]``, MLP and ``lm_head``
+  transposed, RMSNorm ``weight`` -> ``scale``.
+  """
+  state = _prefixed(state, 'model.', 'embed_tokens.weight')
+  block = {'attn/query': 'self_attn.q_proj', 'attn/key': 'self_attn.k_proj',
+           'attn/value': 'self_attn.v_proj', 'attn/out': 'self_attn.o_proj',
+           'mlp/gate': 'mlp.gate_proj', 'mlp/up': 'mlp.up_proj',
+           'mlp/down': 'mlp.down_proj', 'ln_attn': 'input_layernorm',
+           'ln_mlp': 'post_attention_layernorm'}
+
+  def rule(path: Path):
+    modules, leaf = path[1:-1], path[-1]
+    top = {('token_embed',): 'model.embed_tokens', ('lm_head',): 'lm_head',
+           ('transformer', 'ln_final'): 'model.norm'}
+    if modules in top:
+      prefix = top[modules]
+    else:
+      m = re.fullmatch(r'block_(\d+)', modules[1]) if len(modules) > 2 else None
+      inner = '/'.join(modules[2:])
+      if modules[0] != 'transformer' or not m or inner not in block:
+        raise _unknown(modules)
+      prefix = f'model.layers.{m[1]}.{block[inner]}'
+    if leaf in ('embedding', 'scale'):
+      return f'{prefix}.weight', _same
+    if leaf == 'kernel' and modules[-1] == 'out':
+      return f'{prefix}.weight', lambda w, shape: w.T.reshape(shape)
+    if leaf == 'kernel':
+      return f'{prefix}.weight', _heads_in
+    if leaf == 'bias':
+      return f'{prefix}.bias', lambda w, shape: w.reshape(shape)
+    raise WeightsError(f'no torch name for the flax variable {"/".join(path)}')
+
+  ignore = ('model.rotary_emb.inv_freq', 'model.layers.*.self_attn.rotary_emb.inv_freq')
+  if getattr(model, 'tie_embeddings', False):
+    ignore += ('lm_head.weight',)
+  return from_torch(state, abstract_variables(model, TOKEN_INPUT), rule, ignore)
+
+
+def gpt2(state: Mapping[str, np.ndarray], model: nn.Module) -> dict:
+  """HF ``GPT2LMHeadModel``/``GPT2Model`` -> a GPT-2 ``TransformerLM``.
+
+  GPT-2's ``Conv1D`` weights are already ``(in, out)``; ``c_attn`` holds
+  query, key and value side by side (split into thirds), ``wpe`` is the
+  learned position table, and the head is tied to ``wte``.
+  """
+  state = _prefixed(state, 'transformer.', 'wte.weight')
+  d = model.d_model
+  block = {'ln_attn': 'ln_1', 'ln_mlp': 'ln_2', 'attn/out': 'attn.c_proj',
+           'mlp/fc1': 'mlp.c_fc', 'mlp/fc2': 'mlp.c_proj'}
+  qkv = {'attn/query': 0, 'attn/key': 1, 'attn/value': 2}
+  norm = {'scale': 'weight', 'bias': 'bias'}
+
+  def rule(path: Path):
+    modules, leaf = path[1:-1], path[-1]
+    top = {('token_embed',): 'transformer.wte', ('pos_embed',): 'transformer.wpe',
+           ('transformer', 'ln_final'): 'transformer.ln_f'}
+    if modules in top:
+      return f'{top[modules]}.{norm.get(leaf, "weight")}', _same
+    m = re.fullmatch(r'block_(\d+)', modules[1]) if len(modules) > 2 else None
+    inner = '/'.join(modules[2:])
+    if modules[0] != 'transformer' or not m or inner not in {**block, **qkv}:
+      raise _unknown(modules)
+    layer = f'transformer.h.{m[1]}'
+    if inner in qkv:
+      part = slice(qkv[inner] * d, (qkv[inner] + 1) * d)
+      if leaf == 'kernel':
+        return f'{layer}.attn.c_attn.weight', lambda w, shape: w[:, part].reshape(shape)
+      return f'{layer}.attn.c_attn.bias', lambda w, shape: w[part].reshape(shape)
+    prefix = f'{layer}.{block[inner]}'
+    if inner.startswith('ln_'):
+      return f'{prefix}.{norm[leaf]}', _same
+    return f'{prefix}.{"weight" if leaf == "kernel" else "bias"}', (
+        lambda w, shape: w.reshape(shape))
+
+  ignore = ('lm_head.weight', 'transformer.h.*.attn.bias',
+            'transformer.h.*.attn.masked_bias')
+  return from_torch(state, abstract_variables(model, TOKEN_INPUT), rule, ignore)

@@ -30,6 +30,8 @@ OLD_CHOICES = {
     'normalize': ('none', 'scale', 'imagenet', 'standardize'),
     'pipeline': ('auto', 'memory', 'grain'), 'parallelism': ('jit', 'pmap'),
     'dtype': ('float32', 'bfloat16'), 'tokenizer': ('char', 'bpe', 'unigram'),
+    # Added since (issue 24).
+    'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
 }
 OLD_MAY_CHANGE = {
     'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
@@ -43,14 +45,15 @@ OLD_MAY_CHANGE = {
     'ranking_k', 'early_stopping_patience', 'eval_max_examples', 'test_split',
     'top_p', 'progress', 'model_summary', 'plots', 'compilation_cache',
     'profile_steps', 'eval_checkpoint', 'new_head', 'pretrained_tokenizer',
-    'cpu_eigen_convs'}
+    'cpu_eigen_convs', 'attention_impl'}
 
 
 def test_every_field_is_declared_by_one_section_and_read_flat():
   declared = [f.name for s in config_lib.sections() for f in s.fields()]
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
-  # flag), plus 11 of augmentation (image section).
-  assert len(declared) == len(set(declared)) == 104
+  # flag), plus 11 of augmentation (image section) and 5 of issue 24
+  # (attention_impl, lora_*).
+  assert len(declared) == len(set(declared)) == 109
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)
@@ -132,10 +135,12 @@ def test_config_json_records_sections_and_a_flat_record_migrates():
   assert (old.model, old.num_steps, old.preset) == ('mlp', 20, 'quickstart')
   retired = {k: legacy.pop(k) for k in config_lib.RETIRED_FIELDS}
   assert retired == {'pretrained': ''}
-  # Fields added since e5bc124 (augmentation) record their defaults.
+  # Fields added since e5bc124 (augmentation, attention, LoRA) record their
+  # defaults.
   default = config_lib.flatten(config_lib.to_json(Config()))
   added = {k: default[k] for k in default.keys() - legacy.keys()}
   assert config_lib.flatten(config_lib.to_json(old)) == {**legacy, **added}
+  assert added['attention_impl'] == 'auto'
 
 
 def test_damaged_or_newer_records_fail_with_the_field_named(tmp_path):
@@ -182,7 +187,8 @@ def test_an_image_experiment_defines_no_application_or_text_flags():
   assert defined == {f.name for s in config_lib.sections() if s.name in wanted
                      for f in s.fields() if f.name != 'preset'}
   # e5bc124 defined one flag per field but preset: 93 (+4 of cli: 97).
-  assert len(defined) == 82 < 93
+  # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24).
+  assert len(defined) == 87 < 93
 
 
 @pytest.mark.parametrize('presets, kwargs, present, absent', [

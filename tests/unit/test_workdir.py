@@ -14,7 +14,7 @@ from dlresearch import workdir as workdir_lib
 from dlresearch.workdir import (WorkdirBusyError, WorkdirError, WorkdirLock,
                                 check_workdir)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _HOLD = textwrap.dedent('''
     import sys, time

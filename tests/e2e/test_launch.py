@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCH = os.path.join(ROOT, 'launch')
 # An experiment command whose quoting must survive: spaces, quotes, $, &.
 EXPERIMENT = ['python', '-m', 'experiments.mnist', '--preset=cnn',

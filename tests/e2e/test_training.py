@@ -15,7 +15,7 @@ from dlresearch import logging as log_lib
 from experiments.cnn_imagenet import PRESETS
 import _forked  # pylint: disable=g-bad-import-order
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import pytest
 from dlresearch import checkpoint, config as config_lib, logging as log_lib, train
 from experiments.cnn_imagenet import PRESETS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.slow
 
 

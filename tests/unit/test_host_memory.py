@@ -10,7 +10,7 @@ import pytest
 
 from dlresearch import host_memory
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A fresh process: import dlresearch (which applies the setting), then run a
 # jitted op whose 64 MiB output is allocated, written and freed each call;

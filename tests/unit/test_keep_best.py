@@ -29,7 +29,7 @@ from dlresearch.problems import splits
 from dlresearch.tools import inference
 from experiments.cnn_imagenet import PRESETS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')

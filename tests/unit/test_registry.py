@@ -21,7 +21,7 @@ from dlresearch.models import cnn
 from dlresearch.models import registry
 from dlresearch.models import transformer
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures')
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from dlresearch.problems import classification
 from dlresearch.models import registry
 from experiments import mnist1d as experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Parameters for 10 classes. gru: PyTorch's nn.GRU has 324 (two bias vectors
 # per gate); rnn.py merges b_ir+b_hr and b_iz+b_hz: 300 (see models/mnist1d.py).

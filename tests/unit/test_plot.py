@@ -12,7 +12,7 @@ from dlresearch import logging as log_lib
 from dlresearch import plot
 from dlresearch.tools import entry, plot as plot_tool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(tmp_path, name, lines, extra=None):

@@ -10,7 +10,7 @@ import pytest
 from dlresearch import logging as log_lib
 from dlresearch.tools import entry, runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = {'model': 'cnn', 'learning_rate': 0.1, 'batch_size': 32, 'seed': 0,
         'model_kwargs': {'width': 8}}
 

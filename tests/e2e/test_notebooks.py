@@ -16,7 +16,7 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ('quickstart.ipynb', 'transfer.ipynb')
 
 

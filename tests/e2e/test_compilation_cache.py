@@ -21,7 +21,7 @@ import pytest
 
 from dlresearch import logging as log_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --- the filter alone ---------------------------------------------------------

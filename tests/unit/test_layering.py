@@ -14,7 +14,7 @@ import ast
 import pathlib
 import shutil
 
-PKG = pathlib.Path(__file__).resolve().parents[1] / 'dlresearch'
+PKG = pathlib.Path(__file__).resolve().parents[2] / 'dlresearch'
 
 # Wings: packages the engine never imports.
 APPS, RAI, TOOLS = 'dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools'

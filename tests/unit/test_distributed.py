@@ -17,8 +17,8 @@ import pytest
 
 from dlresearch import distributed
 
-WORKER = os.path.join(os.path.dirname(__file__), '_dist_worker.py')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(os.path.dirname(os.path.dirname(__file__)), '_dist_worker.py')
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JAX_ABORT = 'JAX distributed service detected fatal errors'
 CLUSTER_VARS = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_STEP_NODELIST',
                 'SLURM_PROCID', 'SLURM_LOCALID', 'SLURM_STEP_NUM_NODES',

@@ -19,11 +19,11 @@ from dlresearch import tasks, train
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import subset
 from dlresearch.models import registry
-from tests.test_quiet_and_cache import orbax_lines_below_error
-from tests.test_text_experiments import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
-from tests.test_weights import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+from tests.e2e.test_compilation_cache import orbax_lines_below_error
+from tests.e2e.test_text_presets import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
+from tests.unit.test_weights import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ------------------------------------------------------------- the merge --

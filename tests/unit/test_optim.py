@@ -22,7 +22,7 @@ from dlresearch import optim
 from dlresearch.config import Config
 from dlresearch.models import registry
 
-FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures')
 
 # (module name, leaf name) pairs of learned position tables and bias tables.
 NOT_DECAYED_TABLES = {('pos_embed', 'embedding'),

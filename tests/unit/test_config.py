@@ -224,3 +224,45 @@ def test_data_kind_on_the_command_line_adds_its_option_flags():
   names = [s.name for s in cli.flag_sections(cnn_imagenet.PRESETS, kinds)]
   assert {'generation', 'translation', 'text', 'image'} <= set(names)
   assert 'anomaly' not in names
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('batch_size', 0, '--batch_size: must be > 0'),
+    ('learning_rate', -1.0, '--learning_rate: must be > 0'),
+    ('num_steps', -5, '--num_steps: must be >= 0'),
+    ('optimizer', 'lion', '--optimizer: must be one of sgd, nesterov, adam, adamw'),
+    ('label_smoothing', 1.0, '--label_smoothing'),
+    ('grad_accum_steps', 3, '--grad_accum_steps: must divide --batch_size=128'),
+])
+def test_config_rejects_out_of_range(field, value, needle):
+  with pytest.raises(ConfigError, match=needle.replace('(', r'\(')) as e:
+    config_lib.validate(Config().replace(**{field: value}))
+  assert e.value.flag == field
+
+
+def test_config_overrides_and_parsing():
+  cfg = config_lib.override(Config(num_epochs=5), {'num_steps': 7})
+  assert cfg.num_steps == 7
+  # num_epochs on the command line wins over a preset's num_steps.
+  cfg = config_lib.override(Config(num_steps=7), {'num_epochs': 2.0})
+  assert (cfg.num_steps, cfg.num_epochs) == (0, 2.0)
+  cfg = config_lib.override(Config(model_kwargs={'a': 1}),
+                            {'model_kwargs': {'b': 2}})
+  assert cfg.model_kwargs == {'a': 1, 'b': 2}
+  assert config_lib.parse_value('batch_size', '32') == 32
+  assert config_lib.parse_value('step_boundaries', '0.5,0.75') == (0.5, 0.75)
+  with pytest.raises(ConfigError, match='--batch_size: expected int'):
+    config_lib.parse_value('batch_size', 'abc')
+  with pytest.raises(ConfigError, match='--model_kwargs: expected dict'):
+    config_lib.parse_value('model_kwargs', '[1]')
+  with pytest.raises(ConfigError, match='unknown config field'):
+    config_lib.override(Config(), {'bogus': 1})
+  assert config_lib.from_json(config_lib.to_json(cfg)) == cfg
+
+
+def test_batch_must_divide_devices():
+  config_lib.check_devices(Config(batch_size=64), 8)
+  with pytest.raises(ConfigError, match='--batch_size: 12 does not divide evenly over 8'):
+    config_lib.check_devices(Config(batch_size=12), 8)
+  with pytest.raises(ConfigError, match='--eval_batch_size'):
+    config_lib.check_devices(Config(batch_size=64, eval_batch_size=10), 8)

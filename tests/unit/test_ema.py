@@ -1,11 +1,16 @@
 """Tests for ema.py against averages computed by hand."""
 
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dlresearch import ema
+from dlresearch import state as state_lib
+from dlresearch import train
 
 
 def _params(a, b):
@@ -43,3 +48,39 @@ def test_keeps_the_ema_dtype_and_checks_decay():
   np.testing.assert_allclose(avg['w'], [0.1, 0.1], rtol=1e-6)
   with pytest.raises(ValueError, match='decay'):
     ema.ema_update(avg, avg, 1.5)
+
+
+class _Linear(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(3)(x)
+
+
+def _loss_task(model, variables, batch, *, train, rng=None):
+  out = model.apply(variables, batch['x'], train=train)
+  loss = jnp.sum((out - batch['y']) ** 2)
+  n = jnp.float32(batch['x'].shape[0])
+  return {'loss': loss, 'count': n}, {}
+
+
+def test_ema_in_the_train_step_equals_a_hand_computed_average():
+  model = _Linear()
+  x = np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32)
+  batch = {'x': x, 'y': np.ones((4, 3), np.float32)}
+  tx = optax.sgd(0.1)
+  state = state_lib.create(model, tx, (x,), {}, seed=0, ema=True)
+  step = jax.jit(train.make_train_step(model, _loss_task, tx, ema_decay=0.5))
+  history = [jax.tree.map(np.asarray, state.params)]
+  for _ in range(4):
+    state, _ = step(state, batch)
+    history.append(jax.tree.map(np.asarray, state.params))
+  expected = history[0]
+  for t in range(4):  # d_t = min(0.5, (1 + t) / (10 + t)); t = updates before
+    d = min(0.5, (1 + t) / (10 + t))
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected,
+                            history[t + 1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               state.ema_params, expected)
+  assert not np.allclose(state.ema_params['Dense_0']['kernel'],
+                         state.params['Dense_0']['kernel'])

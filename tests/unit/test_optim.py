@@ -18,8 +18,10 @@ import numpy as np
 import optax
 import pytest
 
+from dlresearch import config as config_lib
 from dlresearch import optim
 from dlresearch.config import Config
+from dlresearch.config import ConfigError
 from dlresearch.models import registry
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures')
@@ -101,3 +103,88 @@ def test_attention_biases_are_not_decayed_by_adamw():
     np.testing.assert_allclose(new[path], value * factor, rtol=1e-6,
                                err_msg='/'.join(path))
   assert not expected(('cls',)) and not expected(('pos_embedding',))
+
+
+def test_schedules():
+  cfg = Config(learning_rate=1.0, warmup_steps=10, schedule='cosine')
+  lr = optim.schedule(cfg, 110)
+  # Warmup: step s < 10 uses (s + 1) / 10 of the rate (the first step moves).
+  assert float(lr(0)) == pytest.approx(0.1) and float(lr(4)) == pytest.approx(0.5)
+  assert float(lr(10)) == pytest.approx(1.0)
+  assert float(lr(60)) == pytest.approx(0.5, abs=1e-6)
+  assert float(lr(110)) == pytest.approx(0.0, abs=1e-6)
+  step = optim.schedule(Config(learning_rate=1.0, schedule='step',
+                               step_boundaries=(0.5, 0.75)), 100)
+  assert [float(step(s)) for s in (49, 50, 74, 75)] == pytest.approx(
+      [1.0, 0.1, 0.1, 0.01])
+
+
+def test_weight_decay_skips_biases_and_freeze_by_regex():
+  params = {'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)},
+            'norm': {'scale': jnp.ones(2)}, 'head': {'kernel': jnp.ones((2, 3))}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  cfg = Config(optimizer='sgd', momentum=0.0, learning_rate=1.0, weight_decay=0.1)
+  tx, _ = optim.make(cfg, 10, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  assert float(updates['dense']['kernel'][0, 0]) == pytest.approx(-0.1)
+  assert float(updates['dense']['bias'][0]) == 0.0
+  assert float(updates['norm']['scale'][0]) == 0.0
+  tx, _ = optim.make(cfg.replace(freeze='^dense/'), 10, params)
+  ones = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(ones, tx.init(params), params)
+  assert float(jnp.abs(updates['dense']['kernel']).sum()) == 0.0
+  assert float(updates['head']['kernel'][0, 0]) == pytest.approx(-1.1)
+  with pytest.raises(optim.FreezeError, match='matches no parameter'):
+    optim.make(cfg.replace(freeze='^nothing'), 10, params)
+
+
+def test_grad_clipping():
+  params = {'w': jnp.zeros(4)}
+  tx, _ = optim.make(Config(optimizer='sgd', momentum=0.0, learning_rate=1.0,
+                            grad_clip_norm=1.0), 10, params)
+  updates, _ = tx.update({'w': jnp.full(4, 10.0)}, tx.init(params), params)
+  assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_warmup_first_step_moves_and_schedules_end_where_asked():
+  cfg = Config(learning_rate=1.0, warmup_steps=4, schedule='cosine',
+               min_lr_ratio=0.1)
+  lr = optim.schedule(cfg, 20)
+  assert float(lr(0)) == pytest.approx(0.25)  # the first update moves
+  assert [float(lr(s)) for s in (1, 2, 3)] == pytest.approx([0.5, 0.75, 1.0])
+  assert float(lr(4)) == pytest.approx(1.0)
+  assert float(lr(20)) == pytest.approx(0.1)  # cosine ends at min_lr_ratio
+  inv = optim.schedule(cfg.replace(schedule='inverse_sqrt'), 20)
+  # min((t)/w, sqrt(w/t)) with t = count + 1, w = 4
+  for count in (0, 3, 15, 99):
+    t = count + 1
+    assert float(inv(count)) == pytest.approx(min(t / 4, (4 / t) ** 0.5))
+
+
+def test_adam_flags_reach_optax_and_momentum_stays_with_sgd():
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = {'w': jnp.array([0.3, 0.1])}
+  cfg = Config(optimizer='adam', learning_rate=0.1, adam_b1=0.5,
+               adam_b2=0.9, adam_eps=1e-3, momentum=0.0)
+  tx, _ = optim.make(cfg, 10)
+  ref = optax.adam(0.1, b1=0.5, b2=0.9, eps=1e-3)
+  s, r = tx.init(params), ref.init(params)
+  for _ in range(3):
+    u, s = tx.update(grads, s, params)
+    v, r = ref.update(grads, r, params)
+    np.testing.assert_allclose(u['w'], v['w'], rtol=1e-6)
+  with pytest.raises(ConfigError, match='--adam_b2'):
+    config_lib.validate(cfg.replace(adam_b2=1.0))
+
+
+def test_wmt_preset_is_the_published_recipe():
+  from experiments.transformer_translate import PRESETS as MT
+  cfg = MT['wmt14_base'].config
+  assert (cfg.optimizer, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps) == (
+      'adam', 0.9, 0.98, 1e-9)
+  assert (cfg.schedule, cfg.warmup_steps, cfg.label_smoothing) == (
+      'inverse_sqrt', 4000, 0.1)
+  lr = optim.schedule(cfg, cfg.num_steps)
+  for step in (1, 4000, 10_000):  # the paper's lrate at 1-based ``step``
+    paper = 512 ** -0.5 * min(step ** -0.5, step * 4000 ** -1.5)
+    assert float(lr(step - 1)) == pytest.approx(paper, rel=1e-5)

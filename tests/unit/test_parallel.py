@@ -98,3 +98,16 @@ def test_bfloat16_compute_keeps_float32_params_and_remat_matches(tmp_path):
   with pytest.raises(ConfigError, match='--remat: model .mlp. does not support'):
     train.run(base.replace(model='mlp', model_kwargs={}, remat=True),
               str(tmp_path / 'x'), data=data)
+
+
+def test_mesh_from_flag():
+  mesh = parallel.make_mesh('data:4,fsdp:2')
+  assert dict(mesh.shape) == {'data': 4, 'fsdp': 2}
+  assert dict(parallel.make_mesh('').shape) == {'data': 8, 'fsdp': 1}
+  assert dict(parallel.make_mesh('fsdp:2').shape) == {'data': 4, 'fsdp': 2}
+  assert parallel.make_mesh('data:2').devices.size == 2  # the first two
+  for bad in ('data:16', 'model:8', 'data:0', 'data:-2'):
+    with pytest.raises(parallel.MeshError):
+      parallel.make_mesh(bad)
+  assert parallel.fsdp_spec((4096, 1000), 2) == jax.sharding.PartitionSpec('fsdp', None)
+  assert parallel.fsdp_spec((10,), 2) == jax.sharding.PartitionSpec()

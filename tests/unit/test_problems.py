@@ -3,10 +3,11 @@ splits are picked (problems.splits), and the classification problem giving
 every split (the test split evaluated at the end included) the same input
 transforms."""
 
+
+import numpy as np
 import pytest
 
 from dlresearch import problems
-import numpy as np
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import pipeline
 from dlresearch.problems import splits
@@ -86,3 +87,13 @@ def test_channel_repeat_and_pixel_permutation_reach_the_test_split(
   assert not np.array_equal(raw, te['image'])
   np.testing.assert_array_equal(np.sort(raw.reshape(20, -1), 1),
                                 np.sort(te['image'].reshape(20, -1), 1))
+
+
+def test_test_split_name_never_duplicates_the_eval_split():
+  cfg = Config()
+  assert splits.test_split_name(cfg, 'validation', {'train', 'validation',
+                                                   'test'}) == 'test'
+  assert splits.test_split_name(cfg, 'test', {'train', 'test'}) is None
+  assert splits.test_split_name(cfg.replace(test_split='none'), 'validation',
+                               {'test'}) is None
+  assert splits.test_split_name(cfg, 'validation', {'test'}, False) is None

@@ -543,3 +543,34 @@ def test_bfloat16_compute_keeps_float32_params(name):
   assert feats['pre_logits'].dtype == jnp.bfloat16
   ref = registry.build(name, num_classes=3).apply(variables, x)
   np.testing.assert_allclose(logits.astype(np.float32), ref, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize('shape,window', [
+    ((2, 8, 8, 3), (2, 2)),
+    ((2, 7, 9, 4), (2, 2)),   # odd sizes: VALID drops the last row/column
+    ((3, 9, 6, 2), (3, 3)),
+    ((2, 6, 9, 2), (2, 3)),
+    ((2, 12, 5), (4,)),       # 1-D pooling
+])
+def test_max_pool_matches_flax_values_and_gradients_with_ties(shape, window):
+  rng = np.random.default_rng(0)
+  for x in (rng.normal(size=shape),            # no ties
+            rng.integers(0, 3, size=shape)):   # many ties within windows
+    x = jnp.asarray(x, jnp.float32)
+    ours = cnn.max_pool(x, window)
+    ref = nn.max_pool(x, window, window)
+    np.testing.assert_array_equal(ours, ref)
+    weights = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+    g_ours = jax.grad(lambda x: jnp.sum(cnn.max_pool(x, window) * weights))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(nn.max_pool(x, window, window) * weights))(x)
+    np.testing.assert_array_equal(g_ours, g_ref)
+    # One element per window receives the gradient, as in flax.
+    assert int(jnp.sum(g_ours != 0)) == int(jnp.sum(weights != 0))
+
+
+def test_overlapping_or_padded_pools_use_flax():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 9, 9, 3)), jnp.float32)
+  np.testing.assert_array_equal(cnn.max_pool(x, (3, 3), (2, 2)),
+                                nn.max_pool(x, (3, 3), (2, 2)))
+  np.testing.assert_array_equal(cnn.max_pool(x, (2, 2), (2, 2), 'SAME'),
+                                nn.max_pool(x, (2, 2), (2, 2), 'SAME'))

@@ -6,6 +6,7 @@ the same weights; padding against running each sequence alone.
 
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
 
@@ -243,3 +244,50 @@ def test_bad_inputs_fail_clearly():
   with pytest.raises(ValueError, match='unknown cell'):
     jax.eval_shape(rnn.RecurrentLayer('elman', 3).init, jax.random.key(0),
                    jnp.ones((1, 2, 1)), jnp.ones((1, 2), bool))
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_fast_lstm_equals_the_masked_layer_values_and_gradients(reverse):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 7, 5)), jnp.float32)
+  layer = rnn.RecurrentLayer('lstm', 6, reverse=reverse)
+  params = layer.init(jax.random.key(0), x)
+  carry = None if reverse else tuple(
+      jnp.asarray(rng.normal(size=(3, 6)), jnp.float32) for _ in range(2))
+  out_w = jnp.asarray(rng.normal(size=(3, 7, 6)), jnp.float32)
+  ones = jnp.ones((3, 7), bool)
+
+  def loss(params, x, carry, mask):
+    out, (c, h) = layer.apply(params, x, mask, carry)
+    return jnp.sum(out * out_w) + jnp.sum(c * h)
+
+  # mask=None takes lstm_scan; an all-True mask takes the per-step masked scan.
+  fast = jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x, carry, None)
+  masked = jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x, carry, ones)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(masked)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  grads = jax.tree.leaves(fast[1][0])
+  assert all(float(jnp.abs(g).max()) > 0 for g in grads)
+
+
+def test_lstm_scan_gradients_against_finite_differences():
+  rng = np.random.default_rng(1)
+  f_in, size = 3, 4
+  args = [rng.normal(size=s) * 0.5 for s in
+          ((5, 2, f_in), (2, size), (2, size), (f_in + size, 4 * size), (4 * size,))]
+  with jax.enable_x64():
+    args = [jnp.asarray(a, jnp.float64) for a in args]
+    check_grads(lambda *a: rnn.lstm_scan(*a), args, order=1, modes=['rev'],
+                atol=1e-6, rtol=1e-6)
+
+
+def test_lstm_lm_keeps_its_parameter_names_and_shapes():
+  model = rnn.RNNLanguageModel('lstm', vocab_size=11, embed_dim=5, hidden_size=6,
+                               num_layers=2)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((2, 3), jnp.int32))['params']['rnn']
+  assert jax.tree.map(lambda s: s.shape, shapes) == {
+      'layer_0': {'input': {'kernel': (5, 24), 'bias': (24,)},
+                  'recurrent_kernel': (6, 24)},
+      'layer_1': {'input': {'kernel': (6, 24), 'bias': (24,)},
+                  'recurrent_kernel': (6, 24)}}

@@ -492,3 +492,31 @@ def test_remat_gives_the_same_values_and_gradients(name, kwargs, make_inputs):
   g_remat = jax.grad(lambda p: loss(remat, p))(params)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('causal,padded', [(True, False), (False, True)])
+def test_explicit_attention_equals_dot_product_attention(monkeypatch, causal, padded):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+  mask = None
+  if padded:  # the last sequence is all padding: uniform weights on both paths
+    real = np.array([[1] * 7, [1] * 4 + [0] * 3, [0] * 7], bool)
+    mask = attention.padding_mask(jnp.asarray(real))
+  layer = attention.MultiHeadAttention(4)
+  params = layer.init(jax.random.key(0), x, mask=mask, causal=causal)
+  out_w = jnp.asarray(rng.normal(size=(3, 7, 16)), jnp.float32)
+
+  def loss(params, x):
+    return jnp.sum(layer.apply(params, x, mask=mask, causal=causal) * out_w)
+
+  results = {}
+  for explicit in (True, False):
+    monkeypatch.setattr(attention, 'explicit_attention', lambda e=explicit: e)
+    results[explicit] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+  assert float(jnp.abs(results[True][1][1]).max()) > 0
+
+
+def test_cpu_runs_the_explicit_attention_path():
+  assert attention.explicit_attention() == (jax.default_backend() == 'cpu')

@@ -111,3 +111,51 @@ def test_mesh_from_flag():
       parallel.make_mesh(bad)
   assert parallel.fsdp_spec((4096, 1000), 2) == jax.sharding.PartitionSpec('fsdp', None)
   assert parallel.fsdp_spec((10,), 2) == jax.sharding.PartitionSpec()
+
+
+def test_jit_strategy_compiles_with_the_cpu_conv_option_and_can_turn_it_off():
+  mesh = parallel.make_mesh('data:1')
+  on = parallel.JitStrategy(mesh, None)
+  off = parallel.JitStrategy(mesh, None, cpu_eigen_convs=False)
+  assert on.compiler_options == parallel.CPU_CONV_OPTIONS
+  assert off.compiler_options is None
+  # The option reaches XLA: it rejects a bad value of the same option.
+  with pytest.raises(Exception, match='ynn_fusion_type'):
+    jax.jit(lambda x: x + 1, compiler_options={
+        'xla_cpu_experimental_ynn_fusion_type': 'NOT_A_FUSION_TYPE'})(1.0)
+
+
+def test_a_rejected_cpu_option_falls_back_to_xla_defaults(monkeypatch):
+  monkeypatch.setattr(parallel, 'CPU_CONV_OPTIONS',
+                      {'xla_cpu_experimental_ynn_fusion_type': 'NOT_A_TYPE'})
+  parallel._accepted_cpu_options.cache_clear()
+  try:
+    assert parallel.compiler_options(parallel.make_mesh('data:1')) is None
+  finally:
+    monkeypatch.undo()
+    parallel._accepted_cpu_options.cache_clear()
+  assert parallel.compiler_options(parallel.make_mesh('data:1')) == (
+      parallel.CPU_CONV_OPTIONS)
+
+
+def _conv_image_data(n=64, size=12, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {'image': rng.normal(size=(n, size, size, 1)).astype(np.float32),
+            'label': rng.integers(0, 10, n).astype(np.int32)}
+  return pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),
+                       tasks.Classification(), {'num_classes': 10})
+
+
+def test_cnn_loss_curve_is_the_same_with_and_without_the_conv_option(tmp_path):
+  data = _conv_image_data()
+  base = Config(model='lenet5', batch_size=16, num_steps=5, log_every=1,
+                checkpoint_every=100, optimizer='adam', learning_rate=1e-3,
+                mesh='data:1', model_summary=False, plots=False)
+  curves = {}
+  for eigen in (True, False):
+    workdir = str(tmp_path / f'eigen_{eigen}')
+    final = train.run(base.replace(cpu_eigen_convs=eigen), workdir, data=data)
+    curves[eigen] = [l['loss'] for l in log_lib.read_metrics(workdir, 'train')]
+    curves[eigen].append(final['loss'])
+  assert len(curves[True]) == 6 and curves[True][4] < curves[True][0]
+  np.testing.assert_allclose(curves[True], curves[False], rtol=1e-5)

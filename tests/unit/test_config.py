@@ -13,6 +13,7 @@ from dlresearch.config import Config, ConfigError, declare, engine, options
 from experiments import anomaly, cnn_imagenet, transformer_lm
 from experiments import transformer_translate
 
+
 ENGINE = ('data', 'model', 'optimisation', 'loop', 'evaluation', 'parallelism',
           'cluster', 'transfer')
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures',
@@ -266,3 +267,8 @@ def test_batch_must_divide_devices():
     config_lib.check_devices(Config(batch_size=12), 8)
   with pytest.raises(ConfigError, match='--eval_batch_size'):
     config_lib.check_devices(Config(batch_size=64, eval_batch_size=10), 8)
+
+
+def test_probe_needs_a_head():
+  with pytest.raises(ConfigError, match='--probe: needs --new_head'):
+    config_lib.validate(Config(probe=True))

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +21,12 @@ import pytest
 
 from dlresearch import config as config_lib
 from dlresearch import optim
+from dlresearch import state as state_lib
+from dlresearch import tasks, train
 from dlresearch.config import Config
 from dlresearch.config import ConfigError
 from dlresearch.models import registry
+
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures')
 
@@ -188,3 +192,71 @@ def test_wmt_preset_is_the_published_recipe():
   for step in (1, 4000, 10_000):  # the paper's lrate at 1-based ``step``
     paper = 512 ** -0.5 * min(step ** -0.5, step * 4000 ** -1.5)
     assert float(lr(step - 1)) == pytest.approx(paper, rel=1e-5)
+
+
+class _Net(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3), name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not train, name='bn')(x)
+    x = nn.Dropout(0.5, deterministic=not train)(x.mean((1, 2)))
+    return nn.Dense(3, name='head')(x)
+
+
+def _train(cfg, steps=3):
+  model = _Net()
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(8, 6, 6, 2)).astype(np.float32),
+           'label': rng.integers(0, 3, 8).astype(np.int32)}
+  args = (batch['image'],)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args))['params']
+  tx, _ = optim.make(cfg, steps, params)
+  state = state_lib.create(model, tx, args, {}, 0)
+  task = tasks.freeze_backbone(
+      tasks.Classification(), probe=cfg.probe,
+      trainable=optim.trainable(cfg, params), model_state=state.model_state)
+  step = jax.jit(train.make_train_step(model, task, tx))
+  first = state
+  for _ in range(steps):
+    state, _ = step(state, batch)
+  return first, state
+
+
+def _same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                  jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('flags', [{'freeze': '^(conv|bn)/'},
+                                   {'probe': True, 'new_head': '^head/'}])
+def test_frozen_parameters_and_their_batch_stats_do_not_move(flags):
+  cfg = Config(optimizer='adam', learning_rate=0.1, **flags)
+  first, last = _train(cfg)
+  for name in ('conv', 'bn'):
+    assert _same(first.params[name], last.params[name])
+  assert _same(first.model_state, last.model_state)  # bit-identical stats
+  assert not _same(first.params['head'], last.params['head'])
+  # Frozen parameters get no optimizer state: Adam's mu and nu hold the
+  # head's two arrays only.
+  sizes = sorted(x.size for x in jax.tree.leaves(last.opt_state) if x.ndim)
+  assert sizes == sorted([3, 3, 12, 12])
+  # Without freezing, the same step moves the body and its statistics.
+  first, last = _train(Config(optimizer='adam', learning_rate=0.1))
+  assert not _same(first.params['conv'], last.params['conv'])
+  assert not _same(first.model_state, last.model_state)
+
+
+def test_lr_multipliers_scale_each_group_update():
+  params = {'body': {'kernel': jnp.ones((2, 2))}, 'head': {'kernel': jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  cfg = Config(optimizer='sgd', momentum=0.0, learning_rate=0.5,
+               lr_multipliers='^body/=0.1,head=3')
+  tx, _ = optim.make(cfg, 10, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['body']['kernel'], -0.05)
+  np.testing.assert_allclose(updates['head']['kernel'], -1.5)
+  for bad, needle in (('body', 'not REGEX=FACTOR'), ('x=-1', 'finite number'),
+                      ('(=1', 'unterminated'), ('nope=2', 'matches no parameter')):
+    with pytest.raises(ConfigError, match=needle):
+      optim.make(cfg.replace(lr_multipliers=bad), 10, params)

@@ -37,6 +37,8 @@ from dlresearch.weights import hf_bert
 from dlresearch.weights import imagenet
 from dlresearch.weights import torch_pickle
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 # ------------------------------------------------------ fetched weights --
 
@@ -622,3 +624,21 @@ def test_models_follow_the_classifier_contract():
     assert logits.shape == (2, 5) and set(updates) == {'batch_stats'}
     params = jax.tree.leaves(variables['params'])
     assert all(p.dtype == jnp.float32 for p in params)
+
+
+def test_no_module_unpickles_outside_the_restricted_reader():
+  # Pickle-based formats are refused everywhere but the allow-listed torch
+  # reader: no allow_pickle=True, no pickle.load, no np.load of pickles.
+  offenders = []
+  for top in ('dlresearch', 'experiments', 'benchmarks'):
+    for root, _, files in os.walk(os.path.join(ROOT, top)):
+      for name in files:
+        path = os.path.join(root, name)
+        if not name.endswith('.py') or path.endswith('torch_pickle.py'):
+          continue
+        text = open(path, encoding='utf-8').read()
+        for needle in ('allow_pickle=True', 'pickle.load(', 'pickle.loads(',
+                       'Unpickler('):
+          if needle in text:
+            offenders.append(f'{os.path.relpath(path, ROOT)}: {needle}')
+  assert offenders == []

@@ -1,4 +1,4 @@
-"""Issue 12: orbax's routine log lines stay off the console, and the
+"""Real runs: orbax's routine log lines stay off the console, and the
 persistent compilation cache (``--compilation_cache``) fills, is reused by a
 fresh process, and is off with ``none``.
 
@@ -10,7 +10,6 @@ steps with the same cache directory; C evaluates the workdir
 ``JAX_COMPILATION_CACHE_DIR`` and ``HOME`` point at empty directories.
 """
 
-import logging
 import os
 import re
 import subprocess
@@ -19,44 +18,7 @@ import sys
 import orbax.checkpoint
 import pytest
 
-from dlresearch import logging as log_lib
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-# --- the filter alone ---------------------------------------------------------
-
-
-def _record(path, level):
-  return logging.LogRecord('absl', level, path, 1, 'msg', None, None)
-
-
-def test_quiet_libraries_keeps_errors_and_other_libraries_warnings():
-  quiet = log_lib.QuietLibraries()
-  orbax_file = '/venv/site-packages/orbax/checkpoint/_src/checkpoint_manager.py'
-  assert not quiet.filter(_record(orbax_file, logging.INFO))
-  assert not quiet.filter(_record(orbax_file, logging.WARNING))
-  assert quiet.filter(_record(orbax_file, logging.ERROR))
-  assert quiet.filter(_record(orbax_file, logging.CRITICAL))
-  for noisy in ('/venv/site-packages/tensorflow_datasets/core/dataset_info.py',
-                '/venv/site-packages/grain/_src/python/data_loader.py',
-                '/venv/site-packages/jax/_src/xla_bridge.py'):
-    assert not quiet.filter(_record(noisy, logging.INFO)), noisy
-    assert quiet.filter(_record(noisy, logging.WARNING)), noisy
-  other = '/venv/site-packages/flax/core/scope.py'
-  assert quiet.filter(_record(other, logging.WARNING))
-  assert quiet.filter(_record(other, logging.INFO))
-  ours = os.path.join(ROOT, 'dlresearch', 'train.py')
-  assert quiet.filter(_record(ours, logging.INFO))
-
-
-def test_quiet_libraries_installs_once_on_absl_logger_and_handler():
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  log_lib.quiet_libraries()
-  log_lib.quiet_libraries()
-  for target in (logging.getLogger('absl'), absl_logging.get_absl_handler()):
-    assert sum(isinstance(f, log_lib.QuietLibraries)
-               for f in target.filters) == 1
 
 
 # --- real runs ----------------------------------------------------------------

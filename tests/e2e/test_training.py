@@ -10,9 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from dlresearch import checkpoint, cli, config as config_lib, train
+from dlresearch import checkpoint, config as config_lib, train
 from dlresearch import logging as log_lib
 from experiments.cnn_imagenet import PRESETS
+
 import _forked  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -201,17 +202,6 @@ def test_eval_only_and_init_from(tmp_path, data_dir):
   assert report['new'] == ['params/head/bias', 'params/head/kernel']
   assert report['skipped'] == ['params/head/bias', 'params/head/kernel']
   assert 'params/conv1/kernel' in report['loaded']
-
-
-def test_cli_resolves_tiny_and_overrides():
-  from absl import flags
-  fv = flags.FlagValues()
-  cli.define_flags(PRESETS, 'quickstart', flag_values=fv)
-  fv(['prog', '--tiny', '--num_steps=7', '--eval_only', '--model_kwargs={"x": 1}'])
-  cfg = cli.resolve(PRESETS, flag_values=fv)
-  assert cfg.num_steps == 7 and cfg.eval_only and cfg.model_kwargs == {'x': 1}
-  assert cfg.checkpoint_every == PRESETS['quickstart'].tiny['checkpoint_every']
-  assert cfg.dataset == 'digits'
 
 
 def test_resuming_a_workdir_of_another_experiment_is_refused(tmp_path, data_dir):

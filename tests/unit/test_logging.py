@@ -1,9 +1,14 @@
-"""The TensorBoard writer: sanitised tags, no per-key INFO lines."""
+"""dlresearch.logging: the TensorBoard writer (sanitised tags, no per-key INFO
+lines), the JSON-lines writer, the console progress and progress bar, the
+train-line window mean, and the filter that keeps library log lines below
+ERROR off the console."""
 
 import glob
 import io
 import json
 import logging as std_logging
+import logging
+import os
 import struct
 
 import jax.numpy as jnp
@@ -13,6 +18,8 @@ from tensorboardX.proto import event_pb2
 from dlresearch import logging as dl_logging
 from dlresearch import logging as log_lib
 from dlresearch import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _tags(logdir):
@@ -94,3 +101,35 @@ def test_progress_bar_shows_rate_loss_and_examples_per_second():
   text = out.getvalue()
   assert '20/100' in text and 'loss=0.75' in text and 'ex/s' in text
   assert 'step/s' in text and '[20/100] eval accuracy=0.5' in text
+
+
+def _record(path, level):
+  return logging.LogRecord('absl', level, path, 1, 'msg', None, None)
+
+
+def test_quiet_libraries_keeps_errors_and_other_libraries_warnings():
+  quiet = log_lib.QuietLibraries()
+  orbax_file = '/venv/site-packages/orbax/checkpoint/_src/checkpoint_manager.py'
+  assert not quiet.filter(_record(orbax_file, logging.INFO))
+  assert not quiet.filter(_record(orbax_file, logging.WARNING))
+  assert quiet.filter(_record(orbax_file, logging.ERROR))
+  assert quiet.filter(_record(orbax_file, logging.CRITICAL))
+  for noisy in ('/venv/site-packages/tensorflow_datasets/core/dataset_info.py',
+                '/venv/site-packages/grain/_src/python/data_loader.py',
+                '/venv/site-packages/jax/_src/xla_bridge.py'):
+    assert not quiet.filter(_record(noisy, logging.INFO)), noisy
+    assert quiet.filter(_record(noisy, logging.WARNING)), noisy
+  other = '/venv/site-packages/flax/core/scope.py'
+  assert quiet.filter(_record(other, logging.WARNING))
+  assert quiet.filter(_record(other, logging.INFO))
+  ours = os.path.join(ROOT, 'dlresearch', 'train.py')
+  assert quiet.filter(_record(ours, logging.INFO))
+
+
+def test_quiet_libraries_installs_once_on_absl_logger_and_handler():
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  log_lib.quiet_libraries()
+  log_lib.quiet_libraries()
+  for target in (logging.getLogger('absl'), absl_logging.get_absl_handler()):
+    assert sum(isinstance(f, log_lib.QuietLibraries)
+               for f in target.filters) == 1

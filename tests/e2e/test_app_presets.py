@@ -18,28 +18,25 @@ import pathlib
 import zlib
 
 from absl.testing import flagsaver
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dlresearch import config as config_lib, problems
-from dlresearch import tasks, train
-from dlresearch.apps.xray import probe
 from dlresearch import logging as log_lib
 from dlresearch.apps.anomaly import metrics as anomaly
 from dlresearch.apps.anomaly import readers as anomaly_readers
-from dlresearch.apps.anomaly import task as anomaly_task
 from dlresearch.apps.recommend import metrics as recommend
 from dlresearch.apps.recommend import problem as recommend_problem
-from dlresearch.apps.recommend import tasks as recommend_tasks
+from dlresearch.apps.xray import probe
 from dlresearch.config import ConfigError
 from dlresearch.data import fetch
 from dlresearch.data.builders import fashion_mnist_local
-from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
+from dlresearch.tools import inference, xray as xray_tool
 from experiments import anomaly as anomaly_exp
 from experiments import recommend as recommend_exp
-from dlresearch.tools import inference, xray as xray_tool
+
+from _archives import make_deb, make_zip, pin  # pylint: disable=g-bad-import-order
 
 ANOMALY_KEYS = ('auroc', 'average_precision', 'precision_at_alert_rate',
                 'recall_at_alert_rate')
@@ -243,65 +240,7 @@ def test_fashion_mnist_one_class_table_tiny(tmp_path, fashion_dir):
     problems.build(one.replace(model='mlp'), str(tmp_path / 'x'))
 
 
-def test_alert_rate_is_checked():
-  with pytest.raises(ConfigError, match='--alert_rate'):
-    config_lib.override(config_lib.Config(), {'alert_rate': 0.0})
-
-
 # -------------------------------------------------------- recommendation --
-
-
-def test_reconstruction_and_rating_tasks_mask_padding():
-  x = jnp.arange(12.0).reshape(4, 3)
-  batch = {'x': x, '_valid': jnp.array([1.0, 1.0, 1.0, 0.0])}
-
-  class Half:
-    def apply(self, variables, x, train, rngs):
-      return x * 0.5
-
-  sums, _ = anomaly_task.Reconstruction()(Half(), {'params': {}}, batch,
-                                          train=False)
-  want = np.mean((np.asarray(x[:3]) * 0.5) ** 2, 1).sum()
-  assert float(sums['loss']) == pytest.approx(want)
-  assert float(sums['count']) == 3
-
-  class Sum:
-    def apply(self, variables, users, items, train, rngs):
-      return (users + items).astype(jnp.float32)
-
-  batch = {'user': jnp.array([1, 2, 3]), 'item': jnp.array([1, 1, 0]),
-           'rating': jnp.array([2.0, 4.0, 3.0]),
-           '_valid': jnp.array([1.0, 1.0, 0.0])}
-  task = recommend_tasks.RatingRegression()
-  sums, _ = task(Sum(), {'params': {}}, batch, train=False)
-  m = task.finalize(tasks.finalize_sums(sums))
-  assert m['mae'] == pytest.approx(0.5)  # errors 0 and -1
-  assert m['rmse'] == pytest.approx(np.sqrt(0.5))
-
-
-def test_in_batch_retrieval_masks_padding_and_repeats():
-  rng = np.random.default_rng(0)
-  logits = jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)
-  items = jnp.array([3, 7, 3, 1, 9])
-
-  class Fixed:
-    def apply(self, variables, users, items, genres, train, rngs):
-      return logits
-
-  batch = {'user': jnp.arange(5), 'item': items, 'genres': jnp.zeros((5, 2)),
-           '_valid': jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])}
-  sums, _ = recommend_tasks.InBatchRetrieval()(Fixed(), {'params': {}},
-                                               batch, train=False)
-  want = recommend.in_batch_softmax_loss(logits[:4, :4], items[:4])
-  assert float(sums['loss']) / float(sums['count']) == pytest.approx(
-      float(want), rel=1e-6)
-  # In training, log q of each column's item is subtracted.
-  log_q = jnp.log(jnp.array([0.1, 0.2, 0.1, 0.3, 0.3]))
-  sums, _ = recommend_tasks.InBatchRetrieval()(
-      Fixed(), {'params': {}}, {**batch, 'item_log_q': log_q}, train=True)
-  want = recommend.in_batch_softmax_loss((logits - log_q[None])[:4, :4],
-                                         items[:4])
-  assert float(sums['loss']) / 4 == pytest.approx(float(want), rel=1e-6)
 
 
 def test_movielens_mf_tiny_and_top_titles(tmp_path, movielens_dir, capsys):
@@ -368,32 +307,6 @@ def test_movielens_two_tower_tiny(tmp_path, movielens_dir):
 
 
 # ------------------------------------------------------------------ x-ray --
-
-
-def test_clopper_pearson_closed_forms():
-  # k = n: lower = (alpha/2)^(1/n); k = 0: upper = 1 - (alpha/2)^(1/n).
-  assert probe.clopper_pearson(16, 16) == pytest.approx(
-      (0.025 ** (1 / 16), 1.0))
-  assert probe.clopper_pearson(0, 10) == pytest.approx(
-      (0.0, 1 - 0.025 ** (1 / 10)))
-  lo, hi = probe.clopper_pearson(12, 16)
-  assert (round(lo, 4), round(hi, 4)) == (0.4762, 0.9273)  # R binom.test
-
-
-def test_leave_one_out_probe_is_logistic_regression_on_the_rest():
-  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  y = np.arange(12) % 2
-  x = rng.normal(size=(12, 5)) * [1, 10, 1, 1, 1] + y[:, None] * [2, 0, 0, 0,
-                                                                   0]
-  loo = probe.leave_one_out(x, y)
-  keep = np.arange(12) != 3
-  mean, std = x[keep].mean(0), x[keep].std(0)
-  clf = linear_model.LogisticRegression(max_iter=5000).fit(
-      (x[keep] - mean) / std, y[keep])
-  want = clf.decision_function(((x[3] - mean) / std)[None])[0]
-  assert loo['logit'][3] == pytest.approx(want, rel=1e-6)
-  assert loo['correct'] == int(((loo['logit'] > 0) == y).sum())
 
 
 @pytest.fixture(scope='module')

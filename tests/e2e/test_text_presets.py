@@ -12,21 +12,19 @@ import io
 import json
 import pathlib
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import checkpoint, cli, config as config_lib, tasks
-from dlresearch.evaluators import bleu, samples
+from dlresearch import checkpoint, cli, config as config_lib
 from dlresearch import logging as log_lib
+from dlresearch import problems
 from dlresearch import train
 from dlresearch.config import ConfigError
-from dlresearch import problems
 from dlresearch.data import text
-from dlresearch.problems import text_inputs
 from dlresearch.data.builders import fashion_mnist_local, number_words
+from dlresearch.evaluators import bleu, samples
 from experiments import rnn_lm, text_classify, transformer_lm
 from experiments import transformer_translate, vit_imagenet
 
@@ -245,18 +243,6 @@ def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
   assert (tmp_path / text.SUBWORD_FILE).is_file()
 
 
-def test_translation_scores():
-  refs = ['einundzwanzig', 'dreihundert', 'zwei']
-  perfect = bleu.translation_scores(refs, refs, 'char')
-  assert perfect == {'bleu': pytest.approx(100), 'chrf': pytest.approx(100),
-                     'exact_match': 1.0}
-  # One-word compounds: 13a BLEU has no 2-4-grams, so it is 0 even when right.
-  assert bleu.translation_scores(refs, refs, '13a')['bleu'] == 0.0
-  near = bleu.translation_scores(['einundzwanzig', 'dreihundertzwei',
-                                        'zwei'], refs, 'char')
-  assert 0 < near['bleu'] < 100 and near['exact_match'] == pytest.approx(2 / 3)
-
-
 # ----------------------------------------------------------------------- ViT
 
 
@@ -283,67 +269,7 @@ def test_vit_s16_i1k_preset_is_vit_s16():
   assert count == 22_050_664  # timm vit_small_patch16_224 has the same.
 
 
-# ---------------------------------------------------------- options and tasks
-
-
-def test_text_options_are_config_flags():
-  fv = flags.FlagValues()
-  presets = rnn_lm.PRESETS
-  cli.define_flags(presets, 'shakespeare_lstm', fv)
-  fv(['prog', '--preset=shakespeare_gru', '--tiny', '--seq_len=16', '--sample',
-      '--prompt=To be'])
-  cfg = cli.resolve(presets, fv)
-  assert cfg == presets['shakespeare_gru'].config.replace(
-      preset='shakespeare_gru', **{**rnn_lm.TINY, 'seq_len': 16,
-                                   'sample': True, 'prompt': 'To be'})
-  fv2 = flags.FlagValues()
-  cli.define_flags(presets, 'shakespeare_lstm', fv2)
-  fv2(['prog', '--tokenizer=words'])
-  with pytest.raises(ConfigError, match='--tokenizer'):
-    cli.resolve(presets, fv2)
-
-
-class _FixedLogits:
-  """A stand-in model whose logits are given."""
-
-  def __init__(self, logits):
-    self.logits = logits
-
-  def apply(self, variables, inputs, train=False, rngs=None):
-    del variables, inputs, train, rngs
-    return self.logits
-
-
-def test_label_smoothing_only_in_training():
-  logits = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]], np.float32))
-  batch = {'inputs': np.zeros((1, 2), np.int32),
-           'targets': np.array([[0, 2]], np.int32)}
-  task = tasks.LanguageModel(label_smoothing=0.1)
-  model = _FixedLogits(logits)
-  nll = -(np.log(0.7) + np.log(0.8))
-  eval_sums, _ = task(model, {'params': {}}, batch, train=False)
-  train_sums, _ = task(model, {'params': {}}, batch, train=True)
-  assert float(eval_sums['loss']) == pytest.approx(nll, rel=1e-5)
-  assert float(train_sums['loss']) > nll + 0.01
-
-
-def test_workdir_tokenizer_resume_needs_a_saved_one(tmp_path):
-  cfg = config_lib.Config(eval_only=True)
-  with pytest.raises(ConfigError, match='no tokenizer'):
-    text_inputs.workdir_tokenizer(cfg, str(tmp_path), False, lambda: ['ab'])
-  # --init_from: the fresh workdir takes the tokenizer of the earlier run.
-  first = text_inputs.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'a'),
-                                  True, lambda: ['abc'])
-  (tmp_path / 'a' / 'checkpoints').mkdir()
-  cfg = config_lib.Config(init_from=str(tmp_path / 'a' / 'checkpoints'))
-  second = text_inputs.workdir_tokenizer(cfg, str(tmp_path / 'b'), True,
-                                   lambda: ['xyz'])
-  assert second.chars == first.chars == ['a', 'b', 'c']
-  assert (tmp_path / 'b' / text.CHAR_FILE).is_file()
-  # A fresh run replaces a tokenizer left by an attempt that never saved.
-  third = text_inputs.workdir_tokenizer(config_lib.Config(), str(tmp_path / 'b'),
-                                  True, lambda: ['pq'])
-  assert third.chars == ['p', 'q']
+# ------------------------------------------------- translation on mock WMT14
 
 
 def test_wmt14_base_tiny_on_mock_data(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for dlresearch.apps.anomaly.metrics and the autoencoders."""
+"""Tests for dlresearch.apps.anomaly: the metrics, the autoencoders and the
+``--alert_rate`` option check."""
 
 import functools
 
@@ -9,7 +10,9 @@ import optax
 import pytest
 from sklearn import metrics as skm
 
+from dlresearch import config as config_lib
 from dlresearch.apps.anomaly import metrics as anomaly
+from dlresearch.config import ConfigError
 from dlresearch.models import autoencoder
 from dlresearch.models import registry
 
@@ -137,3 +140,8 @@ def test_conv_autoencoder_shapes():
   assert variables['params']['encoder_1']['kernel'].shape == (3, 3, 4, 8)
   with pytest.raises(ValueError, match='divisible by 4'):
     model.init(jax.random.key(0), jnp.ones((1, 6, 8, 1)))
+
+
+def test_alert_rate_is_checked():
+  with pytest.raises(ConfigError, match='--alert_rate'):
+    config_lib.override(config_lib.Config(), {'alert_rate': 0.0})

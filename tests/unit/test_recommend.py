@@ -1,5 +1,6 @@
-"""Tests for dlresearch.apps.recommend.metrics, the recommender models, the
-ratings split."""
+"""Tests for dlresearch.apps.recommend: the metrics, the recommender models,
+the ratings split and the tasks (padding masked; in-batch retrieval), with
+the anomaly reconstruction task beside the rating task."""
 
 import math
 
@@ -9,8 +10,11 @@ import numpy as np
 import optax
 import pytest
 
+from dlresearch import tasks
+from dlresearch.apps.anomaly import task as anomaly_task
 from dlresearch.apps.recommend import metrics as recommend
 from dlresearch.apps.recommend import readers
+from dlresearch.apps.recommend import tasks as recommend_tasks
 from dlresearch.models import recsys
 from dlresearch.models import registry
 
@@ -197,3 +201,56 @@ def test_per_user_time_split_synthetic():
     latest = ratings['row'][mine][np.argsort(key)][count - k:]
     np.testing.assert_array_equal(
         np.sort(test['row'][test['userId'] == user]), np.sort(latest))
+
+
+def test_reconstruction_and_rating_tasks_mask_padding():
+  x = jnp.arange(12.0).reshape(4, 3)
+  batch = {'x': x, '_valid': jnp.array([1.0, 1.0, 1.0, 0.0])}
+
+  class Half:
+    def apply(self, variables, x, train, rngs):
+      return x * 0.5
+
+  sums, _ = anomaly_task.Reconstruction()(Half(), {'params': {}}, batch,
+                                          train=False)
+  want = np.mean((np.asarray(x[:3]) * 0.5) ** 2, 1).sum()
+  assert float(sums['loss']) == pytest.approx(want)
+  assert float(sums['count']) == 3
+
+  class Sum:
+    def apply(self, variables, users, items, train, rngs):
+      return (users + items).astype(jnp.float32)
+
+  batch = {'user': jnp.array([1, 2, 3]), 'item': jnp.array([1, 1, 0]),
+           'rating': jnp.array([2.0, 4.0, 3.0]),
+           '_valid': jnp.array([1.0, 1.0, 0.0])}
+  task = recommend_tasks.RatingRegression()
+  sums, _ = task(Sum(), {'params': {}}, batch, train=False)
+  m = task.finalize(tasks.finalize_sums(sums))
+  assert m['mae'] == pytest.approx(0.5)  # errors 0 and -1
+  assert m['rmse'] == pytest.approx(np.sqrt(0.5))
+
+
+def test_in_batch_retrieval_masks_padding_and_repeats():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(5, 5)), jnp.float32)
+  items = jnp.array([3, 7, 3, 1, 9])
+
+  class Fixed:
+    def apply(self, variables, users, items, genres, train, rngs):
+      return logits
+
+  batch = {'user': jnp.arange(5), 'item': items, 'genres': jnp.zeros((5, 2)),
+           '_valid': jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])}
+  sums, _ = recommend_tasks.InBatchRetrieval()(Fixed(), {'params': {}},
+                                               batch, train=False)
+  want = recommend.in_batch_softmax_loss(logits[:4, :4], items[:4])
+  assert float(sums['loss']) / float(sums['count']) == pytest.approx(
+      float(want), rel=1e-6)
+  # In training, log q of each column's item is subtracted.
+  log_q = jnp.log(jnp.array([0.1, 0.2, 0.1, 0.3, 0.3]))
+  sums, _ = recommend_tasks.InBatchRetrieval()(
+      Fixed(), {'params': {}}, {**batch, 'item_log_q': log_q}, train=True)
+  want = recommend.in_batch_softmax_loss((logits - log_q[None])[:4, :4],
+                                         items[:4])
+  assert float(sums['loss']) / 4 == pytest.approx(float(want), rel=1e-6)

@@ -1,5 +1,5 @@
-"""dlresearch.tasks: losses against finite differences and NumPy, and the
-classification metric sums."""
+"""dlresearch.tasks: losses against finite differences and NumPy, the
+classification metric sums, and label smoothing only in training."""
 
 import jax
 import jax.numpy as jnp
@@ -59,3 +59,27 @@ def test_classification_sums_mask_and_top5():
   assert out == {'loss': 1.5, 'accuracy': 0.5, 'top5_accuracy': 0.5}
   assert 'top5_accuracy' not in tasks.classification_sums(
       logits[:, :5], labels, per)
+
+
+class _FixedLogits:
+  """A stand-in model whose logits are given."""
+
+  def __init__(self, logits):
+    self.logits = logits
+
+  def apply(self, variables, inputs, train=False, rngs=None):
+    del variables, inputs, train, rngs
+    return self.logits
+
+
+def test_label_smoothing_only_in_training():
+  logits = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]], np.float32))
+  batch = {'inputs': np.zeros((1, 2), np.int32),
+           'targets': np.array([[0, 2]], np.int32)}
+  task = tasks.LanguageModel(label_smoothing=0.1)
+  model = _FixedLogits(logits)
+  nll = -(np.log(0.7) + np.log(0.8))
+  eval_sums, _ = task(model, {'params': {}}, batch, train=False)
+  train_sums, _ = task(model, {'params': {}}, batch, train=True)
+  assert float(eval_sums['loss']) == pytest.approx(nll, rel=1e-5)
+  assert float(train_sums['loss']) > nll + 0.01

@@ -114,7 +114,7 @@ def test_signature_from_config_and_cli_without_restore(tmp_path, capsys):
   assert signature['run']['dataset'] == 'digits' and signature['run']['git_commit'] == 'abc'
   assert signature['preprocessing'].startswith(
       'resize (PIL bilinear) and centre-crop to 32x32; uint8 NHWC image -> (x / 255 - mean)')
-  # The CLI end to end: tests/test_researcher.py. A workdir without
+  # The CLI end to end: tests/e2e/test_tool_commands.py. A workdir without
   # checkpoints is one clear line and exit 2, nothing written.
   assert entry.run(export, [f'--workdir={tmp_path}', f'--out={tmp_path}/out']) == 2
   err = capsys.readouterr().err

@@ -15,9 +15,9 @@ import pytest
 from dlresearch import config as config_lib
 from dlresearch import train
 
-from tests.e2e.test_compilation_cache import orbax_lines_below_error
-from tests.e2e.test_text_presets import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
-from tests.unit.test_weights import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+from _orbax_lines import orbax_lines_below_error
+from _pretrained import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+from _text_corpora import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

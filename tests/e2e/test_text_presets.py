@@ -6,9 +6,6 @@ files) and ``number_words`` restricted to a few hundred numbers, prepared
 into a temporary TFDS data dir: no network and no fetched data.
 """
 
-import bz2
-import csv
-import io
 import json
 import pathlib
 
@@ -27,6 +24,8 @@ from dlresearch.data.builders import fashion_mnist_local, number_words
 from dlresearch.evaluators import bleu, samples
 from experiments import rnn_lm, text_classify, transformer_lm
 from experiments import transformer_translate, vit_imagenet
+
+from _text_corpora import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
 
 WORDS = ('the king is dead and the queen doth weep for him . '
          'my lord , what say you to the clouds above ? '
@@ -47,28 +46,6 @@ def shakespeare_dir(tmp_path_factory):
     words = [WORDS[j] for j in rng.integers(0, len(WORDS), 600)]
     lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 600, 8)]
     (root / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
-  return str(root)
-
-
-@pytest.fixture(scope='module')
-def rotten_tomatoes_dir(tmp_path_factory):
-  """160 snippets whose words give the label away."""
-  root = tmp_path_factory.mktemp('rt')
-  rng = np.random.default_rng(0)
-  good = 'great wonderful moving superb delightful'.split()
-  bad = 'awful boring dull tedious mess'.split()
-  neutral = 'the film movie plot actor story is a of this'.split()
-  out = io.StringIO()
-  writer = csv.DictWriter(out, ['category', 'text', 'movie_name'])
-  writer.writeheader()
-  for i in range(160):
-    fresh = i % 2 == 0
-    words = list(rng.choice(neutral, 8)) + list(rng.choice(good if fresh else bad, 2))
-    writer.writerow({'category': 'fresh' if fresh else 'rotten',
-                     'text': f'{" ".join(rng.permutation(words))} {i}',
-                     'movie_name': f'movie {i % 7}'})
-  with bz2.open(root / 'rotten_tomatoes_corpus_full.csv.bz2', 'wt') as f:
-    f.write(out.getvalue())
   return str(root)
 
 

@@ -14,7 +14,7 @@ from dlresearch import config as config_lib, init
 from dlresearch import tasks, train
 from dlresearch.config import Config, ConfigError
 
-from tests.unit.test_weights import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+from _pretrained import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
 
 
 # ------------------------------------------------------------- the merge --

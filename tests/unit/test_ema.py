@@ -1,5 +1,5 @@
-"""Tests for ema.py against averages computed by hand."""
-
+"""Tests for ema.py, and EMA in the train step, against averages computed by
+hand."""
 
 import flax.linen as nn
 import jax

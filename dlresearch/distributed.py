@@ -18,7 +18,7 @@ process group comes from, in order:
 4. a Cloud TPU VM or GKE TPU pod: JAX finds its peers itself;
 5. otherwise nothing happens: one process.
 
-Failure behaviour (measured with jax 0.10.2, see tests/test_distributed.py):
+Failure behaviour (measured with jax 0.10.2, see tests/e2e/test_process_groups.py):
 
 - A peer that is SIGKILLed, crashes or stops answering: JAX's coordination
   service notices the missing heartbeats (after ``heartbeat_timeout_s``; at

@@ -1,4 +1,5 @@
-"""One process of a local multi-process JAX group, run by test_distributed.py.
+"""One process of a local multi-process JAX group, run by the e2e tests
+(tests/e2e/test_process_groups.py, tests/e2e/test_launch.py).
 
 Usage: python tests/_dist_worker.py MODE --coordinator_address=HOST:PORT
   --num_processes=N --process_id=I [--heartbeat_timeout_s=S]

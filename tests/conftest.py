@@ -4,10 +4,19 @@ Also, for speed on small CPU machines: a persistent compilation cache shared
 by the whole session (subprocess tests inherit it through the environment),
 and XLA's backend optimisation level 0 (the tests' programs are tiny, so
 compile time dominates; results are only compared within one setting).
+
+Tests live in unit/ (one file per module) and e2e/ (forked CLI, multi-process,
+faults); the helpers they share (``_forked``, ``_archives``, ...) stay here
+in tests/, which is put on ``sys.path`` so ``import _forked`` works from both.
 """
 
 import os
+import sys
 import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+  sys.path.insert(0, HERE)
 
 os.environ['XLA_FLAGS'] = ' '.join([
     os.environ.get('XLA_FLAGS', ''),

@@ -5,7 +5,7 @@ its problem (``problem.py``, registered with ``@problems.register`` and
 found by ``problems``' scan of ``apps/*/problem.py``), its task, eval
 hooks (``evaluators.py``), metrics and data readers. An application
 imports the engine (and ``dlresearch.rai``), never another application;
-``tests/test_layering.py`` holds both walls.
+``tests/unit/test_layering.py`` holds both walls.
 
 - ``anomaly``: fraud and anomaly detection (``--data_kind=anomaly``,
   ``experiments/anomaly.py``).

@@ -7,7 +7,7 @@ return_features=False)`` gives logits ``[batch, num_classes]``, or
 Logits come out in the computation ``dtype``; parameters stay float32.
 
 Parameter counts with ``num_classes=1000`` on 224x224x3 inputs (checked in
-``tests/test_models_cnn.py``):
+``tests/unit/test_models_cnn.py``):
 
 ==========  ===========
 alexnet      60,965,224  (groups=2, as in the 2012 paper; groups=1: 62,378,344)

@@ -23,7 +23,7 @@ returns logits for those positions; the cache holds every layer's keys and
 values plus the model's ``position_index``. Cached logits equal the
 uncached full-sequence logits (tested).
 
-Parameter counts (``jax.eval_shape``, tested in ``tests/test_models_transformer.py``):
+Parameter counts (``jax.eval_shape``, tested in ``tests/unit/test_models_transformer.py``):
 
 =====================  ===========  ==============================================
 gpt2_small             124,439,808  = GPT-2 small / HF GPT2Model (tied head)

@@ -9,7 +9,7 @@
 
 Pure functions of arrays (numpy, scipy, jax, flax modules): nothing here
 reads a run, a config or a dataset, and the engine never imports this
-package (``tests/test_layering.py``). The in-training per-group eval sums
+package (``tests/unit/test_layering.py``). The in-training per-group eval sums
 are the engine's (``dlresearch/group_metrics.py``), shared with ``audit``.
 The commands that read a finished run are ``dlresearch/tools/``.
 """

@@ -12,5 +12,5 @@
   errors, exit status 2 for bad input).
 
 Tools may import the engine, ``rai`` and ``apps``; nothing below imports
-tools (``tests/test_layering.py``).
+tools (``tests/unit/test_layering.py``).
 """

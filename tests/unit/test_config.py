@@ -1,5 +1,6 @@
 """dlresearch.config: sections, their validate, field metadata, the recorded
-form and its migration, and the flags an experiment defines from them."""
+form and its migration, and the flags an experiment defines from them; range
+checks, overrides and parsing, device divisibility, help for every field."""
 
 import dataclasses
 import json
@@ -14,6 +15,7 @@ from dlresearch.apps.anomaly import options as anomaly_options
 from dlresearch.apps.recommend import options as recommend_options
 from experiments import anomaly, cnn_imagenet, transformer_lm
 from experiments import transformer_translate
+
 
 ENGINE = ('data', 'model', 'optimisation', 'loop', 'evaluation', 'parallelism',
           'cluster', 'transfer')
@@ -239,3 +241,68 @@ def test_data_kind_on_the_command_line_adds_its_option_flags():
   names = [s.name for s in cli.flag_sections(cnn_imagenet.PRESETS, kinds)]
   assert {'generation', 'translation', 'text', 'image'} <= set(names)
   assert 'anomaly' not in names
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('batch_size', 0, '--batch_size: must be > 0'),
+    ('learning_rate', -1.0, '--learning_rate: must be > 0'),
+    ('num_steps', -5, '--num_steps: must be >= 0'),
+    ('optimizer', 'lion', '--optimizer: must be one of sgd, nesterov, adam, adamw'),
+    ('label_smoothing', 1.0, '--label_smoothing'),
+    ('grad_accum_steps', 3, '--grad_accum_steps: must divide --batch_size=128'),
+])
+def test_config_rejects_out_of_range(field, value, needle):
+  with pytest.raises(ConfigError, match=needle.replace('(', r'\(')) as e:
+    config_lib.validate(Config().replace(**{field: value}))
+  assert e.value.flag == field
+
+
+def test_config_overrides_and_parsing():
+  cfg = config_lib.override(Config(num_epochs=5), {'num_steps': 7})
+  assert cfg.num_steps == 7
+  # num_epochs on the command line wins over a preset's num_steps.
+  cfg = config_lib.override(Config(num_steps=7), {'num_epochs': 2.0})
+  assert (cfg.num_steps, cfg.num_epochs) == (0, 2.0)
+  cfg = config_lib.override(Config(model_kwargs={'a': 1}),
+                            {'model_kwargs': {'b': 2}})
+  assert cfg.model_kwargs == {'a': 1, 'b': 2}
+  assert config_lib.parse_value('batch_size', '32') == 32
+  assert config_lib.parse_value('step_boundaries', '0.5,0.75') == (0.5, 0.75)
+  with pytest.raises(ConfigError, match='--batch_size: expected int'):
+    config_lib.parse_value('batch_size', 'abc')
+  with pytest.raises(ConfigError, match='--model_kwargs: expected dict'):
+    config_lib.parse_value('model_kwargs', '[1]')
+  with pytest.raises(ConfigError, match='unknown config field'):
+    config_lib.override(Config(), {'bogus': 1})
+  assert config_lib.from_json(config_lib.to_json(cfg)) == cfg
+
+
+def test_batch_must_divide_devices():
+  config_lib.check_devices(Config(batch_size=64), 8)
+  with pytest.raises(ConfigError, match='--batch_size: 12 does not divide evenly over 8'):
+    config_lib.check_devices(Config(batch_size=12), 8)
+  with pytest.raises(ConfigError, match='--eval_batch_size'):
+    config_lib.check_devices(Config(batch_size=64, eval_batch_size=10), 8)
+
+
+def test_probe_needs_a_head():
+  with pytest.raises(ConfigError, match='--probe: needs --new_head'):
+    config_lib.validate(Config(probe=True))
+
+
+def test_config_fields_all_have_help_and_may_change_names_real_fields():
+  for name in config_lib.field_types():
+    assert len(config_lib.field_help(name)) > 10, name
+  assert config_lib.MAY_CHANGE_ON_RESUME <= set(config_lib.field_types())
+  old = Config(max_len=64)
+  assert config_lib.changed_fields(old, old.replace(max_len=12)) == ['max_len']
+  assert config_lib.changed_fields(old, old.replace(eval_every=5)) == []
+  with pytest.raises(ConfigError, match=r'--max_len: W holds checkpoints '
+                     r'trained with --max_len=64, not 12'):
+    config_lib.check_resume(old, old.replace(max_len=12), 'W')
+
+
+@pytest.mark.parametrize('field', ['learning_rate', 'num_epochs', 'momentum'])
+def test_infinite_floats_are_rejected(field):
+  with pytest.raises(ConfigError, match=f'--{field}: must be a finite number'):
+    config_lib.override(Config(), {field: float('inf')})

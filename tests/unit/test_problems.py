@@ -1,10 +1,15 @@
-"""Tests for dlresearch.problems: the registry, its scan and the one way
-splits are picked (problems.splits)."""
+"""Tests for dlresearch.problems: the registry, its scan, the one way
+splits are picked (problems.splits), and the classification problem giving
+every split (the test split evaluated at the end included) the same input
+transforms."""
 
+
+import numpy as np
 import pytest
 
 from dlresearch import problems
 from dlresearch.config import Config, ConfigError
+from dlresearch.data import pipeline
 from dlresearch.problems import splits
 
 
@@ -57,3 +62,38 @@ def test_flags_override_the_defaults_and_are_checked():
     with pytest.raises(ConfigError, match=f"{flag}.*d has no split 'dev'; it "
                        'has test, train, validation'):
       splits.pick(cfg.replace(**{flag: 'dev'}), avail)
+
+
+def test_channel_repeat_and_pixel_permutation_reach_the_test_split(
+    tmp_path_factory):
+  cfg = Config(dataset='digits', data_dir=str(tmp_path_factory.mktemp('tfds')),
+               eval_split='test[:20]', image_channels=3, shuffle_spatial=True)
+  data = problems.build(cfg, str(tmp_path_factory.mktemp('run')))
+  assert data.test_split == 'test' and data.eval_split == 'test[:20]'
+
+  def first(dataset, n=20):
+    return next(pipeline.eval_batches(dataset, n))
+
+  ev, te = first(data.eval), first(data.test)
+  assert ev['image'].shape[-1] == te['image'].shape[-1] == 3
+  # test[:20] is the first 20 examples of test: the same transformed pixels.
+  np.testing.assert_array_equal(te['image'], ev['image'])
+  np.testing.assert_array_equal(te['label'], ev['label'])
+  # ... and they are permuted: not the raw images repeated.
+  plain = problems.build(cfg.replace(shuffle_spatial=False),
+                      str(tmp_path_factory.mktemp('run2')))
+  raw = first(plain.test)['image']
+  assert raw.shape == te['image'].shape
+  assert not np.array_equal(raw, te['image'])
+  np.testing.assert_array_equal(np.sort(raw.reshape(20, -1), 1),
+                                np.sort(te['image'].reshape(20, -1), 1))
+
+
+def test_test_split_name_never_duplicates_the_eval_split():
+  cfg = Config()
+  assert splits.test_split_name(cfg, 'validation', {'train', 'validation',
+                                                   'test'}) == 'test'
+  assert splits.test_split_name(cfg, 'test', {'train', 'test'}) is None
+  assert splits.test_split_name(cfg.replace(test_split='none'), 'validation',
+                               {'test'}) is None
+  assert splits.test_split_name(cfg, 'validation', {'test'}, False) is None

@@ -145,8 +145,8 @@ del sys.argv[1:3]
 from dlresearch.data import pipeline
 image_example_fn = pipeline.image_example_fn
 calls = [0]
-def dying_example_fn(augment, image_size, train, input_key='image'):
-  inner = image_example_fn(augment, image_size, train, input_key)
+def dying_example_fn(augment, image_size, train, input_key='image', **recipe):
+  inner = image_example_fn(augment, image_size, train, input_key, **recipe)
   if not train:
     return inner
   def fn(ex, rng):

@@ -98,6 +98,7 @@ def test_workers_give_the_batches_of_the_in_process_path(tmp_path, in_process):
   assert not _no_tagged_processes(tag)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig,code', [('SIGTERM', 0), ('SIGINT', 130)])
 def test_stop_with_workers_checkpoints_leaves_no_worker_and_resumes(
     tmp_path, in_process, sig, code):
@@ -114,6 +115,7 @@ def test_stop_with_workers_checkpoints_leaves_no_worker_and_resumes(
   assert not _no_tagged_processes(tag)
 
 
+@pytest.mark.slow
 def test_kill_9_with_workers_then_rerun_is_identical(tmp_path, in_process):
   tag = uuid.uuid4().hex
   workdir = tmp_path / 'run'
@@ -178,6 +180,7 @@ def _complete_lines(workdir) -> list[dict]:
   return [json.loads(l) for l in data.splitlines()]
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_stops_the_run_in_one_line(tmp_path):
   tag = uuid.uuid4().hex
   workdir = tmp_path / 'run'
@@ -248,6 +251,7 @@ def test_a_corrupt_example_at_the_first_batch_names_its_file_writes_nothing(
   assert not _no_tagged_processes(tag)
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_at_the_first_batch_leaves_no_workdir(tmp_path):
   tag = uuid.uuid4().hex
   workdir = tmp_path / 'run'

@@ -103,6 +103,7 @@ def test_signal_while_importing_is_one_line_and_writes_nothing(
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage,sig,code', [('data', 'SIGINT', 130),
                                             ('compile', 'SIGTERM', 0)])
 def test_signal_inside_run_checkpoints_and_resumes(tmp_path, stage, sig,

@@ -210,6 +210,7 @@ def test_shuttle_tiny(tmp_path, shuttle_dir):
   assert len(split['y_train']) == 300 and len(split['y_test']) == 100
 
 
+@pytest.mark.slow  # a longer end-to-end run (CI: -m slow)
 def test_fashion_mnist_one_class_table_tiny(tmp_path, fashion_dir):
   cfg = tiny(anomaly_exp.PRESETS, 'fashion_mnist_one_class',
              manual_dir=fashion_dir, data_dir=str(tmp_path / 'tfds'))

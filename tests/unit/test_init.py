@@ -93,6 +93,7 @@ def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_
 # ------------------------------------------------------------- predict --
 
 
+@pytest.mark.slow  # a longer end-to-end run (CI: -m slow)
 def test_minilm_probe_trains_only_the_head_on_mean_pooled_embeddings(
     minilm_dir, tmp_path):  # noqa: F811
   from dlresearch import checkpoint, weights  # pylint: disable=g-import-not-at-top

@@ -124,6 +124,7 @@ WORDS = ('the king is dead and the queen doth weep for him . '
          'my lord , what say you to the clouds above ? ').split()
 
 
+@pytest.mark.slow  # a longer end-to-end run (CI: -m slow)
 def test_lora_run_from_init_from_changes_only_adapters_on_the_fsdp_mesh(tmp_path):
   from experiments import transformer_lm  # pylint: disable=g-import-not-at-top
   texts = tmp_path / 'shakespeare'

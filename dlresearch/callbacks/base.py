@@ -105,23 +105,23 @@ class Callback:
   state_key: str | None = None
 
   def on_train_start(self, loop: LoopInfo) -> None:
-    pass
+    """Before the first step of this process's run (a resumed run too)."""
 
   def on_step_begin(self, step: int) -> None:
-    pass
+    """Before step ``step`` (0-based) runs."""
 
   def on_step(self, step: int, state, metrics: StepMetrics) -> bool | None:
-    pass
+    """After ``step`` steps; True stops the run."""
 
   def on_eval(self, step: int, state, split: str, metrics: Mapping[str, Any],
               final: bool) -> bool | None:
-    pass
+    """After each eval line (``split`` 'eval' or 'test'); True stops the run."""
 
   def on_checkpoint(self, step: int, state) -> None:
-    pass
+    """Before the checkpoint of ``step`` is written (``state`` as saved)."""
 
   def on_end(self, step: int, state, result: dict) -> None:
-    pass
+    """After the final eval, or after a preemption's checkpoint."""
 
   def close(self) -> None:
     """Called once when ``train.run`` exits, errors included."""
@@ -130,4 +130,4 @@ class Callback:
     return {}
 
   def load_state_dict(self, state: dict) -> None:
-    pass
+    """Takes back what ``state_dict`` returned, on resume."""

@@ -6,12 +6,12 @@ The crafted files of issue 20 (``tests/_weights_files.py``) given to
 20000x20000 PNG ended in PIL's DecompressionBombError traceback.
 """
 
-import os
 
 import pytest
 
 import _forked  # tests/
 import _weights_files as files  # tests/
+from _pretrained import mobilenet_pth  # noqa: F401  pylint: disable=unused-import
 
 _TORCH = ['build-on-tensor-record', 'build-on-global-FloatStorage',
           'billion-laughs', 'self-containing-dict', '100k-nested-lists',
@@ -57,14 +57,8 @@ def test_predict_refuses_crafted_weights_in_one_line(tmp_path):
     assert before == now
 
 
-def test_predict_refuses_an_image_bomb_in_one_line(tmp_path):
-  from dlresearch.data import fetch  # pylint: disable=g-import-not-at-top
-  pth = fetch.cached('mobilenet_v2_imagenet')
-  if pth is None:
-    if os.environ.get('CI'):
-      raise AssertionError('mobilenet_v2_imagenet is not fetched')
-    pytest.skip('mobilenet_v2_imagenet is not fetched (python -m '
-                'dlresearch.data.fetch mobilenet_v2_imagenet)')
+def test_predict_refuses_an_image_bomb_in_one_line(tmp_path, mobilenet_pth):
+  pth = mobilenet_pth
   import io  # pylint: disable=g-import-not-at-top
   import struct  # pylint: disable=g-import-not-at-top
   import zlib  # pylint: disable=g-import-not-at-top

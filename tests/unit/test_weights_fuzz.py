@@ -31,6 +31,7 @@ from dlresearch import weights
 from dlresearch.weights import torch_pickle
 
 import _weights_files as files  # tests/: the file writers and crafted files
+from _pretrained import mobilenet_pth  # noqa: F401  pylint: disable=unused-import
 
 _HEADROOM = 768 << 20  # bytes of address space a child may add
 
@@ -251,13 +252,11 @@ def test_fuzzed_files_load_or_are_refused_slow(tmp_path, seed):
   assert len(results) == 5000
 
 
-def test_mutations_of_a_file_torch_wrote(tmp_path):
-  # torchvision's MobileNetV2 weights (legacy layout, written by torch), if
-  # fetched: its real pickle, mutated; the 14 MB of storages left out.
-  from dlresearch.data import fetch  # pylint: disable=g-import-not-at-top
-  path = fetch.cached('mobilenet_v2_imagenet')
-  if path is None:
-    pytest.skip('mobilenet_v2_imagenet is not fetched')
+def test_mutations_of_a_file_torch_wrote(tmp_path, mobilenet_pth):
+  # torchvision's MobileNetV2 weights (legacy layout, written by torch;
+  # fetched from the registry as the other weights tests do): its real
+  # pickle, mutated; the 14 MB of storages left out.
+  path = mobilenet_pth
   prefix = files.pickles_prefix(path)
   unmutated = tmp_path / 'prefix.pth'
   unmutated.write_bytes(prefix)

@@ -48,6 +48,24 @@ PRESETS = {
                keep_checkpoints=1),
         tiny=dict(num_steps=20, log_every=5, checkpoint_every=20,
                   model_kwargs={'features': [16]})),
+    'compas': cli.Preset(
+        Config(dataset='compas', model='mlp', batch_size=128,
+               eval_batch_size=1024, num_epochs=20, optimizer='adamw',
+               learning_rate=1e-3, weight_decay=1e-4, schedule='cosine',
+               model_kwargs={'features': [64, 64], 'dropout_rate': 0.1},
+               log_every=100, eval_every=0, checkpoint_every=772,
+               keep_checkpoints=1),
+        tiny=dict(num_steps=20, log_every=5, checkpoint_every=20,
+                  model_kwargs={'features': [16]})),
+    'german_credit': cli.Preset(
+        Config(dataset='german_credit', model='mlp', batch_size=64,
+               eval_batch_size=1024, num_epochs=30, optimizer='adamw',
+               learning_rate=1e-3, weight_decay=1e-4, schedule='cosine',
+               model_kwargs={'features': [64], 'dropout_rate': 0.2},
+               log_every=50, eval_every=0, checkpoint_every=375,
+               keep_checkpoints=1),
+        tiny=dict(num_steps=20, log_every=5, checkpoint_every=20,
+                  model_kwargs={'features': [16]})),
 }
 
 

@@ -45,8 +45,10 @@ from dlresearch.data import fetch
 # Importing the builder modules registers them with TFDS.
 # pylint: disable=unused-import
 from dlresearch.data.builders import adult
+from dlresearch.data.builders import compas
 from dlresearch.data.builders import digits
 from dlresearch.data.builders import fashion_mnist_local
+from dlresearch.data.builders import german_credit
 from dlresearch.data.builders import image_folder
 from dlresearch.data.builders import mnist1d
 from dlresearch.data.builders import number_words
@@ -56,7 +58,8 @@ from dlresearch.data.builders import text_files
 # pylint: enable=unused-import
 
 OFFLINE_BUILDERS = ('digits', 'mnist1d', 'fashion_mnist_local', 'shakespeare',
-                    'rotten_tomatoes', 'text_files', 'number_words', 'adult')
+                    'rotten_tomatoes', 'text_files', 'number_words', 'adult',
+                    'compas', 'german_credit')
 
 # Manual directories used when `manual_dir` is not given.
 DEFAULT_MANUAL_DIRS = {

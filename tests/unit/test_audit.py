@@ -78,6 +78,7 @@ def test_model_audit_hand_computed():
   assert y['selection_rate']['value'] == 1.0
   assert x['tpr']['value'] == 0.5 and y['tpr']['value'] == 1.0
   assert x['fpr']['value'] == 0.5 and y['fpr']['value'] == 1.0
+  assert x['fnr']['value'] == 0.5 and y['fnr']['value'] == 0.0
   assert x['precision']['value'] == 0.5 and y['precision']['value'] == 0.5
   # x: bin [0, .5): scores .4 .1 labels 1 0 -> |0.5 - 1| ; bin [.5, 1]:
   # .9 .6 labels 1 0 -> |1.5 - 1| ; ECE = (0.5 + 0.5) / 4.

@@ -109,6 +109,8 @@ class Options:
                             ('manual_dir', '')):
         if getattr(self, name) != default:
           raise ConfigError(name, 'only with --dataset or --predictions')
+    elif self.step:
+      raise ConfigError('step', 'only with --workdir (a trained run)')
     elif not self.out:
       raise ConfigError('out', f'name the output directory (with {given[0]})')
     elif self.dataset and not self.score_column:

@@ -284,7 +284,7 @@ def _csv_columns(path: str, label_column: str, score_column: str,
                  group_keys: Sequence[str]) -> dict[str, np.ndarray]:
   """``{'label' int, 'score' float, group: str}`` of a predictions CSV."""
   try:
-    with open(path, encoding='utf-8', newline='') as f:
+    with open(path, encoding='utf-8-sig', newline='') as f:  # BOM or not
       reader = csv.reader(f)
       header = next(reader, None)
       rows = list(reader)

@@ -5,8 +5,9 @@
 Trains the quickstart preset's tiny form for NUM_STEPS (train lines every 5
 steps, checkpoints every 10, evals every 15) with ``--tracker=TRACKER
 --tracker_uri=URI``. Right after the train line of step KILL_AT is written
-(KILL_AT > 0), SIGKILLs process KILL_PID (a tracking server dying mid-run),
-or itself when KILL_PID is 0 (a hard crash at a known point).
+(KILL_AT > 0), SIGKILLs the process group KILL_PID (a tracking server and
+its workers dying mid-run), or itself when KILL_PID is 0 (a hard crash at a
+known point).
 """
 
 import os
@@ -30,7 +31,10 @@ class KillAfter:
   def write(self, step, split, metrics):
     self.inner.write(step, split, metrics)
     if self.step and split == 'train' and step == self.step:
-      os.kill(self.pid or os.getpid(), signal.SIGKILL)
+      if self.pid:  # a server started as its own process group
+        os.killpg(self.pid, signal.SIGKILL)
+      else:
+        os.kill(os.getpid(), signal.SIGKILL)
 
   def close(self):
     self.inner.close()

@@ -12,7 +12,7 @@ from dlresearch.callbacks.model_summary import ModelSummary
 from dlresearch.callbacks.nan_stop import NanStop
 from dlresearch.callbacks.plots import Plots, confusion_counts
 from dlresearch.callbacks.profiler import Profiler
-from dlresearch.callbacks import trackers
+from dlresearch.callbacks.trackers import from_config as trackers_of
 
 
 def standard(cfg, workdir: str, *, model, task, data, strategy,
@@ -37,4 +37,4 @@ def standard(cfg, workdir: str, *, model, task, data, strategy,
         batch_size=cfg.eval_batch_size or cfg.batch_size)
     out.append(Plots(workdir, confusion, data.label_names,
                      data.eval_split or 'eval'))
-  return out + trackers.from_config(cfg, workdir)
+  return out + trackers_of(cfg, workdir)

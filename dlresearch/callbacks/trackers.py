@@ -25,8 +25,8 @@ stopped by kill -9, Ctrl-C or SIGTERM. The price: during training the
 tracker is behind by up to ``--checkpoint_every`` steps; at the end
 (``close``, after the last checkpoint is written) everything is sent.
 
-**Resume.** The MLflow run id and the W&B run id are kept in
-``WORKDIR/trackers/<name>.json``; a resumed run continues that run.
+**Resume.** The MLflow run id (per tracking URI) and the W&B run id are
+kept in ``WORKDIR/trackers/<name>.json``; a resumed run continues that run.
 MLflow is asked which (key, step) pairs it already holds, so nothing is
 sent twice even after a crash in the middle of a send.
 
@@ -216,9 +216,9 @@ class MlflowSink:
   def open(self, workdir: str, run_name: str = '') -> None:
     """Reopens the recorded run (same URI), else creates one; logs the
     params and config.json it lacks."""
-    state = _read_state(workdir, self.name)
-    if state.get('run_id') and state.get('uri') == self.uri:
-      self.run_id = state['run_id']
+    state = _read_state(workdir, self.name)  # {uri: {'run_id', ...}}
+    if state.get(self.uri, {}).get('run_id'):
+      self.run_id = state[self.uri]['run_id']
       run = self.client.get_run(self.run_id)
       if run.info.status != 'RUNNING':
         self.client.update_run(self.run_id, status='RUNNING')
@@ -236,8 +236,9 @@ class MlflowSink:
               os.path.normpath(workdir)),
           tags={'dlresearch.workdir': os.path.abspath(workdir)})
       self.run_id, params = run.info.run_id, {}
-      _write_state(workdir, self.name, {'run_id': self.run_id, 'uri': self.uri,
-                                        'experiment_id': experiment_id})
+      state[self.uri] = {'run_id': self.run_id,
+                         'experiment_id': experiment_id}
+      _write_state(workdir, self.name, state)
     from mlflow.entities import Param  # pylint: disable=import-outside-toplevel
     new = [Param(k, _text(v)[:6000]) for k, v in flat_config(workdir).items()
            if _BAD_NAME.sub('_', k) == k and k not in params]

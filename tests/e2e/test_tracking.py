@@ -109,7 +109,7 @@ def _on_server(uri, run_id) -> dict:
 
 def _assert_server_equals_file(uri, workdir):
   run_id = json.load(open(os.path.join(workdir, 'trackers',
-                                       'mlflow.json')))['run_id']
+                                       'mlflow.json')))[uri]['run_id']
   held, want = _on_server(uri, run_id), _expected(workdir)
   assert set(held) == set(want)
   for key, points in held.items():
@@ -125,7 +125,8 @@ def test_kill_9_then_resume_continues_the_same_run_equal_to_the_file(
   workdir = tmp_path / 'run'
   p = _drive(workdir, 40, 'mlflow', server.uri, kill_at=25)
   assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
-  run_id = json.load(open(workdir / 'trackers' / 'mlflow.json'))['run_id']
+  run_id = json.load(open(workdir / 'trackers' / 'mlflow.json'))[
+      server.uri]['run_id']
   held = _on_server(server.uri, run_id)
   # Only committed lines were sent: at most up to the checkpoint of step 20
   # (if it was on disk at the last send), never the train line of step 25

@@ -39,8 +39,10 @@ HTTP retries are shortened here (2 retries, 10 s timeout) unless
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set.
 
 Only process 0 tracks. W&B: ``WANDB_MODE=offline`` writes the run under
-``WORKDIR/wandb/`` (``wandb sync`` uploads it); its ``wandb-summary.json``
-holds the final value of every key and ``config.yaml`` the config.
+``WORKDIR/wandb/`` (``wandb sync`` uploads it); its ``files/wandb-summary.json``
+holds the final value of every key and ``files/config.yaml`` the config
+(wandb-core 0.31 keeps an offline run in its binary ``.wandb`` log only, so
+the tracker writes these two at the end when wandb did not).
 """
 
 import glob
@@ -48,6 +50,7 @@ import json
 import math
 import os
 import re
+import secrets
 import time
 from typing import Any
 
@@ -287,13 +290,15 @@ class WandbSink:
   def open(self, workdir: str, run_name: str = '') -> None:
     self.workdir = workdir
     state = _read_state(workdir, self.name)
-    run_id = state.get('run_id') or self.wandb.util.generate_id()
+    run_id = state.get('run_id') or secrets.token_hex(4)
     self._last_step = int(state.get('sent_step', -1))
-    config = {}
+    config = self._config = {}
     for key, value in flat_config(workdir).items():
       section, _, field = key.rpartition('.')
       config.setdefault(section or 'run', {})[field] = value
-    settings = self.wandb.Settings(base_url=self.uri) if self.uri else None
+    # console='off': the run's own stdout/stderr stay as they are.
+    settings = self.wandb.Settings(console='off', **(
+        {'base_url': self.uri} if self.uri else {}))
     self.run = self.wandb.init(
         project=os.environ.get('WANDB_PROJECT', 'dlresearch'), id=run_id,
         name=run_name or os.path.basename(os.path.normpath(workdir)),
@@ -322,7 +327,20 @@ class WandbSink:
   def finish(self, status: str) -> None:
     # The final value of every key, also of keys logged before a resume.
     self.run.summary.update(self._final)
+    files = self.run.dir  # WORKDIR/wandb/<run>/files
     self.run.finish(exit_code=0 if status == 'FINISHED' else 1)
+    # wandb-core (0.31) keeps an offline run in its binary log only; its
+    # files/ folder gets the usual wandb-summary.json and config.yaml here,
+    # from the same values, unless wandb wrote them.
+    summary = os.path.join(files, 'wandb-summary.json')
+    if not os.path.exists(summary):
+      with open(summary, 'w') as f:
+        json.dump({**self._final, '_step': self._last_step}, f, indent=1)
+    config = os.path.join(files, 'config.yaml')
+    if not os.path.exists(config):
+      import yaml  # pylint: disable=import-outside-toplevel
+      with open(config, 'w') as f:
+        yaml.safe_dump({k: {'value': v} for k, v in self._config.items()}, f)
 
 
 def make_sink(name: str, uri: str = ''):

@@ -18,8 +18,8 @@ study.
 ``DIR/logs/``), so ``dlresearch.runs``, ``plot``, ``restore`` and ``export``
 work on it. Its eval lines are read from ``metrics.jsonl`` as they are
 written and reported to the study, which prunes the trial (median pruner,
-after 5 complete trials; ``--pruner=none``: never) by terminating it; its
-value is KEY of its last eval line.
+after 5 complete trials; ``--pruner=none``: never) by terminating it, at
+any eval but the final one; its value is KEY of its last eval line.
 
 **Counting**: the sweep ends when N trials are COMPLETE; PRUNED and FAIL
 trials do not count, so N COMPLETE are run whatever is pruned (a sweep stops
@@ -331,11 +331,13 @@ class Sweep:
 
   # -- counting ---------------------------------------------------------
 
-  def _counts(self) -> tuple[int, int, int]:
+  def _counts(self) -> tuple[int, int, int, int]:
+    """Complete, running, waiting (queued retries) and failed trials (not
+    counting the skipped ones nor the interrupted ones that were retried)."""
     trials = self.study.get_trials(deepcopy=False)
     states = [t.state.name for t in trials if not _skipped(t)]
-    return (states.count('COMPLETE'),
-            states.count('RUNNING') + states.count('WAITING'),
+    return (states.count('COMPLETE'), states.count('RUNNING'),
+            states.count('WAITING'),
             states.count('FAIL') - sum(1 for t in trials if t.state.name ==
                                        'FAIL' and _interrupted(t, trials)))
 
@@ -343,15 +345,15 @@ class Sweep:
     while self.error is None:
       with self.lock:
         self.optuna.storages.fail_stale_trials(self.study)
-        complete, running, failed = self._counts()
+        complete, running, waiting, failed = self._counts()
         if complete >= self.o.trials:
           return
         if failed > self.o.trials:
           raise SweepError(f'{failed} trials failed on their own (see '
                            f'{self.dir}/logs); stopping')
         trial = None
-        if complete + running < self.o.trials:
-          trial = self._ask()
+        if waiting or complete + running < self.o.trials:
+          trial = self._ask()  # a queued retry first
       if trial is None:
         time.sleep(2)  # the others run the rest (or are stale: retried)
         continue
@@ -413,7 +415,7 @@ class Sweep:
   def _watch(self, trial, proc, workdir) -> tuple[str, Any, str]:
     """Reports eval lines until the run ends; ``(state, value, why)``."""
     path = os.path.join(workdir, 'metrics.jsonl')
-    seen, reported, offset = {}, set(), 0
+    seen, reported, offset, total = {}, set(), 0, 0
     last_beat = 0.0
     while True:
       code = proc.poll()
@@ -432,9 +434,11 @@ class Sweep:
           return 'FAIL', None, f'no {self.o.metric} in the eval line'
         self.metric_seen.set()
         value = _number(line[self.o.metric])
+        total = total or _total_steps(workdir)
         if value is not None and math.isfinite(value):
           trial.report(value, step)
-          if trial.should_prune():
+          # Never the final eval: a finished run is COMPLETE, whatever it got.
+          if total and step < total and trial.should_prune():
             _stop(proc)
             return 'PRUNED', None, ''
       if code is not None:
@@ -563,6 +567,15 @@ def _skipped(t) -> bool:
 def _interrupted(t, trials) -> bool:
   return any(t.number in (o.system_attrs.get('retry_history') or [])
              for o in trials)
+
+
+def _total_steps(workdir: str) -> int:
+  """The run's number of steps (``config.json``'s ``num_steps``), or 0."""
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return int(json.load(f).get('num_steps') or 0)
+  except (OSError, ValueError, TypeError):
+    return 0
 
 
 def _number(v) -> float | None:

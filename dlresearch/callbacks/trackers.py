@@ -394,16 +394,20 @@ class Tracker(Callback):
       upto = committed_step(self.workdir)
     self.sink.send(self.tail.take(upto))
 
-  def on_train_start(self, loop):
+  def _start(self):
     if not self._started:
       self._started = True
       self._guard(self._open)
+
+  def on_train_start(self, loop):
+    self._start()
 
   def on_step(self, step, state, metrics):
     if metrics.logged is not None:
       self._guard(self._flush)
 
   def on_eval(self, step, state, split, metrics, final):
+    self._start()  # a rerun with no step left evaluates only
     self._guard(self._flush)
 
   def on_end(self, step, state, result):

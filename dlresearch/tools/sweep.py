@@ -308,11 +308,27 @@ class Sweep:
 
   def _open(self, options: Options) -> None:
     optuna = self.optuna
-    self.storage = optuna.storages.RDBStorage(
-        engine_url(self.url), heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=(
-            optuna.storages.RetryHeartbeatStaleTrialCallback()))
+    import sqlalchemy.exc  # pylint: disable=import-outside-toplevel
+    for attempt in range(6):
+      try:
+        self.storage = optuna.storages.RDBStorage(
+            engine_url(self.url), heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=(
+                optuna.storages.RetryHeartbeatStaleTrialCallback()))
+        break
+      except (sqlalchemy.exc.IntegrityError,
+              sqlalchemy.exc.ProgrammingError) as e:
+        # Workers on several hosts creating the tables of a new storage at
+        # the same moment: one wins, the others find the tables next time.
+        if attempt == 5:
+          raise SweepError(f'--storage: cannot set up {_hide_password(self.url)}'
+                           f': {entry.one_line(e)}') from None
+        time.sleep(1 + attempt)
+      except (sqlalchemy.exc.OperationalError,
+              sqlalchemy.exc.ArgumentError, ImportError) as e:
+        raise SweepError(f'--storage: cannot open {_hide_password(self.url)}: '
+                         f'{entry.one_line(e)}') from None
     existing = [s.study_name for s in self.storage.get_all_studies()]
     self.created_study = self.name not in existing
     sampler = optuna.samplers.TPESampler(

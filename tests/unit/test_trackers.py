@@ -141,3 +141,15 @@ def test_tracker_flags_are_checked():
   Config(tracker='mlflow, wandb', tracker_uri='http://x').validate()
   assert [type(t).__name__ for t in trackers.from_config(
       Config(tracker='mlflow,wandb'), '/tmp/w')] == ['Tracker', 'Tracker']
+
+
+def test_sync_to_bad_input_is_one_line(tmp_path, capsys):
+  from dlresearch.tools import entry, runs  # pylint: disable=import-outside-toplevel
+  assert entry.run(runs, ['--sync_to=tensorboard:x', str(tmp_path)]) == 2
+  assert capsys.readouterr().err == (
+      "error: --sync_to: expected mlflow:URI (got 'tensorboard:x')\n")
+  assert entry.run(runs, ['--sync_to=mlflow:sqlite:///x.db',
+                          str(tmp_path)]) == 2
+  assert capsys.readouterr().err == (
+      f'error: {tmp_path}: no metrics.jsonl to send\n')
+  assert not os.listdir(tmp_path)

@@ -68,8 +68,11 @@ class Server:
     raise AssertionError(f'mlflow server did not start in {timeout} s')
 
   def kill(self):
-    if self.proc and self.proc.poll() is None:
-      os.killpg(self.proc.pid, signal.SIGKILL)  # its uvicorn workers too
+    if self.proc:
+      try:  # its uvicorn workers too, also when the CLI process is gone
+        os.killpg(self.proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
       self.proc.wait()
     self.log.close()
 

@@ -9,7 +9,8 @@ the run and how its state survives a resume):
 - ``early_stopping``: ``--early_stopping_patience``;
 - ``plots``: ``--plots`` curves and confusion matrix;
 - ``profiler``: ``--profile_steps`` traces;
-- ``model_summary``: ``--model_summary``.
+- ``model_summary``: ``--model_summary``;
+- ``trackers``: ``--tracker=mlflow|wandb`` (MLflow, Weights & Biases).
 
 EMA evaluation (``--ema_decay``) adds ``ema_`` keys to the eval line, so it
 is an evaluator (``evaluators/task_metrics.py``), not a callback.
@@ -23,3 +24,4 @@ from dlresearch.callbacks.nan_stop import NanStop, NonFiniteLossError
 from dlresearch.callbacks.plots import Plots
 from dlresearch.callbacks.profiler import Profiler
 from dlresearch.callbacks.standard import standard
+from dlresearch.callbacks.trackers import Tracker

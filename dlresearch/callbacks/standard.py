@@ -1,7 +1,7 @@
 """The built-in callbacks a config asks for, in the order the loop calls
 them: NaN stop first (it must see a train line before it is written), then
-the profiler, the model summary, keep-best and early stopping, the plots.
-User callbacks come after these."""
+the profiler, the model summary, keep-best and early stopping, the plots,
+the trackers (``--tracker``). User callbacks come after these."""
 
 import functools
 
@@ -12,6 +12,7 @@ from dlresearch.callbacks.model_summary import ModelSummary
 from dlresearch.callbacks.nan_stop import NanStop
 from dlresearch.callbacks.plots import Plots, confusion_counts
 from dlresearch.callbacks.profiler import Profiler
+from dlresearch.callbacks.trackers import from_config as trackers_of
 
 
 def standard(cfg, workdir: str, *, model, task, data, strategy,
@@ -36,4 +37,4 @@ def standard(cfg, workdir: str, *, model, task, data, strategy,
         batch_size=cfg.eval_batch_size or cfg.batch_size)
     out.append(Plots(workdir, confusion, data.label_names,
                      data.eval_split or 'eval'))
-  return out
+  return out + trackers_of(cfg, workdir)

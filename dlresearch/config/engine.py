@@ -338,3 +338,28 @@ class Transfer:
     if self.probe and not self.new_head:
       raise ConfigError('probe', "needs --new_head (the parameters it trains, "
                         "e.g. '^head/')")
+
+
+@section('tracking')
+class Tracking:
+  """tracking: the experiment trackers the run is sent to (besides the files)."""
+
+  tracker: str = _f('', 'Send params, metrics and artifacts to these '
+                    'trackers too: mlflow, wandb, or both comma-separated '
+                    '(callbacks/trackers.py; metrics.jsonl and TensorBoard '
+                    'are always written). A tracker that fails is dropped '
+                    'with one warning; training goes on. Empty: none.',
+                    on_resume=MAY_CHANGE)
+  tracker_uri: str = _f('', 'Tracking server of --tracker=mlflow (e.g. '
+                        'http://mlflow.team:5000; empty: MLFLOW_TRACKING_URI '
+                        "or MLflow's default) or the W&B base URL.",
+                        on_resume=MAY_CHANGE)
+
+  def validate(self):
+    names = [n.strip() for n in self.tracker.split(',') if n.strip()]
+    for name in names:
+      if name not in ('mlflow', 'wandb'):
+        raise ConfigError('tracker', f'unknown tracker {name!r}; choose from '
+                          'mlflow, wandb (comma-separated)')
+    if self.tracker_uri and not names:
+      raise ConfigError('tracker_uri', 'needs --tracker (mlflow or wandb)')

@@ -15,6 +15,14 @@ a run counts as different), plus ``git_commit`` when the commits differ;
 ``--all`` shows every field. Metric columns are the numbers of the last eval
 line of ``metrics.jsonl`` (``logging.read_metrics``, so a restart's repeated
 steps count once). Missing values print as ``-``.
+
+    python -m dlresearch.runs --sync_to=mlflow:URI WORKDIR [WORKDIR...]
+
+sends each run to an MLflow server instead (a run whose ``--tracker`` was
+down, or that had none): the metrics of ``metrics.jsonl`` and the artifacts
+the server lacks, into the run recorded in ``WORKDIR/trackers/mlflow.json``
+when it is on that server, else a new one
+(``dlresearch/callbacks/trackers.py``). Run it on a finished run.
 """
 
 import dataclasses
@@ -131,10 +139,29 @@ class Options:
   all: bool = entry.option(False, 'show every config field')
   sort: str = entry.option('', 'column to sort by (prefix with - for '
                            'descending)')
+  sync_to: str = entry.option('', 'mlflow:URI: send the runs to this MLflow '
+                              'server (what it lacks) instead of printing '
+                              'the table')
+
+  def __post_init__(self):
+    if self.sync_to and not self.sync_to.startswith('mlflow:'):
+      raise ValueError(f'--sync_to: expected mlflow:URI (got '
+                       f'{self.sync_to!r})')
 
 
 def main(options: Options) -> None:
-  """Prints the table of ``compare``, sorted by ``--sort``."""
+  """Prints the table of ``compare``, sorted by ``--sort``; or sends the
+  runs to ``--sync_to``."""
+  if options.sync_to:
+    from dlresearch.callbacks import trackers  # pylint: disable=import-outside-toplevel
+    for workdir in options.workdirs:
+      if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+        raise FileNotFoundError(f'{workdir}: no metrics.jsonl to send')
+    for workdir in options.workdirs:
+      run_id, sent = trackers.sync(workdir, options.sync_to)
+      print(f'{workdir}: sent {sent} metric values to run {run_id} at '
+            f'{options.sync_to.partition(":")[2]}', flush=True)
+    return
   columns, rows = compare(options.workdirs, all_fields=options.all)
   if options.sort:
     column = options.sort.lstrip('-')

@@ -18,7 +18,7 @@ from experiments import transformer_translate
 
 
 ENGINE = ('data', 'model', 'optimisation', 'loop', 'evaluation', 'parallelism',
-          'cluster', 'transfer')
+          'cluster', 'transfer', 'tracking')
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fixtures',
                        'legacy_workdir_e5bc124', 'config.json')
 
@@ -47,15 +47,16 @@ OLD_MAY_CHANGE = {
     'ranking_k', 'early_stopping_patience', 'eval_max_examples', 'test_split',
     'top_p', 'progress', 'model_summary', 'plots', 'compilation_cache',
     'profile_steps', 'eval_checkpoint', 'new_head', 'pretrained_tokenizer',
-    'cpu_eigen_convs', 'attention_impl'}
+    'cpu_eigen_convs', 'attention_impl',
+    'tracker', 'tracker_uri'}  # issue 23
 
 
 def test_every_field_is_declared_by_one_section_and_read_flat():
   declared = [f.name for s in config_lib.sections() for f in s.fields()]
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
   # flag), plus 11 of augmentation (image section) and 5 of issue 24
-  # (attention_impl, lora_*).
-  assert len(declared) == len(set(declared)) == 109
+  # (attention_impl, lora_*), plus tracker and tracker_uri (issue 23).
+  assert len(declared) == len(set(declared)) == 111
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)
@@ -149,8 +150,8 @@ def test_damaged_or_newer_records_fail_with_the_field_named(tmp_path):
   recorded = config_lib.to_json(Config())
   with pytest.raises(ConfigError, match='--seed: recorded in two sections'):
     config_lib.flatten({**recorded, 'model': {**recorded['model'], 'seed': 1}})
-  with pytest.raises(ConfigError, match='--tracker: unknown config section'):
-    config_lib.from_json({'dataset': 'digits', 'tracker': {'name': 'x'}})
+  with pytest.raises(ConfigError, match='--frobnicator: unknown config section'):
+    config_lib.from_json({'dataset': 'digits', 'frobnicator': {'name': 'x'}})
   with pytest.raises(ConfigError, match='--frobs: unknown config field'):
     config_lib.from_json({**recorded, 'loop': {'frobs': 1}})
   path = tmp_path / 'config.json'
@@ -189,8 +190,9 @@ def test_an_image_experiment_defines_no_application_or_text_flags():
   assert defined == {f.name for s in config_lib.sections() if s.name in wanted
                      for f in s.fields() if f.name != 'preset'}
   # e5bc124 defined one flag per field but preset: 93 (+4 of cli: 97).
-  # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24).
-  assert len(defined) == 87 < 93
+  # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24),
+  # tracker, tracker_uri (issue 23).
+  assert len(defined) == 89 < 93
 
 
 @pytest.mark.parametrize('presets, kwargs, present, absent', [

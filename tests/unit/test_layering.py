@@ -19,7 +19,8 @@ PKG = pathlib.Path(__file__).resolve().parents[2] / 'dlresearch'
 # Wings: packages the engine never imports.
 APPS, RAI, TOOLS = 'dlresearch.apps', 'dlresearch.rai', 'dlresearch.tools'
 # The old command paths (``python -m dlresearch.export|runs``): tools too.
-TOOLS_AT_TOP = frozenset({'dlresearch.export', 'dlresearch.runs'})
+TOOLS_AT_TOP = frozenset({'dlresearch.export', 'dlresearch.runs',
+                          'dlresearch.sweep'})
 # What data (sources -> arrays -> batches) sits below.
 ABOVE_DATA = ('dlresearch.tasks', 'dlresearch.problems', 'dlresearch.models',
               'dlresearch.evaluators',

@@ -38,10 +38,15 @@ ROC_PR_SIZE = (1000, 450)
 _DPI = 100
 
 
-def _figure(size: tuple[int, int]) -> Figure:
+def new_figure(size: tuple[int, int]) -> Figure:
+  """An empty figure of ``size`` (width, height) pixels, drawn without
+  pyplot (no global state); ``save`` writes it at that size."""
   fig = Figure(figsize=(size[0] / _DPI, size[1] / _DPI), dpi=_DPI, layout='constrained')
   FigureCanvasAgg(fig)
   return fig
+
+
+_figure = new_figure
 
 
 def _save(fig: Figure, out: str) -> str:

@@ -84,7 +84,10 @@ def explanation_figure(image: Any, heat: Any, *, method: str, label: str,
   right.imshow(grey, cmap='gray', interpolation='nearest')
   mapped = right.imshow(heat, cmap='inferno', alpha=0.6,
                         interpolation='bilinear')
-  right.set_title(f'{method} for {target}')
+  flat = not np.ptp(heat) > 0
+  right.set_title(f'{method} for {target}' + (' (flat: all zero)' if flat and
+                                               not heat.any() else
+                                               ' (flat)' if flat else ''))
   for ax in (left, right):
     ax.set_xticks([])
     ax.set_yticks([])

@@ -30,6 +30,7 @@ from dlresearch.apps.recommend import metrics as recommend
 from dlresearch.apps.recommend import problem as recommend_problem
 from dlresearch.apps.xray import probe
 from dlresearch.config import ConfigError
+from dlresearch.rai import pictures
 from dlresearch.data import fetch
 from dlresearch.data.builders import fashion_mnist_local
 from dlresearch.tools import inference, xray as xray_tool
@@ -379,8 +380,7 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
       probe.clopper_pearson(int(saved['correct']), 6))
   pngs = sorted((tmp_path / 'run' / 'gradcam').glob('*.png'))
   assert len(pngs) == 6
-  with Image.open(pngs[0]) as im:
-    assert im.size == (64, 64)
+  picture(pngs[0], pictures.EXPLANATION_SIZE)  # image beside its map, named
   with pytest.raises(ConfigError, match='--pretrained'):
     xray_tool.run(dataclasses.replace(
         options, workdir=str(tmp_path / 'run2'),

@@ -82,8 +82,8 @@ def explanation_figure(image: Any, heat: Any, *, method: str, label: str,
   left.set_title('input')
   grey = shown if shown.ndim == 2 else shown.mean(-1)
   right.imshow(grey, cmap='gray', interpolation='nearest')
-  mapped = right.imshow(heat, cmap='inferno', alpha=0.6,
-                        interpolation='bilinear')
+  mapped = right.imshow(heat, cmap='inferno', alpha=0.6,  # at the image's
+                        interpolation='nearest')         # resolution already
   flat = not np.ptp(heat) > 0
   right.set_title(f'{method} for {target}' + (' (flat: all zero)' if flat and
                                                not heat.any() else

@@ -65,7 +65,7 @@ def test_notebook_runs(name, executed):
   images = [o for o in outputs if 'image/png' in o.get('data', {})]
   if name == 'quickstart.ipynb':
     assert len(images) >= 4  # curves, confusion matrix, two saliency maps
-  else:  # the three runs' curves, the confusion matrix, two Grad-CAM maps
+  else:  # the three runs' curves, the confusion matrix, two explanations
     assert len(images) >= 4
     source = ''.join(c.source for c in nb.cells if c.cell_type == 'code')
     assert 'optax' not in source and 'train.run' in source  # the library's path

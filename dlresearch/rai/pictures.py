@@ -159,9 +159,10 @@ def fairness_gaps_figure(attr: str, gaps: Mapping[str, Mapping[str, Any]],
       ax.axhline(0.8, color='grey', linestyle='--', label='four-fifths rule 0.8')
       ax.set_ylim(0, 1.05)
     else:
-      top = np.nanmax(values + err[1]) if len(keys) else 0.0
-      ax.set_ylim(min(0.0, np.nanmin(values) if len(keys) else 0.0),
-                  max(0.1, 1.15 * top if np.isfinite(top) else 0.1))
+      finite = values[np.isfinite(values)]  # undefined gaps (NaN) draw no bar
+      top = float((finite + err[1][np.isfinite(values)]).max()) if finite.size else 0.0
+      ax.set_ylim(min(0.0, float(finite.min()) if finite.size else 0.0),
+                  max(0.1, 1.15 * top))
     for i, v in enumerate(values):
       if np.isfinite(v):
         ax.annotate(f'{v:.3f}', (i, v), textcoords='offset points',

@@ -97,3 +97,16 @@ def test_drift_figure_psi_bars_and_score_distributions(tmp_path):
                               rng.dirichlet([1] * 3, 40), psi_threshold=0.2)
   assert 'no per-feature tests' in fig.axes[0].texts[0].get_text()
   _saved(fig, tmp_path / 'drift2.png', pictures.DRIFT_SIZE)
+
+
+def test_fairness_gaps_with_an_undefined_gap_draw_without_warnings(tmp_path):
+  gaps = {'demographic_parity_difference': {'value': None, 'ci': None},
+          'demographic_parity_ratio': {'value': None, 'ci': None},
+          'equalized_odds_difference': {'value': 0.3, 'ci': [0.1, 0.5]}}
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    fig = pictures.fairness_gaps_figure('race', gaps, {'a': 3, 'b': 0})
+  assert fig.axes[1].get_ylim()[1] >= 0.5  # the interval fits
+  _saved(fig, tmp_path / 'nan.png', pictures.GAPS_SIZE)
+

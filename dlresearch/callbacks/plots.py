@@ -4,7 +4,9 @@ confusion matrix of the eval split.
 ``WORKDIR/plots/curves.png`` is redrawn from ``metrics.jsonl`` after each
 periodic eval and at the end; ``WORKDIR/plots/confusion_matrix.png`` is
 drawn at the end for a classification with integer labels and at most 100
-classes. Only process 0 draws; a run with a custom writer (no
+classes; an eval hook with a ``pictures(out_dir) -> [paths]`` method draws
+its own at the end (anomaly runs: ``roc_pr.png``, the ROC and PR curves).
+The curves show the run's own metrics (``plot.run_panels``). Only process 0 draws; a run with a custom writer (no
 ``metrics.jsonl``) draws nothing.
 """
 
@@ -76,8 +78,9 @@ class Plots(Callback):
   """
 
   def __init__(self, workdir: str, confusion, class_names=None,
-               split_name: str = 'eval'):
+               split_name: str = 'eval', eval_hooks=()):
     self.workdir, self.confusion = workdir, confusion
+    self.pictures = [h.pictures for h in eval_hooks if hasattr(h, 'pictures')]
     self.class_names, self.split_name = class_names, split_name
     self.chief = jax.process_index() == 0
 
@@ -91,3 +94,5 @@ class Plots(Callback):
     counts = self.confusion(state)  # every process: a collective
     if self.chief:
       write_plots(self.workdir, counts, self.class_names, self.split_name)
+      for draw in self.pictures:
+        draw(os.path.join(self.workdir, 'plots'))

@@ -36,5 +36,5 @@ def standard(cfg, workdir: str, *, model, task, data, strategy,
         data.model_kwargs.get('num_classes'), strategy,
         batch_size=cfg.eval_batch_size or cfg.batch_size)
     out.append(Plots(workdir, confusion, data.label_names,
-                     data.eval_split or 'eval'))
+                     data.eval_split or 'eval', data.eval_hooks))
   return out + trackers_of(cfg, workdir)

@@ -363,29 +363,6 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
 PREDICTION_COLUMNS = ('label', 'prediction', 'score', 'group')
 
 
-def _plot_metric(path: pathlib.Path, title: str, names: Sequence[str],
-                 entries: Sequence[Mapping[str, Any]]) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  values = np.array([np.nan if e['value'] is None else e['value']
-                     for e in entries])
-  lo = np.array([np.nan if not e['ci'] or e['ci'][0] is None else e['ci'][0]
-                 for e in entries])
-  hi = np.array([np.nan if not e['ci'] or e['ci'][1] is None else e['ci'][1]
-                 for e in entries])
-  err = np.stack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
-  err = np.nan_to_num(err)
-  fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
-  ax.bar(range(len(names)), np.nan_to_num(values), yerr=err, capsize=4,
-         color='tab:blue')
-  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 def write_predictions_csv(path: str | os.PathLike,
                           predictions: Mapping[str, ArrayLike]) -> None:
   """``label,prediction,score,group`` rows (any mapping with those keys,
@@ -416,8 +393,10 @@ def write_report(directory: str | os.PathLike, report: Mapping[str, Any],
 
   Returns:
     The paths written: the JSON, the CSV, then ``{attr}_{metric}.png`` per
-    attribute and metric (bars per group with the bootstrap interval) and
-    ``{attr}_gaps.png``.
+    attribute and metric (bars per group with the bootstrap interval, n per
+    group, the overall value as a line) and ``{attr}_gaps.png`` (ratio and
+    differences on separate axes with their fair values; see
+    ``dlresearch/rai/pictures.py``).
   """
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
@@ -429,17 +408,22 @@ def write_report(directory: str | os.PathLike, report: Mapping[str, Any],
   if predictions is not None:
     paths.append(directory / 'predictions.csv')
     write_predictions_csv(paths[-1], predictions)
+  from dlresearch import plot  # pylint: disable=import-outside-toplevel
+  from dlresearch.rai import pictures  # pylint: disable=import-outside-toplevel
   for attr, by_group in report.get('groups', {}).items():
     names = list(by_group)
+    counts = [by_group[g].get('count', 0) for g in names]
     for metric in GROUP_METRICS:
       path = directory / f'{attr}_{metric}.png'
-      _plot_metric(path, f'{attr}: {metric}', names,
-                   [by_group[g][metric] for g in names])
+      plot.save(pictures.group_metric_figure(
+          attr, metric, names, [by_group[g][metric] for g in names], counts,
+          report.get('overall', {}).get(metric)), str(path))
       paths.append(path)
     gaps = report.get('gaps', {}).get(attr)
     if gaps:
       path = directory / f'{attr}_gaps.png'
-      _plot_metric(path, f'{attr}: fairness gaps', list(gaps),
-                   list(gaps.values()))
+      plot.save(pictures.fairness_gaps_figure(attr, gaps,
+                                              dict(zip(names, counts))),
+                str(path))
       paths.append(path)
   return paths

@@ -12,7 +12,9 @@ its eval split (or ``--split``) to their inputs, for the predicted class
 
 - images: ``saliency``, ``smoothgrad``, ``integrated_gradients``,
   ``grad_cam`` (CNNs; ``--layer``, default the last feature map): one PNG
-  overlay per example;
+  per example, the input and its attribution map side by side, upscaled,
+  titled with the true label's and the prediction's names and the
+  prediction's probability, with a colour bar;
 - text: ``integrated_gradients`` (= ``token_attributions``, on the token
   embedding) and ``attention_rollout`` (Transformers): ``tokens.html``, one
   line of coloured tokens per example;
@@ -36,8 +38,9 @@ import numpy as np
 
 import dlresearch
 from dlresearch.config import ConfigError
-from dlresearch.rai import audit, explain
-from dlresearch.tools import entry, run_data
+from dlresearch import plot
+from dlresearch.rai import audit, explain, pictures
+from dlresearch.tools import entry, inference, run_data
 
 PROG = 'python -m experiments.explain'
 IMAGE_METHODS = ('saliency', 'smoothgrad', 'integrated_gradients', 'grad_cam')
@@ -94,17 +97,25 @@ def _target_logit(model, targets, variables, x):
 
 
 def _bar_png(path, names, values, title):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
+  """The features' attributions as horizontal bars (red: towards the
+  target class, blue: away from it), titled ``title``."""
+  fig = plot.new_figure((600, int(30 * len(names) + 120)))
+  ax = fig.subplots()
   colors = ['tab:red' if v > 0 else 'tab:blue' for v in values]
   ax.barh(range(len(names))[::-1], values, color=colors)
   ax.set_yticks(range(len(names))[::-1], names, fontsize=8)
+  ax.axvline(0, color='black', linewidth=0.8)
+  ax.set_xlabel('attribution (red: towards the class, blue: away)')
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plot.save(fig, str(path))
+
+
+def class_names(run, num_classes: int) -> list[str]:
+  """The dataset's label names, or 'class i' when it has none."""
+  names = inference._label_names(run.config)  # pylint: disable=protected-access
+  if names and len(names) == num_classes:
+    return [str(n) for n in names]
+  return [f'class {i}' for i in range(num_classes)]
 
 
 def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
@@ -139,10 +150,16 @@ def explain_run(run, method: str, out_dir: str, *, num_examples: int = 16,
                       f'run; choose one of {", ".join(allowed)}')
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
+  probs = run_data.softmax(np.asarray(logits))
+  names = class_names(run, logits.shape[-1])
   examples = [{'index': i, 'label': int(labels[i]),
                'prediction': int(logits[i].argmax()),
                'target': int(targets[i]),
-               'target_logit': float(logits[i, int(targets[i])])}
+               'target_logit': float(logits[i, int(targets[i])]),
+               'label_name': names[int(labels[i])],
+               'prediction_name': names[int(logits[i].argmax())],
+               'target_name': names[int(targets[i])],
+               'probability': float(probs[i].max())}
               for i in range(n)]
   report = {'workdir': run.workdir, 'step': run.step, 'method': method,
             'modality': kind, 'split': split or run.config.eval_split
@@ -195,8 +212,9 @@ def _explain_text(run, method, x, kwargs, targets, layer, steps, examples,
   for i, example in enumerate(examples):
     length = int(np.asarray(mask[i]).sum()) if mask is not None else x.shape[1]
     toks = [run.tokenizer.decode([int(t)]) for t in x[i, :length]]
-    rows.append((f'#{i}: label {example["label"]}, predicted '
-                 f'{example["prediction"]}', toks, scores[i, :length]))
+    rows.append((f'#{i}: ' + pictures.explanation_title(
+        example['label_name'], example['prediction_name'],
+        example['probability']), toks, scores[i, :length]))
     example['tokens'] = toks
     example['scores'] = scores[i, :length]
   explain.tokens_html_page(rows, out / 'tokens.html')
@@ -226,15 +244,23 @@ def _attribute(run, method, x, targets, layer, steps, seed):
 
 
 def _write_images(run, method, x, attr, targets, examples, out):
-  """One overlay PNG per example (Grad-CAM heat, or |attribution| summed
-  over channels); the file names."""
+  """One PNG per example: the input beside its Grad-CAM heat or
+  |attribution| summed over channels (``pictures.explanation_figure``);
+  the file names."""
   del run, targets  # the same signature as _write_vectors
   heat = attr if method == 'grad_cam' else np.abs(attr).sum(-1)
+  heat_name = ('Grad-CAM (ReLU of the gradient-weighted feature map)'
+               if method == 'grad_cam' else
+               f'|{method}| summed over channels')
   files = []
   for i, example in enumerate(examples):
     name = f'example_{i:03d}.png'
-    explain.overlay_png(x[i], heat[i], out / name,
-                        scale=max(1, 224 // x.shape[1]))
+    fig = pictures.explanation_figure(
+        x[i], heat[i], method=method, label=example['label_name'],
+        prediction=example['prediction_name'],
+        probability=example['probability'], target=example['target_name'],
+        heat_name=heat_name)
+    plot.save(fig, str(out / name))
     example['file'] = name
     files.append(name)
   return files
@@ -243,6 +269,7 @@ def _write_images(run, method, x, attr, targets, examples, out):
 def _write_vectors(run, method, x, attr, targets, examples, out, *, top_k):
   """The ``top_k`` features of each example, in ``examples`` and as a bar
   chart PNG; the file names."""
+  del targets  # named in ``examples``
   n = len(examples)
   flat = attr.reshape(n, -1)
   names = run_data.feature_names(run.config, flat.shape[1])
@@ -254,7 +281,10 @@ def _write_vectors(run, method, x, attr, targets, examples, out, *, top_k):
          'attribution': float(flat[i, j])} for j in order]
     name = f'example_{i:03d}.png'
     _bar_png(out / name, [names[j] for j in order], flat[i, order],
-             f'#{i}: {method}, class {int(targets[i])}')
+             f'#{i}: {method} for {example["target_name"]}; '
+             + pictures.explanation_title(example['label_name'],
+                                          example['prediction_name'],
+                                          example['probability']))
     example['file'] = name
     files.append(name)
   return files

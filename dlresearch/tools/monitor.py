@@ -21,7 +21,9 @@ values). Writes ``report.json`` to ``--out`` (default ``RUN/monitor``) and
 appends each alert to ``RUN/metrics.jsonl`` as ``{"step", "split":
 "monitor", "alert", "live", ...}``; a bad ``--live`` (a missing file, one
 holding strings, NaN or the wrong shape) ends in one line, nothing
-written. The statistics are ``dlresearch.rai.monitor``.
+written. The statistics are ``dlresearch.rai.monitor``. ``drift.png``
+beside the report shows the largest feature PSIs against the alert
+threshold and the live scores' distribution over the reference's.
 """
 
 import dataclasses
@@ -34,7 +36,7 @@ import numpy as np
 import dlresearch
 from dlresearch.config import ConfigError
 from dlresearch.data import pipeline
-from dlresearch.rai import audit, monitor
+from dlresearch.rai import audit, monitor, pictures
 from dlresearch.tools import entry, run_data
 
 PROG = 'python -m experiments.monitor'
@@ -242,6 +244,7 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   run_data.write_json(out / 'report.json', report)
+  draw_drift(out / 'drift.png', run, ref, cur, features, report)
   path = metrics_file or os.path.join(run.workdir, 'metrics.jsonl')
   monitor.append_alerts(path, report['alerts'], step=run.step, live=live,
                         live_filter=live_filter,
@@ -315,6 +318,28 @@ def _drift_report(run, task, ref: dict, cur: dict, has_labels: bool,
       'live': (float(np.mean(cur['logits'].argmax(-1) == cur[task.label_key]))
                if has_labels else None)}
   return report, mon
+
+
+def draw_drift(path: pathlib.Path, run, ref: dict, cur: dict, features: str,
+               report: dict) -> None:
+  """``drift.png``: the report's feature PSIs (top 20) and the reference's
+  and live window's scores (``pictures.drift_figure``)."""
+  from dlresearch import plot  # pylint: disable=g-import-not-at-top
+  from dlresearch.tools import explain  # pylint: disable=g-import-not-at-top
+  _, ref_s = _drift_view(run, ref, features)
+  _, live_s = _drift_view(run, cur, features)
+  num_classes = np.asarray(ref['logits']).shape[-1]
+  names = explain.class_names(run, num_classes)
+  score = (f'P({names[run_data.POS_LABEL]})' if num_classes == 2
+           else 'top-class probability')
+  mmd = report['mmd']
+  plot.save(pictures.drift_figure(
+      report['feature_psi'], ref_s, live_s,
+      psi_threshold=report['thresholds']['feature_psi'], score_name=score,
+      title=(f'live {report["live"]} {report["live_filter"]} '
+             f'{report["live_transform"]} vs train: MMD^2 {mmd["mmd2"]:.4f} '
+             f'(p {mmd["p_value"]:.3g}), {len(report["alerts"])} alert(s)')),
+      str(path))
 
 
 def monitor_summary(report: dict) -> str:

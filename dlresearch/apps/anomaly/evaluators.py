@@ -14,6 +14,7 @@ IsolationForest prefixed ``iforest_``.
 
 from collections.abc import Callable
 import functools
+import os
 
 import jax
 import numpy as np
@@ -69,18 +70,34 @@ def anomaly_hook(cfg: Config, x_eval: np.ndarray, y_eval: np.ndarray,
   batch_size = cfg.eval_batch_size or cfg.batch_size
 
   @functools.cache
-  def baseline() -> dict:
+  def baseline_scores() -> np.ndarray:
     flat = lambda x: x.reshape(len(x), -1)
-    scores = metrics.isolation_forest_scores(flat(x_baseline), flat(x_eval),
-                                             seed=0)
-    return _named(metrics.anomaly_metrics(y_eval, scores, rates),
+    return metrics.isolation_forest_scores(flat(x_baseline), flat(x_eval),
+                                           seed=0)
+
+  @functools.cache
+  def baseline() -> dict:
+    return _named(metrics.anomaly_metrics(y_eval, baseline_scores(), rates),
                   cfg.alert_rate, 'iforest_')
 
   def hook(model, state):
     scores = anomaly_scores(model, evaluators.host_variables(state), x_eval,
                             supervised, batch_size)
+    hook.scores = scores
     out = _named(metrics.anomaly_metrics(y_eval, scores, rates),
                  cfg.alert_rate)
     return {**out, **baseline()}
 
+  def pictures(out_dir: str) -> list[str]:
+    """``out_dir/roc_pr.png``: ROC and PR curves of the last eval's scores
+    beside IsolationForest's (the plots callback draws it at the end)."""
+    if hook.scores is None:
+      return []
+    from dlresearch import plot  # pylint: disable=import-outside-toplevel
+    fig = plot.roc_pr_figure(
+        y_eval, {'model': hook.scores, 'IsolationForest': baseline_scores()},
+        title='eval split')
+    return [plot.save(fig, os.path.join(out_dir, 'roc_pr.png'))]
+
+  hook.scores, hook.pictures = None, pictures
   return hook

@@ -22,13 +22,14 @@ import pathlib
 import jax
 import numpy as np
 
-from dlresearch import weights
+from dlresearch import plot, weights
 from dlresearch.apps.xray import readers
 from dlresearch.models import mobilenet
-from dlresearch.rai import explain
+from dlresearch.rai import explain, pictures
 from dlresearch.weights import convert, imagenet
 
 GRAD_CAM_LAYER = 'final_bn'  # the last 7x7 feature map, before its ReLU6
+CLASS_NAMES = ('normal', 'pneumonia')  # readers.xray_label's 0 and 1
 
 
 def clopper_pearson(k: int, n: int,
@@ -99,8 +100,9 @@ def xray_demo(weights_path: str, out_dir: str, data_dir: str | None = None,
   Images are preprocessed as for ImageNet (shorter side to ``crop * 8/7``,
   centre ``crop``), embedded by the ImageNet MobileNetV2 (``pre_logits``,
   1280-d), and each is classified by the probe fitted on the others. For
-  each image ``OUT/gradcam/<name>.png`` overlays the Grad-CAM map of the
-  class its held-out probe predicted; ``OUT/results.json`` holds the
+  each image ``OUT/gradcam/<name>.png`` shows it beside the Grad-CAM map of
+  the class its held-out probe predicted, titled with the true class, the
+  prediction and its probability (``rai.pictures.explanation_figure``); ``OUT/results.json`` holds the
   per-image results and the accuracy with its exact 95% interval.
 
   Returns:
@@ -131,10 +133,15 @@ def xray_demo(weights_path: str, out_dir: str, data_dir: str | None = None,
     display = imagenet.preprocess(images[i], resize=round(crop * 8 / 7),
                                   crop=crop) * imagenet.STD + imagenet.MEAN
     png = out / 'gradcam' / (os.path.splitext(name)[0] + '.png')
-    explain.overlay_png(display, np.asarray(cam[0]), png, alpha=0.4)
+    p_pneumonia = float(1 / (1 + np.exp(-loo['logit'][i])))
+    plot.save(pictures.explanation_figure(
+        display, np.asarray(cam[0]), method='Grad-CAM',
+        label=CLASS_NAMES[int(labels[i])], prediction=CLASS_NAMES[pred],
+        probability=p_pneumonia if pred else 1 - p_pneumonia,
+        target=CLASS_NAMES[pred], heat_name=f'Grad-CAM ({GRAD_CAM_LAYER})'),
+        str(png))
     rows.append({'file': name, 'label': int(labels[i]), 'prediction': pred,
-                 'probability_pneumonia': float(1 / (1 + np.exp(
-                     -loo['logit'][i]))), 'gradcam_png': str(png)})
+                 'probability_pneumonia': p_pneumonia, 'gradcam_png': str(png)})
   result = {'accuracy': k / n, 'accuracy_ci_low': lo, 'accuracy_ci_high': hi,
             'correct': float(k), 'n': float(n)}
   (out / 'results.json').write_text(json.dumps(

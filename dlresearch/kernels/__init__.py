@@ -44,18 +44,19 @@ MODES = ('xla', 'native')
 _state = {'mode': 'xla', 'target': None, 'warned': False}
 
 
-def configure(mode: str, library: str = 'openblas') -> bool:
+def configure(mode: str, library: str = 'openblas', extension: str | None = None) -> bool:
   """Turns the native GEMM on (``'native'``) or off (``'xla'``).
 
   Returns whether the native path is loaded. A failure to load logs one
-  WARNING (once per process) and leaves XLA's dots.
+  WARNING (once per process) and leaves XLA's dots. ``extension``: a built
+  library other than the installed one (``native.build``).
   """
   if mode not in MODES:
     raise ValueError(f'cpu_kernels={mode!r}; choose from {", ".join(MODES)}')
   _state['mode'] = mode
   if mode == 'native' and _state['target'] is None:
     try:
-      _state['target'] = native.load(library)
+      _state['target'] = native.load(library, extension=extension)
     except native.Unavailable as e:
       if not _state['warned']:
         logging.warning('--cpu_kernels=native: %s; using XLA\'s dots (same results)', e)

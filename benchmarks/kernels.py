@@ -38,7 +38,7 @@ from dlresearch.kernels import native
 flags.DEFINE_list('workload', list(workloads.COMPARED), 'Workloads whose GEMMs to time.')
 flags.DEFINE_list('libraries', list(native.LIBRARIES), 'BLAS libraries to try '
                   '(openblas, mkl), each optionally with its thread count '
-                  '(openblas:1; default: the CPUs of this process); one missing is '
+                  '(openblas:2; default 1); one missing is '
                   'left out with a note.')
 flags.DEFINE_integer('rounds', 5, 'Interleaved rounds per shape.')
 flags.DEFINE_string('torch_python', '', 'Python with torch for the PyTorch column.')

@@ -24,10 +24,11 @@ CPU mesh and then traces its steps inside ``interceptor()``
 (``traced_with_native``): XLA's SPMD partitioner does not split a custom
 call (on a mesh of several devices it gathers the operands and every device
 computes the whole GEMM: right, but no faster), so such meshes, and
-``--parallelism=pmap``, keep XLA's dots. Threads: the BLAS gets as many threads as the process has CPUs; it
-runs inside one XLA thunk while XLA's pool waits on it (dots are the bulk
-of a step; XLA rarely runs another thunk beside one), and MKL's OpenMP
-threads do not spin after a call (``KMP_BLOCKTIME=0``).
+``--parallelism=pmap``, keep XLA's dots. Threads: the BLAS runs with one thread, on the XLA thread that reaches
+the call, while XLA's pool goes on with other work (a threaded BLAS spins
+its own threads beside XLA's pool: 12x slower on the nanoGPT step on 2
+shared cores); MKL's OpenMP threads are told not to spin after a call
+(``KMP_BLOCKTIME=0``).
 """
 
 import functools
@@ -44,19 +45,21 @@ MODES = ('xla', 'native')
 _state = {'mode': 'xla', 'target': None, 'warned': False}
 
 
-def configure(mode: str, library: str = 'openblas', extension: str | None = None) -> bool:
+def configure(mode: str, library: str = 'openblas', extension: str | None = None,
+              threads: int | None = None) -> bool:
   """Turns the native GEMM on (``'native'``) or off (``'xla'``).
 
   Returns whether the native path is loaded. A failure to load logs one
   WARNING (once per process) and leaves XLA's dots. ``extension``: a built
-  library other than the installed one (``native.build``).
+  library other than the installed one (``native.build``); ``threads``: the
+  BLAS's thread count (``native.load``; default 1).
   """
   if mode not in MODES:
     raise ValueError(f'cpu_kernels={mode!r}; choose from {", ".join(MODES)}')
   _state['mode'] = mode
   if mode == 'native' and _state['target'] is None:
     try:
-      _state['target'] = native.load(library, extension=extension)
+      _state['target'] = native.load(library, threads=threads, extension=extension)
     except native.Unavailable as e:
       if not _state['warned']:
         logging.warning('--cpu_kernels=native: %s; using XLA\'s dots (same results)', e)

@@ -85,7 +85,10 @@ def load(library: str = 'openblas', threads: int | None = None,
   """Loads the extension with ``library``'s sgemm and registers ``target``.
 
   Once per target name and process (later calls return at once). ``threads``:
-  the BLAS's thread count (default: the CPUs this process may use).
+  the BLAS's thread count (default 1: the call runs on the XLA thread that
+  reaches it, while XLA's pool runs other work on the other cores; more BLAS
+  threads spin beside that pool, and on the 2-core host that made a nanoGPT
+  step 12x slower than XLA's dots instead of 1.4x faster, docs/speed.md).
   ``extension``: a built library (default: the installed one). Returns the
   target's name.
   """
@@ -95,7 +98,7 @@ def load(library: str = 'openblas', threads: int | None = None,
   if path is None:
     raise Unavailable('the native GEMM extension was not built (pip install -e . '
                       'needs a C++ compiler)')
-  threads = threads or len(os.sched_getaffinity(0))
+  threads = threads or 1
   blas, sgemm = blas_sgemm(library, threads)
   try:
     ext = ctypes.CDLL(path)

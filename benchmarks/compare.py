@@ -27,6 +27,7 @@ import sys
 from absl import app, flags
 
 from benchmarks import flax_plain, train_step, workloads
+from dlresearch import kernels
 
 flags.DEFINE_list('model', list(workloads.COMPARED), 'Workloads to compare.')
 flags.DEFINE_integer('rounds', 5, 'Timed rounds per contender (after 2 warm-up).')
@@ -34,6 +35,12 @@ flags.DEFINE_integer('steps', 10, 'Steps per round.')
 flags.DEFINE_string('torch_python', '', 'Python with torch installed (default: '
                     'this one if it can import torch; else no PyTorch column).')
 flags.DEFINE_bool('json', False, 'One JSON object per workload and line.')
+flags.DEFINE_enum('cpu_kernels', 'xla', ['xla', 'native'], 'native: dlresearch '
+                  'runs with --cpu_kernels=native, and a fourth contender, the '
+                  'plain Flax step with its Dense layers on the native GEMM '
+                  '(dlresearch.kernels), is paired with plain Flax.')
+flags.DEFINE_integer('blas_threads', 0, 'With --cpu_kernels=native: the BLAS '
+                     'thread count (0: the library default, 1).')
 FLAGS = flags.FLAGS
 
 
@@ -75,20 +82,26 @@ def torch_python() -> str | None:
 def compare(name: str, rounds: int, steps: int, torch: Torch | None) -> dict:
   w = workloads.get(name)
   flax = flax_plain.Runner(name)
+  native = FLAGS.cpu_kernels == 'native'
+  flax_native = flax_plain.Runner(name, native=True) if native else None
   if torch is not None:
     torch.ask(cmd='setup', model=name, batch_size=w.batch_size)
-  others = {'flax': [], 'torch': []}
+  others = {'flax': [], 'torch': [], 'flax_native': []}
 
   def between(_):
     workloads.settle()
     others['flax'].append(flax.round(steps))
+    if flax_native is not None:
+      workloads.settle()
+      others['flax_native'].append(flax_native.round(steps))
     if torch is not None:
       workloads.settle()
       others['torch'].append(torch.ask(cmd='round', steps=steps)['seconds'])
     workloads.settle()
 
   load = os.getloadavg()[0]
-  ours = train_step.measure(name, rounds, steps, between=between)
+  ours = train_step.measure(name, rounds, steps, between=between,
+                            cpu_kernels=FLAGS.cpu_kernels)
   record = {'model': name, 'batch_size': w.batch_size, 'steps_per_round': steps,
             'rounds': rounds, 'load_avg_1m_before': round(load, 2),
             'load_avg_1m_after': round(os.getloadavg()[0], 2),
@@ -106,6 +119,13 @@ def compare(name: str, rounds: int, steps: int, torch: Torch | None) -> dict:
     record[f'ratio_vs_{key}'] = round(statistics.median(ratios), 3)
     record[f'ratio_vs_{key}_min'] = round(min(ratios), 3)
     record[f'ratio_vs_{key}_max'] = round(max(ratios), 3)
+  if others['flax_native']:
+    # examples/s of native over XLA's dots = seconds of XLA's over native
+    ratios = [a / b for a, b in zip(others['flax'][train_step.WARMUP:],
+                                    others['flax_native'][train_step.WARMUP:])]
+    record['flax_native_vs_flax'] = round(statistics.median(ratios), 3)
+    record['flax_native_vs_flax_min'] = round(min(ratios), 3)
+    record['flax_native_vs_flax_max'] = round(max(ratios), 3)
   return record
 
 
@@ -119,6 +139,10 @@ def main(argv):
     print('no PyTorch: pass --torch_python=PATH (a Python with torch, e.g. '
           'pip install -e .[bench]); comparing with plain Flax only',
           file=sys.stderr)
+  if FLAGS.cpu_kernels == 'native' and not kernels.configure(
+      'native', threads=FLAGS.blas_threads or None):
+    raise SystemExit('--cpu_kernels=native: the native GEMM did not load (see the '
+                     'warning above)')
   peak = workloads.peak_gflops()
   info = {**workloads.machine(), 'date': datetime.date.today().isoformat(),
           'peak_gflops_per_sec': round(peak, 1)}
@@ -160,6 +184,13 @@ def main(argv):
           f'{cell(rec, "flax")} | {cell(rec, "torch")} | {ratio(rec, "torch")} | '
           f'{ratio(rec, "flax")} | {rec["load_avg_1m_before"]:.1f}-'
           f'{rec["load_avg_1m_after"]:.1f} |')
+  if FLAGS.cpu_kernels == 'native':
+    print('\n| workload | plain Flax + native GEMM ex/s | native / XLA dots (plain Flax, paired) |')
+    print('|---|---:|---:|')
+    for rec in records:
+      k = 'flax_native_vs_flax'
+      print(f'| {rec["model"]} b{rec["batch_size"]} | {cell(rec, "flax_native")} | '
+            f'{rec[k]:.2f} ({rec[k + "_min"]:.2f}-{rec[k + "_max"]:.2f}) |')
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from benchmarks import workloads
+from dlresearch import kernels
 from dlresearch.models import registry
 
 
@@ -56,7 +57,8 @@ def _optimizer(w: workloads.Workload) -> optax.GradientTransformation:
 class Runner:
   """``round(steps) -> seconds`` of plain jitted train steps."""
 
-  def __init__(self, name: str, batch_size: int = 0):
+  def __init__(self, name: str, batch_size: int = 0, native: bool = False):
+    """``native``: Dense layers on ``dlresearch.kernels`` (loaded by the caller)."""
     w = workloads.get(name)
     self.batches = w.batches(4, batch_size or w.batch_size, seed=2)
     self.image = w.kind == 'image'
@@ -93,7 +95,8 @@ class Runner:
       return (optax.apply_updates(params, updates), opt_state,
               {**extra, **new_extra}), loss
 
-    self.step = jax.jit(step, donate_argnums=0)
+    self.step = jax.jit(kernels.traced_with_native(step) if native else step,
+                        donate_argnums=0)
     self.count = 0
 
   def round(self, steps: int) -> float:

@@ -136,7 +136,7 @@ def main(argv):
           f'{"compile s":>9s} {"GFLOP/s":>8s} {"% peak":>6s} {"load":>5s}')
   for name in FLAGS.model:
     rec = measure(name, FLAGS.rounds, FLAGS.steps, FLAGS.batch_size,
-                  cpu_eigen_convs=FLAGS.cpu_eigen_convs,
+                  cpu_eigen_convs=FLAGS.cpu_eigen_convs, cpu_kernels=FLAGS.cpu_kernels,
                   parallelism=FLAGS.parallelism, dtype=FLAGS.dtype)
     del rec['_rates']
     rec = with_peak({**rec, 'dtype': FLAGS.dtype}, peak)
@@ -162,6 +162,7 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 0, 'Override the workload batch size (0: its own).')
   flags.DEFINE_bool('json', False, 'One JSON object per line.')
   flags.DEFINE_bool('cpu_eigen_convs', True, 'The library switch of that name.')
+  flags.DEFINE_enum('cpu_kernels', 'xla', ['xla', 'native'], 'The library switch of that name.')
   flags.DEFINE_string('parallelism', 'jit', 'jit or pmap (the library switch).')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                     'Computation dtype (the library --dtype; parameters stay '

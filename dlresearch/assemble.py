@@ -112,7 +112,7 @@ def assemble(cfg, workdir: str, data, mesh, num_steps: int) -> Run:
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings,
-                               cfg.cpu_eigen_convs)
+                               cfg.cpu_eigen_convs, cfg.cpu_kernels)
   state, start, data_state = state_lib.restore_or_create(
       cfg, ckpt, create, shardings, abstract_state, model, workdir)
   if start > num_steps and not cfg.eval_only:

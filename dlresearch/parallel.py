@@ -31,6 +31,7 @@ import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dlresearch import kernels
 from dlresearch.config import Config
 
 AXES = ('data', 'fsdp')
@@ -184,23 +185,29 @@ class JitStrategy:
   """``jax.jit`` with explicit in/out shardings over the mesh (the default).
 
   ``cpu_eigen_convs``: compile with ``CPU_CONV_OPTIONS`` on CPU meshes.
+  ``cpu_kernels='native'``: trace the steps with Dense layers on the native
+  GEMM (``dlresearch.kernels``) on a one-device CPU mesh; elsewhere XLA's.
   """
 
-  def __init__(self, mesh: Mesh, shardings, cpu_eigen_convs: bool = True):
+  def __init__(self, mesh: Mesh, shardings, cpu_eigen_convs: bool = True,
+               cpu_kernels: str = 'xla'):
     self.mesh, self.shardings = mesh, shardings
     self._batch = batch_sharding(mesh)
     self.compiler_options = compiler_options(mesh, cpu_eigen_convs)
+    self._native = cpu_kernels == 'native' and kernels.use_native(mesh)
 
   def gradients(self, grad_fn):
     """``grad_fn`` as the step calls it: unchanged (the compiler reduces)."""
     return grad_fn
 
   def train_step(self, fn):
+    fn = kernels.traced_with_native(fn) if self._native else fn
     return jax.jit(fn, in_shardings=(self.shardings, self._batch),
                    out_shardings=(self.shardings, replicated(self.mesh)),
                    donate_argnums=0, compiler_options=self.compiler_options)
 
   def eval_step(self, fn):
+    fn = kernels.traced_with_native(fn) if self._native else fn
     return jax.jit(fn, in_shardings=(self.shardings, self._batch),
                    out_shardings=replicated(self.mesh),
                    compiler_options=self.compiler_options)
@@ -231,8 +238,10 @@ class PmapStrategy:
 
   axis_name = 'batch'
 
-  def __init__(self, mesh: Mesh, shardings, cpu_eigen_convs: bool = True):
+  def __init__(self, mesh: Mesh, shardings, cpu_eigen_convs: bool = True,
+               cpu_kernels: str = 'xla'):
     del cpu_eigen_convs  # pmap takes no compiler options (module docstring)
+    del cpu_kernels  # XLA's dots (dlresearch.kernels: one-device jit only)
     if mesh.shape['fsdp'] != 1:
       raise StrategyError('pmap replicates the state; it cannot '
                         'be combined with an fsdp mesh axis')
@@ -284,6 +293,7 @@ class PmapStrategy:
     return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
-def strategy(name: str, mesh: Mesh, shardings, cpu_eigen_convs: bool = True):
+def strategy(name: str, mesh: Mesh, shardings, cpu_eigen_convs: bool = True,
+             cpu_kernels: str = 'xla'):
   return {'jit': JitStrategy, 'pmap': PmapStrategy}[name](
-      mesh, shardings, cpu_eigen_convs=cpu_eigen_convs)
+      mesh, shardings, cpu_eigen_convs=cpu_eigen_convs, cpu_kernels=cpu_kernels)

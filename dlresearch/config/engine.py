@@ -253,6 +253,13 @@ class Parallelism:
                              'Ignored on GPU/TPU and under '
                              '--parallelism=pmap; false: XLA\'s defaults.',
                              on_resume=MAY_CHANGE)
+  cpu_kernels: str = _f('xla', 'Dense layers\' matmuls on CPU: xla (XLA\'s '
+                        'own dots) or native (a BLAS sgemm through XLA\'s FFI, '
+                        'dlresearch/kernels; one-device CPU meshes under '
+                        '--parallelism=jit only; without the built extension '
+                        'or its BLAS: one warning, XLA\'s dots). Same results '
+                        'to float32 rounding (docs/speed.md).',
+                        choices=('xla', 'native'), on_resume=MAY_CHANGE)
 
   def validate(self):
     check(self.grad_accum_steps > 0, 'grad_accum_steps', '> 0',

@@ -34,6 +34,7 @@ OLD_CHOICES = {
     'dtype': ('float32', 'bfloat16'), 'tokenizer': ('char', 'bpe', 'unigram'),
     # Added since (issue 24).
     'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
+    'cpu_kernels': ('xla', 'native'),  # issue 21
 }
 OLD_MAY_CHANGE = {
     'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
@@ -47,7 +48,7 @@ OLD_MAY_CHANGE = {
     'ranking_k', 'early_stopping_patience', 'eval_max_examples', 'test_split',
     'top_p', 'progress', 'model_summary', 'plots', 'compilation_cache',
     'profile_steps', 'eval_checkpoint', 'new_head', 'pretrained_tokenizer',
-    'cpu_eigen_convs', 'attention_impl',
+    'cpu_eigen_convs', 'attention_impl', 'cpu_kernels',  # issue 21
     'tracker', 'tracker_uri'}  # issue 23
 
 
@@ -55,8 +56,9 @@ def test_every_field_is_declared_by_one_section_and_read_flat():
   declared = [f.name for s in config_lib.sections() for f in s.fields()]
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
   # flag), plus 11 of augmentation (image section) and 5 of issue 24
-  # (attention_impl, lora_*), plus tracker and tracker_uri (issue 23).
-  assert len(declared) == len(set(declared)) == 111
+  # (attention_impl, lora_*), cpu_kernels (issue 21), tracker and
+  # tracker_uri (issue 23).
+  assert len(declared) == len(set(declared)) == 112
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)
@@ -191,8 +193,8 @@ def test_an_image_experiment_defines_no_application_or_text_flags():
                      for f in s.fields() if f.name != 'preset'}
   # e5bc124 defined one flag per field but preset: 93 (+4 of cli: 97).
   # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24),
-  # tracker, tracker_uri (issue 23).
-  assert len(defined) == 89 < 93
+  # cpu_kernels (issue 21), tracker, tracker_uri (issue 23).
+  assert len(defined) == 90 < 93
 
 
 @pytest.mark.parametrize('presets, kwargs, present, absent', [

@@ -1,0 +1,206 @@
+"""Native CPU GEMM inside jitted steps, through XLA's FFI (``--cpu_kernels``).
+
+``configure('native')`` loads the extension (``_native/gemm.cc``, built by
+``pip install -e .``) with a BLAS from its wheel (``native.load``:
+scipy-openblas32 by default, ``mkl`` when asked) and registers the FFI
+target; ``configure('xla')`` (the default) leaves XLA's own dots. If the
+extension or the BLAS is missing, ``configure('native')`` logs one WARNING
+and XLA's dots run: the same results.
+
+- ``matmul(a, b, trans_a, trans_b)``: ``op(a) @ op(b)`` over leading batch
+  axes (equal in ``a`` and ``b``), float32, a ``jax.custom_vjp`` whose two
+  backward dots go through the same kernel. Under ``vmap`` the FFI call gets
+  the mapped axis as one more batch axis (``vmap_method='broadcast_all'``:
+  an unmapped operand is broadcast, i.e. copied, first).
+- ``dense(x, kernel)``: ``x [..., K] @ kernel [K, N]`` as one GEMM of
+  ``prod(...)`` rows.
+- ``interceptor()``: a flax method interceptor (``nn.intercept_methods``)
+  that computes every float32 ``nn.Dense``/``nn.DenseGeneral`` (trailing
+  contracted axes, no batch dims, no custom ``dot_general``) with ``dense``;
+  ``parallel``/the train step install it when ``active()``.
+
+``parallel.JitStrategy`` turns it on (``use_native``) only on a one-device
+CPU mesh and then traces its steps inside ``interceptor()``
+(``traced_with_native``): XLA's SPMD partitioner does not split a custom
+call (on a mesh of several devices it gathers the operands and every device
+computes the whole GEMM: right, but no faster), so such meshes, and
+``--parallelism=pmap``, keep XLA's dots. Threads: the BLAS runs with one thread, on the XLA thread that reaches
+the call, while XLA's pool goes on with other work (a threaded BLAS spins
+its own threads beside XLA's pool: 12x slower on the nanoGPT step on 2
+shared cores); MKL's OpenMP threads are told not to spin after a call
+(``KMP_BLOCKTIME=0``).
+"""
+
+import functools
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlresearch.kernels import native
+
+MODES = ('xla', 'native')
+_state = {'mode': 'xla', 'target': None, 'warned': False}
+
+
+def configure(mode: str, library: str = 'openblas', extension: str | None = None,
+              threads: int | None = None) -> bool:
+  """Turns the native GEMM on (``'native'``) or off (``'xla'``).
+
+  Returns whether the native path is loaded. A failure to load logs one
+  WARNING (once per process) and leaves XLA's dots. ``extension``: a built
+  library other than the installed one (``native.build``); ``threads``: the
+  BLAS's thread count (``native.load``; default 1).
+  """
+  if mode not in MODES:
+    raise ValueError(f'cpu_kernels={mode!r}; choose from {", ".join(MODES)}')
+  _state['mode'] = mode
+  if mode == 'native' and _state['target'] is None:
+    try:
+      _state['target'] = native.load(library, threads=threads, extension=extension)
+    except native.Unavailable as e:
+      if not _state['warned']:
+        logging.warning('--cpu_kernels=native: %s; using XLA\'s dots (same results)', e)
+        _state['warned'] = True
+  return loaded()
+
+
+def loaded() -> bool:
+  """The native path is asked for and its FFI target registered."""
+  return _state['mode'] == 'native' and _state['target'] is not None
+
+
+def active() -> bool:
+  """The native path applies here: loaded and the CPU backend."""
+  return loaded() and jax.default_backend() == 'cpu'
+
+
+def use_native(mesh) -> bool:
+  """Loads the native path for ``mesh`` if it is one CPU device; whether it is on.
+
+  Any other mesh keeps XLA's dots, with one WARNING saying so.
+  """
+  devices = list(mesh.devices.flat)
+  if len(devices) != 1 or devices[0].platform != 'cpu':
+    logging.warning('--cpu_kernels=native applies to a one-device CPU mesh; this '
+                    'mesh has %d %s device(s): XLA\'s dots', len(devices),
+                    devices[0].platform)
+    return False
+  return configure('native')
+
+
+def traced_with_native(fn):
+  """``fn`` traced with its Dense layers on the native GEMM (for ``jax.jit``)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with interceptor():
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def _ffi(a, b, trans_a: bool, trans_b: bool):
+  r = a.ndim
+  m = a.shape[r - 1] if trans_a else a.shape[r - 2]
+  n = b.shape[r - 2] if trans_b else b.shape[r - 1]
+  call = jax.ffi.ffi_call(_state['target'],
+                          jax.ShapeDtypeStruct((*a.shape[:-2], m, n), jnp.float32),
+                          vmap_method='broadcast_all')
+  return call(a, b, trans_a=np.int32(trans_a), trans_b=np.int32(trans_b))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _gemm(a, b, trans_a, trans_b):
+  return _ffi(a, b, trans_a, trans_b)
+
+
+def _gemm_fwd(a, b, trans_a, trans_b):
+  return _ffi(a, b, trans_a, trans_b), (a, b)
+
+
+def _gemm_bwd(trans_a, trans_b, res, g):
+  a, b = res
+  # C = op(A) op(B); each gradient is stored as its operand is.
+  da = (_ffi(g, b, False, not trans_b) if not trans_a else _ffi(b, g, trans_b, True))
+  db = (_ffi(a, g, not trans_a, False) if not trans_b else _ffi(g, a, True, trans_a))
+  return da, db
+
+
+_gemm.defvjp(_gemm_fwd, _gemm_bwd)
+
+
+def _xla(a, b, trans_a, trans_b):
+  r = a.ndim
+  batch = tuple(range(r - 2))
+  dims = (((r - 2,) if trans_a else (r - 1,), (r - 1,) if trans_b else (r - 2,)),
+          (batch, batch))
+  return jax.lax.dot_general(a, b, dims)
+
+
+def matmul(a: jax.Array, b: jax.Array, trans_a: bool = False,
+           trans_b: bool = False) -> jax.Array:
+  """``op(a) @ op(b)`` for float32 ``[batch..., rows, cols]`` operands.
+
+  The native kernel when loaded (its gradients too), else XLA's dot_general;
+  2-D operands get a batch axis of one and lose it again.
+  """
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  if a.ndim != b.ndim or a.ndim < 2 or a.shape[:-2] != b.shape[:-2]:
+    raise ValueError(f'matmul: shapes {a.shape} and {b.shape} need equal batch axes')
+  if not loaded() or a.dtype != jnp.float32 or b.dtype != jnp.float32:
+    return _xla(a, b, trans_a, trans_b)
+  if a.ndim == 2:
+    return _gemm(a[None], b[None], bool(trans_a), bool(trans_b))[0]
+  return _gemm(a, b, bool(trans_a), bool(trans_b))
+
+
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``x [..., K] @ kernel [K, N]``: one GEMM over all leading rows."""
+  lead = x.shape[:-1]
+  out = matmul(x.reshape(-1, x.shape[-1]), kernel)
+  return out.reshape(*lead, kernel.shape[-1])
+
+
+def _dense_call(module, x):
+  """``module(x)`` for an nn.Dense/DenseGeneral through ``dense``, or None."""
+  if isinstance(module, nn.DenseGeneral):
+    axis = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
+    axis = tuple(sorted(a % x.ndim for a in axis))
+    if module.batch_dims or axis != tuple(range(x.ndim - len(axis), x.ndim)):
+      return None
+    features = ((module.features,) if isinstance(module.features, int)
+                else tuple(module.features))
+  else:
+    axis, features = (x.ndim - 1,), (module.features,)
+  if module.dot_general is not None or module.dot_general_cls is not None:
+    return None
+  kernel = module.get_variable('params', 'kernel')
+  bias = module.get_variable('params', 'bias') if module.use_bias else None
+  if any(v is not None and v.dtype != jnp.float32 for v in (kernel, bias)):
+    return None
+  if x.dtype != jnp.float32 or module.dtype not in (None, jnp.float32):
+    return None
+  k = int(np.prod(x.shape[x.ndim - len(axis):]))
+  lead = x.shape[:x.ndim - len(axis)]
+  y = dense(x.reshape(*lead, k), kernel.reshape(k, -1))
+  if bias is not None:
+    y = y + bias.reshape(-1)
+  return y.reshape(*lead, *features)
+
+
+def _intercept(next_fun, args, kwargs, context):
+  m = context.module
+  if (context.method_name == '__call__' and isinstance(m, (nn.Dense, nn.DenseGeneral))
+      and not m.is_initializing() and m.has_variable('params', 'kernel') and active()):
+    x = args[0] if args else kwargs.get('inputs')
+    if isinstance(x, jax.Array) or hasattr(x, 'dtype'):
+      y = _dense_call(m, jnp.asarray(x))
+      if y is not None:
+        return y
+  return next_fun(*args, **kwargs)
+
+
+def interceptor():
+  """A context that routes flax Dense layers through ``dense`` when ``active()``."""
+  return nn.intercept_methods(_intercept)

@@ -1,0 +1,182 @@
+"""dlresearch.kernels: the native GEMM (an FFI target) equals XLA's dots.
+
+Values and gradients against XLA's ``dot_general`` for odd sizes, both
+transposes, batch axes and zero sizes, under jit, grad, vmap and remat; the
+flax Dense interceptor on a Transformer; the 8-device mesh (right values,
+and the strategy keeps XLA's dots there); the fallback (one warning, XLA's
+results) without the extension; train runs with kernels on equal off to the
+conv option's tolerance, and resume stays bit-identical with them on.
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dlresearch import kernels, logging as log_lib, parallel, tasks, train
+from dlresearch.config import Config
+from dlresearch.data import pipeline
+from dlresearch.kernels import native
+from dlresearch.models import registry
+
+
+@pytest.fixture(scope='module')
+def on(tmp_path_factory):
+  """The native path loaded (built here if the install did not build it)."""
+  ext = native.built_extension()
+  if ext is None:
+    ext = native.build(str(tmp_path_factory.mktemp('ext') / 'gemm.so'))
+  assert kernels.configure('native', extension=ext), 'the native GEMM did not load'
+  yield
+  kernels.configure('xla')
+
+
+def _uses_kernel(fn, *args):
+  return f'custom_call @{native.TARGET}(' in jax.jit(fn).lower(*args).as_text()
+
+
+def _arrays(*shapes, seed=0):
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+
+
+CASES = [  # a shape, b shape, trans_a, trans_b
+    ((5, 7), (7, 3), False, False), ((7, 5), (7, 3), True, False),
+    ((5, 7), (3, 7), False, True), ((7, 5), (3, 7), True, True),
+    ((33, 129), (129, 65), False, False), ((3, 17, 9), (3, 9, 11), False, False),
+    ((2, 3, 9, 17), (2, 3, 11, 9), True, True), ((0, 7), (7, 3), False, False),
+    ((5, 0), (0, 3), False, False), ((4, 6), (6, 0), False, False),
+]
+
+
+@pytest.mark.parametrize('sa,sb,ta,tb', CASES)
+def test_values_and_gradients_equal_xla(on, sa, sb, ta, tb):
+  a, b = _arrays(sa, sb)
+  w = _arrays((*sa[:-2], sb[-2] if tb else sb[-1], sa[-1] if ta else sa[-2]), seed=1)[0]
+
+  def loss(mm):
+    return lambda a, b: (mm(a, b, ta, tb) * jnp.swapaxes(w, -1, -2)).sum()
+
+  def xla(a, b, ta, tb):
+    return kernels._xla(a, b, ta, tb)  # pylint: disable=protected-access
+
+  got = jax.jit(kernels.matmul, static_argnums=(2, 3))(a, b, ta, tb)
+  want = xla(a, b, ta, tb)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, h in zip(jax.jit(jax.grad(loss(kernels.matmul), (0, 1)))(a, b),
+                  jax.grad(loss(xla), (0, 1))(a, b)):
+    assert g.shape == h.shape
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
+  if a.size and b.size:
+    assert _uses_kernel(lambda a, b: kernels.matmul(a, b, ta, tb), a, b)
+
+
+def test_vmap_and_remat_equal_xla(on):
+  x, kernel = _arrays((4, 3, 10), (10, 6))
+  got = jax.jit(jax.vmap(lambda x: kernels.dense(x, kernel)))(x)
+  np.testing.assert_allclose(got, x @ kernel, rtol=1e-5, atol=1e-5)
+  assert _uses_kernel(jax.vmap(lambda x: kernels.dense(x, kernel)), x)
+  f = lambda k: jnp.tanh(jax.checkpoint(kernels.dense)(x, k)).sum()
+  np.testing.assert_allclose(jax.jit(jax.grad(f))(kernel),
+                             jax.grad(lambda k: jnp.tanh(x @ k).sum())(kernel),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_dense_layers_of_a_transformer_run_on_the_kernel(on):
+  model = registry.build('transformer_lm', vocab_size=31, num_layers=2, d_model=24,
+                         num_heads=3, mlp_dim=40, max_len=9)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 31, (2, 9)), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens)['params']
+
+  def loss(params):
+    return jnp.square(model.apply({'params': params}, tokens)).mean()
+
+  native_loss = kernels.traced_with_native(jax.value_and_grad(loss))
+  assert _uses_kernel(native_loss, params)
+  (got, got_g), (want, want_g) = jax.jit(native_loss)(params), jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda g, h: np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-6),
+               got_g, want_g)
+
+
+def test_eight_device_mesh_values_and_the_strategy_keeps_xla(on, caplog):
+  mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
+  x, kernel = _arrays((16, 12), (12, 5))
+  xs = jax.device_put(x, NamedSharding(mesh, P('data')))
+  got = jax.jit(kernels.dense)(xs, kernel)  # the partitioner gathers x
+  np.testing.assert_allclose(got, x @ kernel, rtol=1e-5, atol=1e-5)
+  mesh2 = Mesh(np.array(jax.devices()[:8]).reshape(8, 1), parallel.AXES)
+  with caplog.at_level(logging.WARNING):
+    strategy = parallel.JitStrategy(mesh2, None, cpu_kernels='native')
+  assert not strategy._native  # pylint: disable=protected-access
+  assert 'one-device CPU mesh' in caplog.text
+
+
+def test_missing_extension_warns_once_and_runs_xla(monkeypatch, caplog):
+  monkeypatch.setattr(native, 'built_extension', lambda: None)
+  monkeypatch.setattr(native, '_LOADED', {})
+  monkeypatch.setattr(kernels, '_state', {'mode': 'xla', 'target': None, 'warned': False})
+  with caplog.at_level(logging.WARNING):
+    assert not kernels.configure('native')
+    assert not kernels.configure('native')
+  warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and 'was not built' in warnings[0].getMessage()
+  a, b = _arrays((5, 7), (7, 3))
+  assert not _uses_kernel(kernels.matmul, a, b)
+  np.testing.assert_array_equal(kernels.matmul(a, b), jax.lax.dot(a, b))
+
+
+def _image_data(n=64, size=12, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {'image': rng.normal(size=(n, size, size, 1)).astype(np.float32),
+            'label': rng.integers(0, 10, n).astype(np.int32)}
+  return pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),
+                       tasks.Classification(), {'num_classes': 10})
+
+
+def _lm_data(n=48, length=16, vocab=29, seed=0):
+  t = np.random.default_rng(seed).integers(0, vocab, (n, length + 1)).astype(np.int32)
+  arrays = {'inputs': t[:, :-1], 'targets': t[:, 1:]}
+  return pipeline.Data(pipeline.ArrayDataset(arrays), pipeline.ArrayDataset(arrays),
+                       tasks.LanguageModel(), {'vocab_size': vocab})
+
+
+RUNS = {
+    'lenet5': (dict(model='lenet5', optimizer='adam'), _image_data),
+    'gpt': (dict(model='transformer_lm', optimizer='adamw', model_kwargs={
+        'num_layers': 2, 'd_model': 32, 'num_heads': 2, 'mlp_dim': 64,
+        'max_len': 16}), _lm_data),
+}
+
+
+def _curve(cfg, workdir, data):
+  final = train.run(cfg, workdir, data=data)
+  return [l['loss'] for l in log_lib.read_metrics(workdir, 'train')] + [final['loss']]
+
+
+@pytest.mark.parametrize('name', sorted(RUNS))
+def test_loss_curve_with_kernels_equals_xla_and_resume_is_exact(on, tmp_path, name,
+                                                               monkeypatch):
+  traced = []  # Dense calls the interceptor routed to the kernel (at trace time)
+  dense = kernels.dense
+  monkeypatch.setattr(kernels, 'dense', lambda *a: traced.append(1) or dense(*a))
+  extra, make_data = RUNS[name]
+  data = make_data()
+  base = Config(batch_size=16, num_steps=6, log_every=1, checkpoint_every=3,
+                learning_rate=1e-3, mesh='data:1', model_summary=False, plots=False,
+                **extra)
+  xla = _curve(base, str(tmp_path / 'xla'), data)
+  assert not traced
+  on_ = base.replace(cpu_kernels='native')
+  straight = _curve(on_, str(tmp_path / 'native'), data)
+  assert traced
+  assert len(straight) == 7 and straight[5] < straight[0]
+  np.testing.assert_allclose(straight, xla, rtol=1e-5)
+  resumed = str(tmp_path / 'resumed')
+  train.run(on_.replace(num_steps=3), resumed, data=data)
+  again = _curve(on_, resumed, data)
+  assert again == straight  # bit-identical: the same kernel, the same order

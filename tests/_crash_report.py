@@ -22,6 +22,7 @@ keeps only the faulthandler part.
 
 import faulthandler
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -90,3 +91,11 @@ def pytest_handlecrashitem(crashitem, report, sched):
   report.longrepr = (f'{report.longrepr}\n--- the worker\'s stderr and '
                      'faulthandler output before it died ---\n'
                      f'{log or "(nothing written)"}')
+
+
+def pytest_unconfigure(config):
+  """The controller removes the folder (a crash's log is in the report)."""
+  folder = os.environ.get(ENV)
+  if folder and os.environ.get('PYTEST_XDIST_WORKER') is None and getattr(
+      config.option, 'numprocesses', None):
+    shutil.rmtree(folder, ignore_errors=True)

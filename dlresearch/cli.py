@@ -30,8 +30,12 @@ anything is written. The cluster (``jax.distributed``) is initialised here,
 once per run.
 """
 
+import ast
 import dataclasses
+import functools
 import os
+import pathlib
+import re
 import shlex
 import sys
 from typing import Callable, Sequence
@@ -65,11 +69,98 @@ def _preset_in_argv(argv, presets, default_preset, model_selects_preset):
   return name
 
 
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+_REGISTER_MODEL = re.compile(r"registry\.register\(\s*(f?)'([^'{}]*(?:\{\w+\}[^'{}]*)*)'")
+_REGISTER_PROBLEM = re.compile(r"(?m)^@problems\.register\(\s*'([^']+)'\s*\)")
+
+
+def _expand_loops(source: str) -> list[str]:
+  """``register(f'{v}_x', ...)`` inside a module-level ``for v in NAME:``
+  (``NAME`` a literal dict/tuple/list of the module): the names it makes."""
+  tree = ast.parse(source)
+  literals = {}
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+        node.targets[0], ast.Name):
+      try:
+        literals[node.targets[0].id] = ast.literal_eval(node.value)
+      except ValueError:
+        pass
+  out = []
+  for node in tree.body:
+    if not (isinstance(node, ast.For) and isinstance(node.target, ast.Name)
+            and isinstance(node.iter, ast.Name) and node.iter.id in literals):
+      continue
+    for call in ast.walk(node):
+      if (isinstance(call, ast.Call) and call.args and
+          isinstance(call.args[0], ast.JoinedStr)):
+        text = ast.unparse(call.args[0])
+        for value in literals[node.iter.id]:
+          out.append(eval(text, {'__builtins__': {}},  # pylint: disable=eval-used
+                          {node.target.id: value}))
+  return out
+
+
+@functools.cache
+def model_names() -> tuple[str, ...]:
+  """The model registry's names, read from ``dlresearch/models/*.py``'s
+  ``registry.register('name', ...)`` calls without importing them (flax and
+  jax take seconds); ``tests/unit/test_cli.py`` checks it against
+  ``registry.names()``."""
+  names = set()
+  for path in sorted((_PACKAGE / 'models').glob('*.py')):
+    text = path.read_text(encoding='utf-8')
+    for is_f, name in _REGISTER_MODEL.findall(text):
+      if not is_f:
+        names.add(name)
+    if "register(f'" in text:
+      names.update(_expand_loops(text))
+  return tuple(sorted(names))
+
+
+@functools.cache
+def data_kind_names() -> tuple[str, ...]:
+  """The problem registry's names (``@problems.register('name')`` in
+  ``problems/*.py`` and ``apps/*/problem.py``), read without importing them."""
+  paths = [*(_PACKAGE / 'problems').glob('*.py'),
+           *(_PACKAGE / 'apps').glob('*/problem.py')]
+  return tuple(sorted({name for path in paths for name in
+                       _REGISTER_PROBLEM.findall(path.read_text('utf-8'))}))
+
+
 def _lists() -> str:
-  from dlresearch import problems  # pylint: disable=g-import-not-at-top
-  from dlresearch.models import registry  # pylint: disable=g-import-not-at-top
-  return (f' Data kinds: {", ".join(problems.names())}. Models: '
-          f'{", ".join(registry.names())}.')
+  return (f' Data kinds: {", ".join(data_kind_names())}. Models: '
+          f'{", ".join(model_names())}.')
+
+
+# Data kinds whose --dataset is a TFDS name read by data/datasets.py (the
+# others: HF hub names, an application's own tables).
+TFDS_KINDS = ('classification', 'lm', 'text_classification')
+
+
+def check_names(cfg: Config, extra_models: Sequence[str] = ()) -> None:
+  """``--model``, ``--data_kind`` and ``--dataset``, checked before jax loads.
+
+  A ``ConfigError`` (or ``names.NotPrepared``) naming the flag, with "did you
+  mean" for a misspelt name. A model registered by code already imported
+  (a user's module) counts too.
+  """
+  from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+  kinds = data_kind_names()
+  if cfg.data_kind not in kinds:
+    raise ConfigError('data_kind', f'unknown data kind {cfg.data_kind!r}'
+                      f'{names.did_you_mean(cfg.data_kind, kinds) or ";"} '
+                      f'known: {", ".join(kinds)}')
+  models = set(model_names()) | set(extra_models)
+  registry = sys.modules.get('dlresearch.models.registry')
+  if registry is not None:
+    models |= set(getattr(registry, '_REGISTRY', {}))
+  if cfg.model not in models:
+    raise ConfigError('model', f'unknown model {cfg.model!r}'
+                      f'{names.did_you_mean(cfg.model, models) or ";"} '
+                      f'known: {", ".join(sorted(models))}')
+  if cfg.data_kind in TFDS_KINDS:
+    names.check(cfg.dataset, cfg.data_dir)
 
 
 def _kinds_in_argv(argv) -> tuple[str, ...]:
@@ -229,10 +320,11 @@ def resolve_for_workdir(presets: dict[str, Preset], workdir: str,
 
 def fail(message: str, code: int = 2):
   """One line on stderr and a non-zero exit (every host stops, not just one)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from dlresearch import distributed  # pylint: disable=g-import-not-at-top
-  if jax.distributed.is_initialized() and jax.process_count() > 1:
-    distributed.abort(f'error: {message}', code)
+  if 'jax' in sys.modules:  # else no cluster yet: no need to load jax
+    import jax  # pylint: disable=g-import-not-at-top
+    from dlresearch import distributed  # pylint: disable=g-import-not-at-top
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+      distributed.abort(f'error: {message}', code)
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(code)
 
@@ -309,14 +401,16 @@ def retry_advice(experiment: str, argv: Sequence[str], workdir: str,
 
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
          run: Callable | None = None, model_selects_preset: bool = False,
-         options: Sequence[str] = ()) -> None:
+         options: Sequence[str] = (), extra_models: Sequence[str] = ()) -> None:
   """Defines the flags and runs ``run(config, workdir) -> dict`` under absl.
 
   ``run`` defaults to ``dlresearch.train.run`` (the data kind builds the
   data); an experiment passes its own only to wrap the run (e.g. a table of
   runs). The option sections whose flags are defined follow the presets'
   data kinds (``flag_sections``); ``options`` names more, for the fields an
-  experiment's own ``run`` reads.
+  experiment's own ``run`` reads. Flags, ``--model``, ``--data_kind`` and
+  ``--dataset`` are checked before jax is imported (``check_names``);
+  ``extra_models`` are more ``--model`` values that ``run`` understands.
   """
   startup.install()
   define_flags(presets, default_preset, shown_preset=_preset_in_argv(
@@ -328,15 +422,20 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
     log_lib.quiet_libraries()  # orbax's routine warnings, tfds/grain INFO
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
-    from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
     from dlresearch import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-    errors, plain = _flag_errors(), _one_line_errors()
-    try:
+    from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+    try:  # all before jax, flax and the data load (seconds): a typo fails fast
       name = preset_name(presets, FLAGS, model_selects_preset)
       workdir = FLAGS.workdir or os.path.join(
           'runs', f'{experiment}_{name}{"_tiny" if FLAGS.tiny else ""}')
       workdir_lib.check_workdir(workdir)  # before reading its config.json
       cfg = resolve_for_workdir(presets, workdir, FLAGS, model_selects_preset)
+      check_names(cfg, extra_models)
+    except (ConfigError, names.NotPrepared, workdir_lib.WorkdirError) as e:
+      fail(str(e))
+    from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
+    errors, plain = _flag_errors(), _one_line_errors()
+    try:
       distributed.initialize(
           cfg.coordinator_address or None, cfg.num_processes or None,
           cfg.process_id if cfg.process_id >= 0 else None,

@@ -43,10 +43,8 @@ import sys
 
 from absl import flags
 
-from dlresearch import cli, config as config_lib, train
-from dlresearch.apps.recommend import problem as recommend_problem
+from dlresearch import cli, config as config_lib
 from dlresearch.config import ConfigError
-from dlresearch.tools import inference
 
 flags.DEFINE_integer('user', None, 'With --workdir of a trained run: print '
                      'the top 10 titles for this MovieLens user id.')
@@ -79,7 +77,10 @@ def run(cfg, workdir: str) -> dict:
   """Trains, or with ``--user`` prints that user's top 10 titles and exits."""
   user = FLAGS['user'].value
   if user is None:
+    from dlresearch import train  # pylint: disable=g-import-not-at-top
     return train.run(cfg, workdir)
+  from dlresearch.apps.recommend import problem as recommend_problem  # pylint: disable=g-import-not-at-top
+  from dlresearch.tools import inference  # pylint: disable=g-import-not-at-top
   try:
     restored = inference.restore(workdir)
     titles = recommend_problem.user_top_titles(

@@ -38,6 +38,7 @@ import pathlib
 import re
 import shlex
 import sys
+import textwrap
 from typing import Callable, Sequence
 
 from dlresearch import startup
@@ -347,12 +348,33 @@ def _one_line_errors() -> tuple:
           distributed.ClusterError)
 
 
+def result_lines(result: dict, width: int = 100) -> list[str]:
+  """The final eval as a short block: the plain metrics on the first line,
+  then one indented line per prefix of the ``a/b/metric`` keys (``group/sex=
+  Female: accuracy=... tpr=...``, ``fairness/sex: ...``, ``baseline/...``),
+  wrapped at ``width``."""
+  def shown(k, v):
+    return f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+  plain, groups = [], {}
+  for k, v in result.items():
+    if k == 'step' or isinstance(v, str):
+      continue
+    if '/' in k:
+      prefix, name = k.rsplit('/', 1)
+      groups.setdefault(prefix, []).append(shown(name, v))
+    else:
+      plain.append(shown(k, v))
+  lines = [f'final eval at step {result["step"]}: {" ".join(plain)}'.rstrip()]
+  for prefix, items in groups.items():
+    lines += textwrap.wrap(f'{prefix}: {" ".join(items)}', width,
+                           initial_indent='  ', subsequent_indent='    ',
+                           break_long_words=False, break_on_hyphens=False)
+  return lines
+
+
 def print_result(result: dict) -> None:
-  """The final eval line; text values (a sample) as blocks after it."""
-  shown = ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                   for k, v in result.items()
-                   if k != 'step' and not isinstance(v, str))
-  print(f'final eval at step {result["step"]}: {shown}', flush=True)
+  """The final eval block; text values (a sample) as blocks after it."""
+  print('\n'.join(result_lines(result)), flush=True)
   for key, value in result.items():
     if isinstance(value, str):
       print(f'--- {key} at step {result["step"]} ---\n{value}\n---', flush=True)

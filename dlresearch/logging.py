@@ -298,6 +298,77 @@ def console_writer(progress: str, total_steps: int, batch_size: int,
   return None
 
 
+class Phase:
+  """A long step outside the train loop, shown as training is shown.
+
+  ``with Phase('fitting gradient boosting', 100, 'iteration') as p: ...
+  p.update(10)`` says first what it does and how big (one line), then
+  shows progress as the train loop does (``console_writer``'s choice for
+  ``progress``): a tqdm bar in a terminal or a notebook, otherwise a line
+  at most every ``every_s`` seconds (done/total, rate, ETA); it ends with
+  one line saying how long it took. ``progress='none'`` prints nothing.
+  ``total`` may be None (unknown size: no bar, only the first and last
+  lines and the count so far).
+  """
+
+  def __init__(self, what: str, total: int | None = None, unit: str = 'item',
+               *, detail: str = '', progress: str = 'auto',
+               every_s: float = 10.0, clock=time.monotonic,
+               emit: Callable[[str], None] | None = None):
+    if progress == 'auto':
+      tty = getattr(sys.stderr, 'isatty', lambda: False)()
+      progress = 'bar' if (tty or in_notebook()) and total else 'lines'
+    self.what, self.total, self.unit, self.detail = what, total, unit, detail
+    self.progress, self.every_s, self.clock = progress, every_s, clock
+    self.emit = emit or _emit_line
+    self.done, self._bar = 0, None
+    self._start = self._last = None
+
+  def _size(self) -> str:
+    if self.total is None:
+      return ''
+    return f'{self.total:,} {self.unit}{"s" if self.total != 1 else ""}'
+
+  def __enter__(self) -> 'Phase':
+    self._start = self._last = self.clock()
+    if self.progress == 'none':
+      return self
+    size = ', '.join(t for t in (self._size(), self.detail) if t)
+    self.emit(f'{self.what}{f" ({size})" if size else ""} ...')
+    if self.progress == 'bar':
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=self.total, unit=self.unit, desc=self.what,
+                       dynamic_ncols=True, file=sys.stderr, leave=False)
+    return self
+
+  def update(self, n: int = 1) -> None:
+    self.done += n
+    if self._bar is not None:
+      self._bar.update(n)
+      return
+    now = self.clock()
+    if self.progress != 'lines' or now - self._last < self.every_s:
+      return
+    self._last = now
+    rate = self.done / max(now - self._start, 1e-9)
+    text = f'{self.what}: {self.done:,}'
+    if self.total:
+      eta = (self.total - self.done) / max(rate, 1e-9)
+      text += (f'/{self.total:,} {self.unit}s ({100 * self.done / self.total:.0f}%), '
+               f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+    else:
+      text += f' {self.unit}s'
+    self.emit(f'{text}, {rate:.3g} {self.unit}s/s')
+
+  def __exit__(self, kind, value, traceback) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self.progress == 'none' or kind is not None:
+      return
+    count = f'{self.done:,} {self.unit}s ' if self.done else ''
+    self.emit(f'{self.what}: done, {count}in {self.clock() - self._start:.1f} s')
+
+
 class MultiWriter:
 
   def __init__(self, writers):

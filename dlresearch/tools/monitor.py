@@ -18,8 +18,9 @@ rows; ``--live_transform=noise:SIGMA|rotate:DEGREES`` shifts the inputs.
 ``--features``: per-feature tests on the model inputs (``inputs``) or on
 its ``pre_logits`` embedding (``embeddings``; ``auto``: inputs up to 256
 values). Writes ``report.json`` to ``--out`` (default ``RUN/monitor``) and
-appends each alert to ``RUN/metrics.jsonl`` as ``{"step", "split":
-"monitor", "alert", "live", ...}``; a bad ``--live`` (a missing file, one
+appends each alert to ``OUT/alerts.jsonl`` as ``{"step", "split":
+"monitor", "alert", "live", ...}`` (the run's own ``metrics.jsonl`` stays
+the training's); a bad ``--live`` (a missing file, one
 holding strings, NaN or the wrong shape) ends in one line, nothing
 written. The statistics are ``dlresearch.rai.monitor``.
 """
@@ -33,9 +34,13 @@ import numpy as np
 
 import dlresearch
 from dlresearch.config import ConfigError
-from dlresearch.data import pipeline
-from dlresearch.rai import audit, monitor
-from dlresearch.tools import entry, run_data
+from dlresearch.tools import entry
+
+# Loaded when first used, after the flags are checked (jax takes seconds).
+pipeline = entry.lazy('dlresearch.data.pipeline')
+audit = entry.lazy('dlresearch.rai.audit')
+monitor = entry.lazy('dlresearch.rai.monitor')
+run_data = entry.lazy('dlresearch.tools.run_data')
 
 PROG = 'python -m experiments.monitor'
 
@@ -73,7 +78,7 @@ def main(options: Options) -> None:
       max_rows=options.max_rows, seed=options.seed)
   print(monitor_summary(report))
   print(f'wrote {out}/report.json; {len(report["alerts"])} alert line(s) '
-        f'appended to {run.workdir}/metrics.jsonl')
+        f'appended to {out}/alerts.jsonl')
 
 
 def parse_filter(text: str) -> tuple[str, str] | None:
@@ -200,7 +205,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
     max_rows: each window is subsampled (seeded) to at most this many rows.
     seed: subsampling, noise, MMD permutations.
     thresholds: ``monitor.Thresholds`` fields to override.
-    metrics_file: where alert lines go (default ``RUN/metrics.jsonl``).
+    metrics_file: where alert lines go (default ``out_dir/alerts.jsonl``;
+      never the run's ``metrics.jsonl`` unless named here).
 
   Returns:
     The report (``monitor.DriftMonitor.check`` plus what was compared).
@@ -242,7 +248,7 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   run_data.write_json(out / 'report.json', report)
-  path = metrics_file or os.path.join(run.workdir, 'metrics.jsonl')
+  path = metrics_file or os.path.join(out_dir, 'alerts.jsonl')
   monitor.append_alerts(path, report['alerts'], step=run.step, live=live,
                         live_filter=live_filter,
                         live_transform=live_transform)

@@ -242,17 +242,26 @@ class ConsoleWriter:
 class ProgressBar:
   """A tqdm bar (terminal or notebook): steps/s, ETA, loss and examples/s.
 
-  Train lines move the bar; eval lines are printed above it.
+  Train lines move the bar; eval lines are printed above it. The bar is
+  drawn at the first line, not when made: what prints before (the model
+  summary, at the start of training) keeps its own lines.
   """
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
                file=None):
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     self.batch_size, self.clock = batch_size, time.monotonic
     self._last = None  # (step, time) of the previous train line
-    self._bar = tqdm(total=total_steps, initial=start_step, unit='step',
-                     dynamic_ncols=True, file=file or sys.stderr,
-                     smoothing=0.3)
+    self._args = dict(total=total_steps, initial=start_step, unit='step',
+                      dynamic_ncols=True, file=file or sys.stderr,
+                      smoothing=0.3)
+    self._made = None
+
+  @property
+  def _bar(self):
+    if self._made is None:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._made = tqdm(**self._args)
+    return self._made
 
   def write(self, step, split, metrics):
     if split != 'train':
@@ -270,7 +279,8 @@ class ProgressBar:
     self._bar.set_postfix_str(' '.join(post), refresh=True)
 
   def close(self):
-    self._bar.close()
+    if self._made is not None:
+      self._made.close()
 
 
 def in_notebook() -> bool:
@@ -296,6 +306,12 @@ def console_writer(progress: str, total_steps: int, batch_size: int,
   if progress == 'lines':
     return ConsoleWriter(total_steps, batch_size, emit=_emit_line)
   return None
+
+
+def _plural(unit: str, count: int | None = None) -> str:
+  if count == 1:
+    return unit
+  return unit + ('es' if unit.endswith(('ch', 'sh', 's', 'x')) else 's')
 
 
 class Phase:
@@ -327,7 +343,7 @@ class Phase:
   def _size(self) -> str:
     if self.total is None:
       return ''
-    return f'{self.total:,} {self.unit}{"s" if self.total != 1 else ""}'
+    return f'{self.total:,} {_plural(self.unit, self.total)}'
 
   def __enter__(self) -> 'Phase':
     self._start = self._last = self.clock()
@@ -354,18 +370,19 @@ class Phase:
     text = f'{self.what}: {self.done:,}'
     if self.total:
       eta = (self.total - self.done) / max(rate, 1e-9)
-      text += (f'/{self.total:,} {self.unit}s ({100 * self.done / self.total:.0f}%), '
+      text += (f'/{self.total:,} {_plural(self.unit)} '
+               f'({100 * self.done / self.total:.0f}%), '
                f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
     else:
-      text += f' {self.unit}s'
-    self.emit(f'{text}, {rate:.3g} {self.unit}s/s')
+      text += f' {_plural(self.unit)}'
+    self.emit(f'{text}, {rate:.3g} {_plural(self.unit)}/s')
 
   def __exit__(self, kind, value, traceback) -> None:
     if self._bar is not None:
       self._bar.close()
     if self.progress == 'none' or kind is not None:
       return
-    count = f'{self.done:,} {self.unit}s ' if self.done else ''
+    count = f'{self.done:,} {_plural(self.unit, self.done)} ' if self.done else ''
     self.emit(f'{self.what}: done, {count}in {self.clock() - self._start:.1f} s')
 
 

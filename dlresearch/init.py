@@ -244,6 +244,24 @@ def merge(target: dict, source: dict, new_head: str = '') -> tuple[dict, dict]:
   return flax.traverse_util.unflatten_dict(flat_t, sep='/'), report
 
 
+def describe(report: dict, path: str) -> str:
+  """The report in one line, each path in one place: a new head's paths are
+  "fresh" (the source's variables at those paths, of another shape, are not
+  listed again as skipped); "skipped" are the source's other leftovers."""
+  new = report['new']
+  replaced = set(new) & set(report['skipped'])
+  leftover = [p for p in report['skipped'] if p not in replaced]
+  text = (f'init_from {report["source"]}: loaded {len(report["loaded"])} '
+          f'variables; {len(new)} initialised fresh '
+          f'({", ".join(new) or "none"})')
+  if replaced:
+    text += (f', replacing the source\'s {len(replaced)} at the same '
+             f'path{"s" if len(replaced) > 1 else ""}')
+  return (f'{text}; {len(leftover)} source variable'
+          f'{"s" if len(leftover) != 1 else ""} the model does not take, '
+          f'skipped ({", ".join(leftover) or "none"}); details in {path}')
+
+
 def initialize(cfg: Config, model, params, model_state, workdir: str,
                write: bool = True) -> tuple[Any, Any, dict]:
   """``(params, model_state, report)`` with ``cfg.init_from`` loaded.
@@ -262,12 +280,7 @@ def initialize(cfg: Config, model, params, model_state, workdir: str,
   target = {'params': params, **model_state}
   merged, report = merge(target, source, cfg.new_head)
   report = {'source': cfg.init_from, 'model': cfg.model, **report}
-  logging.warning(
-      'init_from %s: loaded %d variables, %d new (%s), %d skipped (%s); '
-      'details in %s', cfg.init_from, len(report['loaded']),
-      len(report['new']), ', '.join(report['new']) or 'none',
-      len(report['skipped']), ', '.join(report['skipped']) or 'none',
-      os.path.join(workdir, REPORT_FILE))
+  logging.warning('%s', describe(report, os.path.join(workdir, REPORT_FILE)))
   if write and jax.process_index() == 0:
     path = os.path.join(workdir, REPORT_FILE)
     with open(path + '.tmp', 'w', encoding='utf-8') as f:

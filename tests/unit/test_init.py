@@ -45,6 +45,13 @@ def test_merge_loads_by_path_replaces_only_the_named_head():
   assert report == {'loaded': ['batch_stats/bn/mean', 'params/body/kernel'],
                     'new': ['params/head/kernel'],
                     'skipped': ['params/head/kernel']}
+  # The warning names the head once: fresh, replacing the source's.
+  line = init.describe({'source': 'torch:w.pth', **report}, 'W/init_report.json')
+  assert line == ('init_from torch:w.pth: loaded 2 variables; 1 initialised '
+                  "fresh (params/head/kernel), replacing the source's 1 at "
+                  'the same path; 0 source variables the model does not '
+                  'take, skipped (none); details in W/init_report.json')
+  assert line.count('params/head/kernel') == 1
   # Without --new_head the different head is an error naming both shapes.
   with pytest.raises(ConfigError, match=r'params/head/kernel has shape '
                      r'\(3, 1000\) in the source but \(3, 4\)'):

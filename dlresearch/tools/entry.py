@@ -187,7 +187,8 @@ def run(tool: types.ModuleType, argv: Sequence[str] | None = None) -> int:
     return tool.main(options) or 0
   except Exception as e:  # pylint: disable=broad-except
     extra = getattr(tool, 'ERRORS', ())
-    if not isinstance(e, (*ERRORS, *(extra() if callable(extra) else extra))):
+    if not isinstance(e, ERRORS) and not isinstance(
+        e, tuple(extra() if callable(extra) else extra)):
       raise
     print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
     return 2

@@ -29,6 +29,7 @@ import functools
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
@@ -46,7 +47,10 @@ PROG = 'python -m dlresearch.export'
 
 
 def ERRORS() -> tuple:  # pylint: disable=invalid-name
-  """Bad input beyond entry.ERRORS: no TensorFlow/flatbuffers, a bad checkpoint."""
+  """Bad input beyond entry.ERRORS: no TensorFlow/flatbuffers, a bad checkpoint
+  (only raised once the checkpoint module is loaded: asked no sooner)."""
+  if 'dlresearch.checkpoint' not in sys.modules:
+    return (ImportError,)
   return (ImportError, checkpoint.CheckpointError)
 
 MODEL_FILE = 'model.jaxexport'

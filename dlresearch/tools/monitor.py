@@ -33,6 +33,7 @@ import zipfile
 import numpy as np
 
 import dlresearch
+from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
 from dlresearch.tools import entry
 
@@ -75,7 +76,7 @@ def main(options: Options) -> None:
   report = monitor_run(
       run, options.live, out, live_filter=options.live_filter,
       live_transform=options.live_transform, features=options.features,
-      max_rows=options.max_rows, seed=options.seed)
+      max_rows=options.max_rows, seed=options.seed, progress='auto')
   print(monitor_summary(report))
   print(f'wrote {out}/report.json; {len(report["alerts"])} alert line(s) '
         f'appended to {out}/alerts.jsonl')
@@ -187,7 +188,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
                 live_transform: str = '', features: str = 'auto',
                 max_rows: int = 5000, seed: int = 0,
                 thresholds: dict | None = None,
-                metrics_file: str | None = None) -> dict:
+                metrics_file: str | None = None,
+                progress: str = 'none') -> dict:
   """Drift of a live window against the run's training split.
 
   Args:
@@ -205,6 +207,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
     max_rows: each window is subsampled (seeded) to at most this many rows.
     seed: subsampling, noise, MMD permutations.
     thresholds: ``monitor.Thresholds`` fields to override.
+    progress: each long step announced with its size, then a done line
+      (``logging.Phase``; 'none', the default, prints nothing).
     metrics_file: where alert lines go (default ``out_dir/alerts.jsonl``;
       never the run's ``metrics.jsonl`` unless named here).
 
@@ -237,10 +241,20 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   live_ds = _transformed(live_ds, task.input_key, live_transform, seed)
   embed = features == 'embeddings'
   ref_rows = _sample(data.train.num_examples, max_rows, seed)
-  ref = run_data.predict(run, data.train, task, rows=ref_rows, embeddings=embed)
-  cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
-  report, mon = _drift_report(run, task, ref, cur, has_labels, features,
-                              thresholds, seed)
+  what = 'embeddings and scores' if embed else 'scores'
+  with log_lib.Phase(f'monitor: model {what} of the reference (train) window',
+                     len(ref_rows), 'row', progress=progress):
+    ref = run_data.predict(run, data.train, task, rows=ref_rows,
+                           embeddings=embed)
+  with log_lib.Phase(f'monitor: model {what} of the live window ({live})',
+                     len(rows), 'row', progress=progress):
+    cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
+  with log_lib.Phase('monitor: drift statistics (PSI and KS per feature, MMD '
+                     'with a permutation test)',
+                     detail=f'{len(ref_rows):,} reference vs {len(rows):,} '
+                     'live rows', progress=progress):
+    report, mon = _drift_report(run, task, ref, cur, has_labels, features,
+                                thresholds, seed)
   report.update(workdir=run.workdir, step=run.step, live=live,
                 live_filter=live_filter, live_transform=live_transform,
                 features=features, reference_rows=len(ref_rows),

@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from dlresearch import checkpoint, config as config_lib
+from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
 
 REPORT_FILE = 'init_report.json'
@@ -161,9 +162,15 @@ def foreign_variables(cfg: Config, model) -> dict:
   """Another framework's weights (``cfg.init_from``) converted for ``model``.
 
   The source keeps its own head: it is converted into ``model`` with the
-  source's number of classes, and the merge decides what loads.
+  source's number of classes, and the merge decides what loads. Announced
+  with the file's size, then a done line (``logging.Phase``).
   """
-  return foreign_model(cfg, model)[1]
+  path = os.path.expanduser(cfg.init_from.split(':', 1)[-1])
+  size = (f'{os.path.getsize(path) / 1e6:,.1f} MB' if os.path.isfile(path)
+          else '')
+  with log_lib.Phase(f'init_from: reading and converting {cfg.init_from} '
+                     f'into {cfg.model}', detail=size, progress=cfg.progress):
+    return foreign_model(cfg, model)[1]
 
 
 def foreign_model(cfg: Config, model) -> tuple[Any, dict]:

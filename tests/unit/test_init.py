@@ -74,7 +74,7 @@ def test_init_from_a_run_of_another_model_is_refused(tmp_path):
     init.run_variables(Config(model='mlp', init_from=str(tmp_path / 'x' / 'y' / 'z')))
 
 
-def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_path):  # noqa: F811
+def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_path, capsys):  # noqa: F811
   cfg = Config(model='mobilenet_v2', init_from=f'torch:{mobilenet_pth}',
                new_head='^head/')
   model = train.build_model(cfg, {'num_classes': 10})
@@ -84,6 +84,10 @@ def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_
       str(tmp_path))
   assert report['new'] == ['params/head/bias', 'params/head/kernel']
   assert report['skipped'] == ['params/head/bias', 'params/head/kernel']
+  err = capsys.readouterr().err  # the conversion says what and how big
+  assert (f'init_from: reading and converting torch:{mobilenet_pth} into '
+          'mobilenet_v2 (14.') in err and ' MB) ...' in err
+  assert 'into mobilenet_v2: done, in ' in err
   assert len(report['loaded']) == 260  # 158 params + 2 x 51 batch-norm stats
   assert json.loads((tmp_path / init.REPORT_FILE).read_text()) == report
   assert params['head']['kernel'].shape == (1280, 10)

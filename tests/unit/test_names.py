@@ -52,3 +52,4 @@ def test_local_and_prepared_names_pass_without_asking_tfds(tmp_path):
     for name in ('digits', 'fashion_mnist_local', 'mine', 'mine:1.0.0',
                  f'image_folder:{tmp_path}'):
       names.check(name, str(tmp_path))
+    names.check('imagenet2012', 'gs://bucket/tensorflow_datasets')  # unlisted

@@ -217,7 +217,7 @@ def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
   try:
     listing = image_folder.scan(image_folder.folder_of(name))
     builder = image_folder.ImageFolder(listing, data_dir=data_dir)
-    if builder.is_prepared():
+    if _is_prepared(builder):
       image_folder.check_unchanged(builder, listing)
       return builder
     try:
@@ -236,7 +236,7 @@ def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices('dlresearch_prepare_image_folder')
     builder = image_folder.ImageFolder(listing, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
       raise DatasetNotFoundError(
           f'{name} is not prepared in {data_dir} after JAX process 0 prepared '
           'it: with several processes, data_dir must be a filesystem that all '
@@ -258,7 +258,7 @@ def _open(
   if _base_name(name) in OFFLINE_BUILDERS and not _is_prepared(builder):
     _prepare(name, data_dir, manual_dir)
     builder = _builder(name, data_dir)  # Re-read the info written to disk.
-    if jax.process_count() > 1 and not builder.is_prepared():
+    if jax.process_count() > 1 and not _is_prepared(builder):
       raise RuntimeError(
           f'{name!r} is still not prepared in {data_dir!r} after JAX process 0'
           ' prepared it: with several processes, data_dir must be a'
@@ -291,7 +291,7 @@ def _data_source(
   try:
     return builder.as_data_source(split=split)
   except (ValueError, NotImplementedError) as e:
-    if builder.is_prepared():
+    if _is_prepared(builder):
       raise
     raise _not_found(name, data_dir) from e
 

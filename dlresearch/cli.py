@@ -490,4 +490,19 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
       return
     print_result(result)
 
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parse, but an unknown or malformed flag is one ``error:`` line
+  (absl's own "Did you mean" kept) and exit status 2, as every bad input."""
+  try:
+    return FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+    hint = names.did_you_mean(e.flagname, list(FLAGS))
+    fail(f"Unknown command line flag '{e.flagname}'"
+         f"{hint.replace('mean ', 'mean --').replace(', ', ', --')} "
+         '(--helpfull lists the flags)')
+  except flags.Error as e:
+    fail(f'{e} (--helpfull lists the flags)')

@@ -35,6 +35,8 @@ def run_cli(module, *argv, tmp_path):
 
 
 @pytest.mark.parametrize('module,argv,message', [
+    ('experiments.cnn_imagenet', ['--num_step=3'],
+     "Unknown command line flag 'num_step'; did you mean --num_steps"),
     ('experiments.cnn_imagenet', ['--model=lenet'],
      "--model: unknown model 'lenet'; did you mean lenet5"),
     ('experiments.cnn_imagenet', ['--batch_size=abc'],

@@ -26,7 +26,10 @@ The config of a run is, in order:
 ``train.run`` then refuses a resume whose config changes a field the
 checkpoints depend on. An unknown flag, an ill-typed or out-of-range value
 ends the program with one line naming the flag and a non-zero exit, before
-anything is written. The cluster (``jax.distributed``) is initialised here,
+anything is written; flags, ``--model``, ``--data_kind`` and ``--dataset``
+are checked before jax, flax or any data is loaded (``check_names``; a
+misspelt name or flag gets "did you mean", an official TFDS dataset that
+needs TensorFlow gets the offline ones), so a typo costs about a second. The cluster (``jax.distributed``) is initialised here,
 once per run.
 """
 
@@ -85,7 +88,7 @@ def _expand_loops(source: str) -> list[str]:
         node.targets[0], ast.Name):
       try:
         literals[node.targets[0].id] = ast.literal_eval(node.value)
-      except ValueError:
+      except (ValueError, TypeError, SyntaxError):
         pass
   out = []
   for node in tree.body:

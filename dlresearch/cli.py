@@ -26,14 +26,22 @@ The config of a run is, in order:
 ``train.run`` then refuses a resume whose config changes a field the
 checkpoints depend on. An unknown flag, an ill-typed or out-of-range value
 ends the program with one line naming the flag and a non-zero exit, before
-anything is written. The cluster (``jax.distributed``) is initialised here,
+anything is written; flags, ``--model``, ``--data_kind`` and ``--dataset``
+are checked before jax, flax or any data is loaded (``check_names``; a
+misspelt name or flag gets "did you mean", an official TFDS dataset that
+needs TensorFlow gets the offline ones), so a typo costs about a second. The cluster (``jax.distributed``) is initialised here,
 once per run.
 """
 
+import ast
 import dataclasses
+import functools
 import os
+import pathlib
+import re
 import shlex
 import sys
+import textwrap
 from typing import Callable, Sequence
 
 from dlresearch import startup
@@ -65,11 +73,98 @@ def _preset_in_argv(argv, presets, default_preset, model_selects_preset):
   return name
 
 
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+_REGISTER_MODEL = re.compile(r"registry\.register\(\s*(f?)'([^'{}]*(?:\{\w+\}[^'{}]*)*)'")
+_REGISTER_PROBLEM = re.compile(r"(?m)^@problems\.register\(\s*'([^']+)'\s*\)")
+
+
+def _expand_loops(source: str) -> list[str]:
+  """``register(f'{v}_x', ...)`` inside a module-level ``for v in NAME:``
+  (``NAME`` a literal dict/tuple/list of the module): the names it makes."""
+  tree = ast.parse(source)
+  literals = {}
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(
+        node.targets[0], ast.Name):
+      try:
+        literals[node.targets[0].id] = ast.literal_eval(node.value)
+      except (ValueError, TypeError, SyntaxError):
+        pass
+  out = []
+  for node in tree.body:
+    if not (isinstance(node, ast.For) and isinstance(node.target, ast.Name)
+            and isinstance(node.iter, ast.Name) and node.iter.id in literals):
+      continue
+    for call in ast.walk(node):
+      if (isinstance(call, ast.Call) and call.args and
+          isinstance(call.args[0], ast.JoinedStr)):
+        text = ast.unparse(call.args[0])
+        for value in literals[node.iter.id]:
+          out.append(eval(text, {'__builtins__': {}},  # pylint: disable=eval-used
+                          {node.target.id: value}))
+  return out
+
+
+@functools.cache
+def model_names() -> tuple[str, ...]:
+  """The model registry's names, read from ``dlresearch/models/*.py``'s
+  ``registry.register('name', ...)`` calls without importing them (flax and
+  jax take seconds); ``tests/unit/test_cli.py`` checks it against
+  ``registry.names()``."""
+  names = set()
+  for path in sorted((_PACKAGE / 'models').glob('*.py')):
+    text = path.read_text(encoding='utf-8')
+    for is_f, name in _REGISTER_MODEL.findall(text):
+      if not is_f:
+        names.add(name)
+    if "register(f'" in text:
+      names.update(_expand_loops(text))
+  return tuple(sorted(names))
+
+
+@functools.cache
+def data_kind_names() -> tuple[str, ...]:
+  """The problem registry's names (``@problems.register('name')`` in
+  ``problems/*.py`` and ``apps/*/problem.py``), read without importing them."""
+  paths = [*(_PACKAGE / 'problems').glob('*.py'),
+           *(_PACKAGE / 'apps').glob('*/problem.py')]
+  return tuple(sorted({name for path in paths for name in
+                       _REGISTER_PROBLEM.findall(path.read_text('utf-8'))}))
+
+
 def _lists() -> str:
-  from dlresearch import problems  # pylint: disable=g-import-not-at-top
-  from dlresearch.models import registry  # pylint: disable=g-import-not-at-top
-  return (f' Data kinds: {", ".join(problems.names())}. Models: '
-          f'{", ".join(registry.names())}.')
+  return (f' Data kinds: {", ".join(data_kind_names())}. Models: '
+          f'{", ".join(model_names())}.')
+
+
+# Data kinds whose --dataset is a TFDS name read by data/datasets.py (the
+# others: HF hub names, an application's own tables).
+TFDS_KINDS = ('classification', 'lm', 'text_classification')
+
+
+def check_names(cfg: Config, extra_models: Sequence[str] = ()) -> None:
+  """``--model``, ``--data_kind`` and ``--dataset``, checked before jax loads.
+
+  A ``ConfigError`` (or ``names.NotPrepared``) naming the flag, with "did you
+  mean" for a misspelt name. A model registered by code already imported
+  (a user's module) counts too.
+  """
+  from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+  kinds = data_kind_names()
+  if cfg.data_kind not in kinds:
+    raise ConfigError('data_kind', f'unknown data kind {cfg.data_kind!r}'
+                      f'{names.did_you_mean(cfg.data_kind, kinds) or ";"} '
+                      f'known: {", ".join(kinds)}')
+  models = set(model_names()) | set(extra_models)
+  registry = sys.modules.get('dlresearch.models.registry')
+  if registry is not None:
+    models |= set(getattr(registry, '_REGISTRY', {}))
+  if cfg.model not in models:
+    raise ConfigError('model', f'unknown model {cfg.model!r}'
+                      f'{names.did_you_mean(cfg.model, models) or ";"} '
+                      f'known: {", ".join(sorted(models))}')
+  if cfg.data_kind in TFDS_KINDS:
+    names.check(cfg.dataset, cfg.data_dir)
 
 
 def _kinds_in_argv(argv) -> tuple[str, ...]:
@@ -229,10 +324,11 @@ def resolve_for_workdir(presets: dict[str, Preset], workdir: str,
 
 def fail(message: str, code: int = 2):
   """One line on stderr and a non-zero exit (every host stops, not just one)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from dlresearch import distributed  # pylint: disable=g-import-not-at-top
-  if jax.distributed.is_initialized() and jax.process_count() > 1:
-    distributed.abort(f'error: {message}', code)
+  if 'jax' in sys.modules:  # else no cluster yet: no need to load jax
+    import jax  # pylint: disable=g-import-not-at-top
+    from dlresearch import distributed  # pylint: disable=g-import-not-at-top
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+      distributed.abort(f'error: {message}', code)
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(code)
 
@@ -255,12 +351,33 @@ def _one_line_errors() -> tuple:
           distributed.ClusterError)
 
 
+def result_lines(result: dict, width: int = 100) -> list[str]:
+  """The final eval as a short block: the plain metrics on the first line,
+  then one indented line per prefix of the ``a/b/metric`` keys (``group/sex=
+  Female: accuracy=... tpr=...``, ``fairness/sex: ...``, ``baseline/...``),
+  wrapped at ``width``."""
+  def shown(k, v):
+    return f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+  plain, groups = [], {}
+  for k, v in result.items():
+    if k == 'step' or isinstance(v, str):
+      continue
+    if '/' in k:
+      prefix, name = k.rsplit('/', 1)
+      groups.setdefault(prefix, []).append(shown(name, v))
+    else:
+      plain.append(shown(k, v))
+  lines = [f'final eval at step {result["step"]}: {" ".join(plain)}'.rstrip()]
+  for prefix, items in groups.items():
+    lines += textwrap.wrap(f'{prefix}: {" ".join(items)}', width,
+                           initial_indent='  ', subsequent_indent='    ',
+                           break_long_words=False, break_on_hyphens=False)
+  return lines
+
+
 def print_result(result: dict) -> None:
-  """The final eval line; text values (a sample) as blocks after it."""
-  shown = ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                   for k, v in result.items()
-                   if k != 'step' and not isinstance(v, str))
-  print(f'final eval at step {result["step"]}: {shown}', flush=True)
+  """The final eval block; text values (a sample) as blocks after it."""
+  print('\n'.join(result_lines(result)), flush=True)
   for key, value in result.items():
     if isinstance(value, str):
       print(f'--- {key} at step {result["step"]} ---\n{value}\n---', flush=True)
@@ -309,14 +426,16 @@ def retry_advice(experiment: str, argv: Sequence[str], workdir: str,
 
 def main(experiment: str, presets: dict[str, Preset], default_preset: str,
          run: Callable | None = None, model_selects_preset: bool = False,
-         options: Sequence[str] = ()) -> None:
+         options: Sequence[str] = (), extra_models: Sequence[str] = ()) -> None:
   """Defines the flags and runs ``run(config, workdir) -> dict`` under absl.
 
   ``run`` defaults to ``dlresearch.train.run`` (the data kind builds the
   data); an experiment passes its own only to wrap the run (e.g. a table of
   runs). The option sections whose flags are defined follow the presets'
   data kinds (``flag_sections``); ``options`` names more, for the fields an
-  experiment's own ``run`` reads.
+  experiment's own ``run`` reads. Flags, ``--model``, ``--data_kind`` and
+  ``--dataset`` are checked before jax is imported (``check_names``);
+  ``extra_models`` are more ``--model`` values that ``run`` understands.
   """
   startup.install()
   define_flags(presets, default_preset, shown_preset=_preset_in_argv(
@@ -328,15 +447,20 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
     log_lib.quiet_libraries()  # orbax's routine warnings, tfds/grain INFO
     if len(argv) > 1:
       fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
-    from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
     from dlresearch import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-    errors, plain = _flag_errors(), _one_line_errors()
-    try:
+    from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+    try:  # all before jax, flax and the data load (seconds): a typo fails fast
       name = preset_name(presets, FLAGS, model_selects_preset)
       workdir = FLAGS.workdir or os.path.join(
           'runs', f'{experiment}_{name}{"_tiny" if FLAGS.tiny else ""}')
       workdir_lib.check_workdir(workdir)  # before reading its config.json
       cfg = resolve_for_workdir(presets, workdir, FLAGS, model_selects_preset)
+      check_names(cfg, extra_models)
+    except (ConfigError, names.NotPrepared, workdir_lib.WorkdirError) as e:
+      fail(str(e))
+    from dlresearch import distributed, train  # pylint: disable=g-import-not-at-top
+    errors, plain = _flag_errors(), _one_line_errors()
+    try:
       distributed.initialize(
           cfg.coordinator_address or None, cfg.num_processes or None,
           cfg.process_id if cfg.process_id >= 0 else None,
@@ -369,4 +493,19 @@ def main(experiment: str, presets: dict[str, Preset], default_preset: str,
       return
     print_result(result)
 
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parse, but an unknown or malformed flag is one ``error:`` line
+  (absl's own "Did you mean" kept) and exit status 2, as every bad input."""
+  try:
+    return FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    from dlresearch.data import names  # pylint: disable=g-import-not-at-top
+    hint = names.did_you_mean(e.flagname, list(FLAGS))
+    fail(f"Unknown command line flag '{e.flagname}'"
+         f"{hint.replace('mean ', 'mean --').replace(', ', ', --')} "
+         '(--helpfull lists the flags)')
+  except flags.Error as e:
+    fail(f'{e} (--helpfull lists the flags)')

@@ -44,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from dlresearch import checkpoint, config as config_lib
+from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
 
 REPORT_FILE = 'init_report.json'
@@ -161,9 +162,15 @@ def foreign_variables(cfg: Config, model) -> dict:
   """Another framework's weights (``cfg.init_from``) converted for ``model``.
 
   The source keeps its own head: it is converted into ``model`` with the
-  source's number of classes, and the merge decides what loads.
+  source's number of classes, and the merge decides what loads. Announced
+  with the file's size, then a done line (``logging.Phase``).
   """
-  return foreign_model(cfg, model)[1]
+  path = os.path.expanduser(cfg.init_from.split(':', 1)[-1])
+  size = (f'{os.path.getsize(path) / 1e6:,.1f} MB' if os.path.isfile(path)
+          else '')
+  with log_lib.Phase(f'init_from: reading and converting {cfg.init_from} '
+                     f'into {cfg.model}', detail=size, progress=cfg.progress):
+    return foreign_model(cfg, model)[1]
 
 
 def foreign_model(cfg: Config, model) -> tuple[Any, dict]:
@@ -244,6 +251,24 @@ def merge(target: dict, source: dict, new_head: str = '') -> tuple[dict, dict]:
   return flax.traverse_util.unflatten_dict(flat_t, sep='/'), report
 
 
+def describe(report: dict, path: str) -> str:
+  """The report in one line, each path in one place: a new head's paths are
+  "fresh" (the source's variables at those paths, of another shape, are not
+  listed again as skipped); "skipped" are the source's other leftovers."""
+  new = report['new']
+  replaced = set(new) & set(report['skipped'])
+  leftover = [p for p in report['skipped'] if p not in replaced]
+  text = (f'init_from {report["source"]}: loaded {len(report["loaded"])} '
+          f'variables; {len(new)} initialised fresh '
+          f'({", ".join(new) or "none"})')
+  if replaced:
+    text += (f', replacing the source\'s {len(replaced)} at the same '
+             f'path{"s" if len(replaced) > 1 else ""}')
+  return (f'{text}; {len(leftover)} source variable'
+          f'{"s" if len(leftover) != 1 else ""} the model does not take, '
+          f'skipped ({", ".join(leftover) or "none"}); details in {path}')
+
+
 def initialize(cfg: Config, model, params, model_state, workdir: str,
                write: bool = True) -> tuple[Any, Any, dict]:
   """``(params, model_state, report)`` with ``cfg.init_from`` loaded.
@@ -262,12 +287,7 @@ def initialize(cfg: Config, model, params, model_state, workdir: str,
   target = {'params': params, **model_state}
   merged, report = merge(target, source, cfg.new_head)
   report = {'source': cfg.init_from, 'model': cfg.model, **report}
-  logging.warning(
-      'init_from %s: loaded %d variables, %d new (%s), %d skipped (%s); '
-      'details in %s', cfg.init_from, len(report['loaded']),
-      len(report['new']), ', '.join(report['new']) or 'none',
-      len(report['skipped']), ', '.join(report['skipped']) or 'none',
-      os.path.join(workdir, REPORT_FILE))
+  logging.warning('%s', describe(report, os.path.join(workdir, REPORT_FILE)))
   if write and jax.process_index() == 0:
     path = os.path.join(workdir, REPORT_FILE)
     with open(path + '.tmp', 'w', encoding='utf-8') as f:

@@ -242,17 +242,26 @@ class ConsoleWriter:
 class ProgressBar:
   """A tqdm bar (terminal or notebook): steps/s, ETA, loss and examples/s.
 
-  Train lines move the bar; eval lines are printed above it.
+  Train lines move the bar; eval lines are printed above it. The bar is
+  drawn at the first line, not when made: what prints before (the model
+  summary, at the start of training) keeps its own lines.
   """
 
   def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
                file=None):
-    from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     self.batch_size, self.clock = batch_size, time.monotonic
     self._last = None  # (step, time) of the previous train line
-    self._bar = tqdm(total=total_steps, initial=start_step, unit='step',
-                     dynamic_ncols=True, file=file or sys.stderr,
-                     smoothing=0.3)
+    self._args = dict(total=total_steps, initial=start_step, unit='step',
+                      dynamic_ncols=True, file=file or sys.stderr,
+                      smoothing=0.3)
+    self._made = None
+
+  @property
+  def _bar(self):
+    if self._made is None:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._made = tqdm(**self._args)
+    return self._made
 
   def write(self, step, split, metrics):
     if split != 'train':
@@ -270,7 +279,8 @@ class ProgressBar:
     self._bar.set_postfix_str(' '.join(post), refresh=True)
 
   def close(self):
-    self._bar.close()
+    if self._made is not None:
+      self._made.close()
 
 
 def in_notebook() -> bool:
@@ -296,6 +306,84 @@ def console_writer(progress: str, total_steps: int, batch_size: int,
   if progress == 'lines':
     return ConsoleWriter(total_steps, batch_size, emit=_emit_line)
   return None
+
+
+def _plural(unit: str, count: int | None = None) -> str:
+  if count == 1:
+    return unit
+  return unit + ('es' if unit.endswith(('ch', 'sh', 's', 'x')) else 's')
+
+
+class Phase:
+  """A long step outside the train loop, shown as training is shown.
+
+  ``with Phase('fitting gradient boosting', 100, 'iteration') as p: ...
+  p.update(10)`` says first what it does and how big (one line), then
+  shows progress as the train loop does (``console_writer``'s choice for
+  ``progress``): a tqdm bar in a terminal or a notebook, otherwise a line
+  at most every ``every_s`` seconds (done/total, rate, ETA); it ends with
+  one line saying how long it took. ``progress='none'`` prints nothing.
+  ``total`` may be None (unknown size: no bar, only the first and last
+  lines and the count so far).
+  """
+
+  def __init__(self, what: str, total: int | None = None, unit: str = 'item',
+               *, detail: str = '', progress: str = 'auto',
+               every_s: float = 10.0, clock=time.monotonic,
+               emit: Callable[[str], None] | None = None):
+    if progress == 'auto':
+      tty = getattr(sys.stderr, 'isatty', lambda: False)()
+      progress = 'bar' if (tty or in_notebook()) and total else 'lines'
+    self.what, self.total, self.unit, self.detail = what, total, unit, detail
+    self.progress, self.every_s, self.clock = progress, every_s, clock
+    self.emit = emit or _emit_line
+    self.done, self._bar = 0, None
+    self._start = self._last = None
+
+  def _size(self) -> str:
+    if self.total is None:
+      return ''
+    return f'{self.total:,} {_plural(self.unit, self.total)}'
+
+  def __enter__(self) -> 'Phase':
+    self._start = self._last = self.clock()
+    if self.progress == 'none':
+      return self
+    size = ', '.join(t for t in (self._size(), self.detail) if t)
+    self.emit(f'{self.what}{f" ({size})" if size else ""} ...')
+    if self.progress == 'bar':
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=self.total, unit=self.unit, desc=self.what,
+                       dynamic_ncols=True, file=sys.stderr, leave=False)
+    return self
+
+  def update(self, n: int = 1) -> None:
+    self.done += n
+    if self._bar is not None:
+      self._bar.update(n)
+      return
+    now = self.clock()
+    if self.progress != 'lines' or now - self._last < self.every_s:
+      return
+    self._last = now
+    rate = self.done / max(now - self._start, 1e-9)
+    text = f'{self.what}: {self.done:,}'
+    if self.total:
+      eta = (self.total - self.done) / max(rate, 1e-9)
+      text += (f'/{self.total:,} {_plural(self.unit)} '
+               f'({100 * self.done / self.total:.0f}%), '
+               f'ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}')
+    else:
+      text += f' {_plural(self.unit)}'
+    self.emit(f'{text}, {rate:.3g} {_plural(self.unit)}/s')
+
+  def __exit__(self, kind, value, traceback) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self.progress == 'none' or kind is not None:
+      return
+    count = f'{self.done:,} {_plural(self.unit, self.done)} ' if self.done else ''
+    self.emit(f'{self.what}: done, {count}in {self.clock() - self._start:.1f} s')
 
 
 class MultiWriter:

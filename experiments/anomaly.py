@@ -58,8 +58,7 @@ fashion_mnist_one_class
   the README).
 """
 
-from dlresearch import cli, train
-from dlresearch.apps.anomaly import problem as anomaly_problem
+from dlresearch import cli
 from dlresearch.config import Config
 
 BASE = Config(data_kind='anomaly', optimizer='adam', learning_rate=1e-3,
@@ -95,6 +94,8 @@ PRESETS = {
 
 def run(cfg: Config, workdir: str) -> dict:
   """One run; with ``--normal_class=-1`` on images, one per class + a table."""
+  from dlresearch import train  # pylint: disable=g-import-not-at-top
+  from dlresearch.apps.anomaly import problem as anomaly_problem  # pylint: disable=g-import-not-at-top
   if (cfg.data_kind == 'anomaly' and cfg.normal_class < 0 and
       cfg.dataset not in anomaly_problem.TABULAR):
     return anomaly_problem.one_class_table(cfg, workdir, train.run)

@@ -43,10 +43,8 @@ import sys
 
 from absl import flags
 
-from dlresearch import cli, config as config_lib, train
-from dlresearch.apps.recommend import problem as recommend_problem
+from dlresearch import cli, config as config_lib
 from dlresearch.config import ConfigError
-from dlresearch.tools import inference
 
 flags.DEFINE_integer('user', None, 'With --workdir of a trained run: print '
                      'the top 10 titles for this MovieLens user id.')
@@ -79,19 +77,28 @@ def run(cfg, workdir: str) -> dict:
   """Trains, or with ``--user`` prints that user's top 10 titles and exits."""
   user = FLAGS['user'].value
   if user is None:
+    from dlresearch import train  # pylint: disable=g-import-not-at-top
     return train.run(cfg, workdir)
+  from dlresearch.apps.recommend import problem as recommend_problem  # pylint: disable=g-import-not-at-top
+  from dlresearch.tools import inference  # pylint: disable=g-import-not-at-top
   try:
     restored = inference.restore(workdir)
-    titles = recommend_problem.user_top_titles(
+    view = recommend_problem.user_view(
         restored.model, restored.variables, restored.config, user)
   except FileNotFoundError as e:
     raise ConfigError('workdir', str(e)) from None
   except KeyError as e:
     raise ConfigError('user', e.args[0]) from None
-  print(f'top {len(titles)} titles for user {user} ({workdir}, step '
-        f'{restored.step}):')
-  for rank, title in enumerate(titles, 1):
-    print(f'{rank:2d}. {title}')
+  print(f'user {user} rated {view["num_rated"]} movies; their '
+        f'{len(view["rated"])} highest:')
+  for title, rating in view['rated']:
+    print(f'    {rating:g}  {title}')
+  what = ('predicted rating' if restored.config.data_kind == 'ratings'
+          else 'score')
+  print(f'top {len(view["recommended"])} unseen titles for user {user} '
+        f'({workdir}, step {restored.step}), with the {what}:')
+  for rank, (title, score) in enumerate(view['recommended'], 1):
+    print(f'{rank:2d}. {score:6.3f}  {title}')
   sys.exit(0)
 
 if __name__ == '__main__':

@@ -27,3 +27,6 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='dlresearch-test-jax-cache-'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
+# A crashed xdist worker's stderr and faulthandler traceback in its report.
+from _crash_report import pytest_configure, pytest_handlecrashitem, pytest_unconfigure  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import

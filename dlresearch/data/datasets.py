@@ -30,6 +30,7 @@ import hashlib
 import os
 import pathlib
 import subprocess
+import time
 from typing import Any
 
 from absl import logging
@@ -44,6 +45,7 @@ from dlresearch.data import fetch
 
 # Importing the builder modules registers them with TFDS.
 # pylint: disable=unused-import
+from dlresearch.data import names
 from dlresearch.data.builders import adult
 from dlresearch.data.builders import compas
 from dlresearch.data.builders import digits
@@ -57,9 +59,7 @@ from dlresearch.data.builders import shakespeare
 from dlresearch.data.builders import text_files
 # pylint: enable=unused-import
 
-OFFLINE_BUILDERS = ('digits', 'mnist1d', 'fashion_mnist_local', 'shakespeare',
-                    'rotten_tomatoes', 'text_files', 'number_words', 'adult',
-                    'compas', 'german_credit')
+OFFLINE_BUILDERS = names.OFFLINE_BUILDERS
 
 # Manual directories used when `manual_dir` is not given.
 DEFAULT_MANUAL_DIRS = {
@@ -121,31 +121,6 @@ def _base_name(name: str) -> str:
   return name.split(':')[0].split('/')[0]
 
 
-def _prepare_instructions(name: str, data_dir: str) -> str:
-  """How to prepare a TFDS dataset that needs TensorFlow to build."""
-  builder_cls = tfds.builder_cls(_base_name(name))
-  manual = getattr(builder_cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
-  config = (
-      'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR), '
-      if manual else ''
-  )
-  text = [
-      'Preparing it needs TensorFlow. On a machine with TensorFlow '
-      '(pip install tensorflow tensorflow-datasets)'
-      + (', put the files below in MANUAL_DIR' if manual else '') + ', run',
-      '',
-      '  python -c "import tensorflow_datasets as tfds; '
-      f"tfds.builder('{name}', data_dir='BUILD_DIR').download_and_prepare("
-      f"{config}file_format='array_record')\"",
-      '',
-      f'then copy BUILD_DIR/{_base_name(name)}/ to'
-      f' {data_dir}/{_base_name(name)}/ (reading needs no TensorFlow).',
-  ]
-  if manual:
-    text += ['', 'MANUAL_DIR, as the TFDS builder says:', manual.rstrip()]
-  return '\n'.join(text)
-
-
 def _not_found(name: str, data_dir: str) -> DatasetNotFoundError:
   try:
     tfds.builder_cls(_base_name(name))
@@ -154,11 +129,7 @@ def _not_found(name: str, data_dir: str) -> DatasetNotFoundError:
         f'--dataset: unknown dataset {name!r} (not prepared in {data_dir} and '
         f'not a registered TFDS dataset); offline ones: '
         f'{", ".join(OFFLINE_BUILDERS)}')
-  return DatasetNotFoundError(
-      f'Dataset {name!r} is not prepared in data_dir={data_dir!r} (searched'
-      f' {os.path.join(data_dir, _base_name(name))}).\n'
-      + _prepare_instructions(name, data_dir)
-  )
+  return DatasetNotFoundError(names.not_prepared(name, data_dir))
 
 
 def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -168,18 +139,40 @@ def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     raise _not_found(name, data_dir) from e
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  """``builder.is_prepared()`` without TFDS's warning "Variant folder ... has
+  no dataset_info.json" for a dataset that is simply not prepared yet."""
+  return os.path.exists(os.path.join(builder.data_dir, 'dataset_info.json'))
+
+
+def _prepare_quietly(builder: tfds.core.DatasetBuilder, **kwargs) -> None:
+  """``download_and_prepare`` of a local builder, without TFDS's "Downloading
+  and preparing dataset Unknown size ..." and "downloaded and prepared" lines
+  (nothing is downloaded; our own lines say what happens)."""
+  builder._log_download_bytes = lambda: None  # pylint: disable=protected-access
+  builder._log_download_done = lambda: None  # pylint: disable=protected-access
+  builder.download_and_prepare(**kwargs)
+
+
 def _prepare(name: str, data_dir: str, manual_dir: str | None) -> None:
   """Prepares an offline builder on process 0; other processes wait."""
   manual_dir = manual_dir or DEFAULT_MANUAL_DIRS.get(_base_name(name))
   try:
     if jax.process_index() == 0:
-      logging.info('Preparing %s in %s.', name, data_dir)
-      _builder(name, data_dir).download_and_prepare(
-          file_format='array_record',
+      start = time.monotonic()
+      builder = _builder(name, data_dir)
+      logging.info('Preparing %s once, from local files (no download): '
+                   'writing its splits to %s', name, builder.data_dir)
+      _prepare_quietly(
+          builder, file_format='array_record',
           download_config=tfds.download.DownloadConfig(
               manual_dir=manual_dir, try_download_gcs=False
           ),
       )
+      sizes = ', '.join(f'{k} {v.num_examples:,}' for k, v in
+                        _builder(name, data_dir).info.splits.items())
+      logging.info('Prepared %s (%s examples) in %.1f s.', name, sizes,
+                   time.monotonic() - start)
   finally:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'dlresearch_prepare_{name}')
@@ -226,15 +219,15 @@ def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
   try:
     listing = image_folder.scan(image_folder.folder_of(name))
     builder = image_folder.ImageFolder(listing, data_dir=data_dir)
-    if builder.is_prepared():
+    if _is_prepared(builder):
       image_folder.check_unchanged(builder, listing)
       return builder
     try:
       if jax.process_index() == 0:
         logging.info('Preparing %s (%d image files) in %s.', name,
                      listing.count, builder.data_dir)
-        builder.download_and_prepare(
-            file_format='array_record',
+        _prepare_quietly(
+            builder, file_format='array_record',
             download_config=tfds.download.DownloadConfig(
                 try_download_gcs=False))
         if builder.skipped:
@@ -245,7 +238,7 @@ def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices('dlresearch_prepare_image_folder')
     builder = image_folder.ImageFolder(listing, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
       raise DatasetNotFoundError(
           f'{name} is not prepared in {data_dir} after JAX process 0 prepared '
           'it: with several processes, data_dir must be a filesystem that all '
@@ -264,10 +257,10 @@ def _open(
     return _open_image_folder(name, data_dir)
   _check_manual_files(name, data_dir, manual_dir)
   builder = _builder(name, data_dir)
-  if _base_name(name) in OFFLINE_BUILDERS and not builder.is_prepared():
+  if _base_name(name) in OFFLINE_BUILDERS and not _is_prepared(builder):
     _prepare(name, data_dir, manual_dir)
     builder = _builder(name, data_dir)  # Re-read the info written to disk.
-    if jax.process_count() > 1 and not builder.is_prepared():
+    if jax.process_count() > 1 and not _is_prepared(builder):
       raise RuntimeError(
           f'{name!r} is still not prepared in {data_dir!r} after JAX process 0'
           ' prepared it: with several processes, data_dir must be a'
@@ -300,7 +293,7 @@ def _data_source(
   try:
     return builder.as_data_source(split=split)
   except (ValueError, NotImplementedError) as e:
-    if builder.is_prepared():
+    if _is_prepared(builder):
       raise
     raise _not_found(name, data_dir) from e
 

@@ -36,8 +36,12 @@ def eval_lines(cfg, data, model, task, strategy, eval_step: Callable,
         eval_step, model=model, task=task, ema=True))))
   hooks = [FromHook(h, model) for h in [*data.eval_hooks, *eval_hooks]]
 
-  def line(dataset, split, name, with_hooks=True):
-    evaluators = [TaskMetrics(fn, dataset, task, strategy, batch_size, prefix)
+  def line(dataset, split, name, with_hooks=True, full=False):
+    what = lambda prefix: (f'{"final" if split == "eval" else "test"} eval'
+                           f'{" of the EMA weights" if prefix else ""} on '
+                           f'{name}') if full else ''
+    evaluators = [TaskMetrics(fn, dataset, task, strategy, batch_size, prefix,
+                              announce=what(prefix), progress=cfg.progress)
                   for prefix, fn in steps]
     return EvalLine(split, name, dataset.num_examples,
                     evaluators + (hooks if with_hooks else []))
@@ -46,6 +50,7 @@ def eval_lines(cfg, data, model, task, strategy, eval_step: Callable,
   periodic = (Head(data.eval, cfg.eval_max_examples)
               if cfg.eval_max_examples else data.eval)
   return {'periodic': line(periodic, 'eval', name),
-          'final': line(data.eval, 'eval', name),
-          'test': (line(data.test, 'test', data.test_split, with_hooks=False)
+          'final': line(data.eval, 'eval', name, full=True),
+          'test': (line(data.test, 'test', data.test_split, with_hooks=False,
+                        full=True)
                    if data.test is not None else None)}

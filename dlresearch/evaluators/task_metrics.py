@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 
+from dlresearch import logging as log_lib
 from dlresearch import tasks
 from dlresearch.data import pipeline
 
@@ -44,13 +45,23 @@ class TaskMetrics:
   strategy: object
   batch_size: int
   prefix: str = ''
+  # A full-split eval (the final one, the test split) says what it does and
+  # shows progress (``logging.Phase``, ``--progress``); periodic ones do not.
+  announce: str = ''
+  progress: str = 'none'
 
   def run(self, state) -> dict:
     sums = None
-    for local in pipeline.eval_batches(self.dataset, self.batch_size,
-                                       jax.process_index(),
-                                       jax.process_count()):
-      batch = self.strategy.batch(local)
-      sums = tasks.add_sums(sums, self.step_fn(state, batch))
+    n = self.dataset.num_examples
+    show = self.progress if self.announce and jax.process_index() == 0 else 'none'
+    with log_lib.Phase(self.announce, -(-n // self.batch_size), 'batch',
+                       detail=f'{n:,} examples, batch {self.batch_size}',
+                       progress=show) as phase:
+      for local in pipeline.eval_batches(self.dataset, self.batch_size,
+                                         jax.process_index(),
+                                         jax.process_count()):
+        batch = self.strategy.batch(local)
+        sums = tasks.add_sums(sums, self.step_fn(state, batch))
+        phase.update()
     result = self.task.finalize(tasks.finalize_sums(self.strategy.host(sums)))
     return {f'{self.prefix}{k}': v for k, v in result.items()}

@@ -41,6 +41,7 @@ import warnings
 
 import numpy as np
 
+from dlresearch import logging as log_lib
 from dlresearch.group_metrics import COUNT_NAMES, GAP_METRICS, fairness_gaps
 from dlresearch.group_metrics import safe_div as _div
 
@@ -258,7 +259,7 @@ def _bootstrap_weights(n: int, n_bootstrap: int, seed: int,
 
 
 def _audit_grouping(per_example: np.ndarray, bins: np.ndarray, num_bins: int,
-                    n_bootstrap: int, seed: int, ids: np.ndarray,
+                    n_bootstrap: int, seed: int, phase, ids: np.ndarray,
                     num_groups: int):
   """(metrics, bootstrap metrics or None) for one grouping of the examples.
 
@@ -270,8 +271,10 @@ def _audit_grouping(per_example: np.ndarray, bins: np.ndarray, num_bins: int,
   m = {k: v[0] for k, v in _metrics_from_sums(*sums).items()}
   if n_bootstrap <= 0:
     return m, None
-  parts = [_group_sums(per_example, ids, bins, num_groups, num_bins, w)
-           for w in _bootstrap_weights(n, n_bootstrap, seed)]
+  parts = []
+  for w in _bootstrap_weights(n, n_bootstrap, seed):
+    parts.append(_group_sums(per_example, ids, bins, num_groups, num_bins, w))
+    phase.update(len(w))
   return m, _metrics_from_sums(np.concatenate([p[0] for p in parts]),
                                np.concatenate([p[1] for p in parts]))
 
@@ -294,7 +297,7 @@ def _pick(samples: dict | None, k: str, scalar: bool = False):
 def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
                 groups: Groups | ArrayLike, *, n_bootstrap: int = 1000,
                 seed: int = 0, num_bins: int = 10, confidence: float = 0.95,
-                pos_label: Any = 1) -> dict:
+                pos_label: Any = 1, progress: str = 'none') -> dict:
   """Per-group metrics, fairness gaps and bootstrap intervals.
 
   Args:
@@ -308,6 +311,8 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
     num_bins: equal-width calibration bins on [0, 1].
     confidence: width of the percentile intervals.
     pos_label: the positive class.
+    progress: how the bootstrap shows itself (``logging.Phase``: 'auto',
+      'bar', 'lines'; 'none', the default, prints nothing).
 
   Returns:
     JSON-ready dict: ``{'n', 'n_bootstrap', 'seed', 'confidence',
@@ -330,31 +335,39 @@ def model_audit(labels: ArrayLike, predictions: ArrayLike, scores: ArrayLike,
   alpha = (1.0 - confidence) / 2.0
 
   per_example = _example_values(labels, predictions, scores, pos_label)
+  n_bootstrap = max(int(n_bootstrap), 0)
+  phase = log_lib.Phase(
+      f'audit: bootstrap intervals over {n:,} examples',
+      n_bootstrap * (1 + len(groups)) or None, 'resample',
+      detail=f'{n_bootstrap:,} for the overall metrics and again for each of '
+      f'{len(groups)} group attribute(s)',
+      progress=progress if n_bootstrap else 'none')
   grouping = functools.partial(
       _audit_grouping, per_example, _bin_ids(scores, num_bins), num_bins,
-      n_bootstrap, seed)
-  report = {'n': n, 'n_bootstrap': max(int(n_bootstrap), 0), 'seed': int(seed),
+      n_bootstrap, seed, phase)
+  report = {'n': n, 'n_bootstrap': n_bootstrap, 'seed': int(seed),
             'confidence': confidence, 'num_bins': int(num_bins),
             'overall': {}, 'groups': {}, 'gaps': {}}
-  m, boot = grouping(np.zeros(n, np.int64), 1)
-  report['overall'] = {k: _entries(m[k], _pick(boot, k), alpha)[0]
-                       for k in GROUP_METRICS}
-  for attr, values in groups.items():
-    names, ids = _encode(values)
-    m, boot = grouping(ids, len(names))
-    per_metric = {k: _entries(m[k], _pick(boot, k), alpha)
-                  for k in GROUP_METRICS}
-    report['groups'][attr] = {
-        name: {'count': int(m['count'][g]),
-               **{k: per_metric[k][g] for k in GROUP_METRICS}}
-        for g, name in enumerate(names)}
-    gaps = fairness_gaps(m['selection_rate'], m['tpr'], m['fpr'])
-    boot_gaps = None if boot is None else fairness_gaps(
-        boot['selection_rate'], boot['tpr'], boot['fpr'])
-    report['gaps'][attr] = {
-        k: _entries(np.atleast_1d(gaps[k]), _pick(boot_gaps, k, True),
-                    alpha)[0]
-        for k in GAP_METRICS}
+  with phase:
+    m, boot = grouping(np.zeros(n, np.int64), 1)
+    report['overall'] = {k: _entries(m[k], _pick(boot, k), alpha)[0]
+                         for k in GROUP_METRICS}
+    for attr, values in groups.items():
+      names, ids = _encode(values)
+      m, boot = grouping(ids, len(names))
+      per_metric = {k: _entries(m[k], _pick(boot, k), alpha)
+                    for k in GROUP_METRICS}
+      report['groups'][attr] = {
+          name: {'count': int(m['count'][g]),
+                 **{k: per_metric[k][g] for k in GROUP_METRICS}}
+          for g, name in enumerate(names)}
+      gaps = fairness_gaps(m['selection_rate'], m['tpr'], m['fpr'])
+      boot_gaps = None if boot is None else fairness_gaps(
+          boot['selection_rate'], boot['tpr'], boot['fpr'])
+      report['gaps'][attr] = {
+          k: _entries(np.atleast_1d(gaps[k]), _pick(boot_gaps, k, True),
+                      alpha)[0]
+          for k in GAP_METRICS}
   return jsonable(report)
 
 

@@ -157,7 +157,7 @@ def audit_run(run, group_keys: Sequence[str], out_dir: str, *,
   groups = {key: _named(got[key], names) for key, names in data.groups}
   report = audit.model_audit(labels, prediction, score, groups,
                              n_bootstrap=n_bootstrap, seed=seed,
-                             pos_label=POS_LABEL)
+                             pos_label=POS_LABEL, progress='auto')
   cfg = run.config
   train_split = cfg.train_split or 'train'
   train = datasets.load_in_memory(cfg.dataset, train_split,

@@ -33,6 +33,7 @@ status 2, before anything is written.
 import argparse
 from collections.abc import Sequence
 import dataclasses
+import importlib
 import sys
 import types
 import typing
@@ -45,6 +46,22 @@ from dlresearch.config import ConfigError
 ERRORS = (ValueError, OSError, KeyError)
 _TRUE = ('true', 't', '1', 'yes')
 _FALSE = ('false', 'f', '0', 'no')
+
+
+class lazy:  # pylint: disable=invalid-name
+  """A module imported on first attribute use: ``run_data =
+  entry.lazy('dlresearch.tools.run_data')`` at a tool's top keeps jax and
+  the data libraries out of the way until the flags have been checked."""
+
+  def __init__(self, name: str):
+    self.__dict__['_name'] = name
+
+  def __getattr__(self, attr: str):
+    module = importlib.import_module(self.__dict__['_name'])
+    return getattr(module, attr)
+
+  def __setattr__(self, attr: str, value) -> None:  # monkeypatching tests
+    setattr(importlib.import_module(self.__dict__['_name']), attr, value)
 
 
 class UsageError(ValueError):
@@ -160,13 +177,19 @@ def run(tool: types.ModuleType, argv: Sequence[str] | None = None) -> int:
   """Parses ``argv`` (default ``sys.argv[1:]``) into ``tool.Options``, runs
   ``tool.main(options)``; the exit status (2: bad input, one line on stderr).
 
-  ``tool.ERRORS`` (optional) adds exception types that mean bad input.
+  ``tool.ERRORS`` (optional) adds exception types that mean bad input: a
+  tuple, or a function returning one (so that a tool need not import the
+  module defining them before its flags are checked).
   """
   argv = sys.argv[1:] if argv is None else argv
   try:
     options = parse(tool.Options, argv, tool.PROG, tool.__doc__ or '')
     return tool.main(options) or 0
-  except (*ERRORS, *getattr(tool, 'ERRORS', ())) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    extra = getattr(tool, 'ERRORS', ())
+    if not isinstance(e, ERRORS) and not isinstance(
+        e, tuple(extra() if callable(extra) else extra)):
+      raise
     print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
     return 2
 

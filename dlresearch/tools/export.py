@@ -22,24 +22,36 @@ with ``saved_model=True`` when TensorFlow is importable, and skipped with a
 warning otherwise.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
-import jax
 import numpy as np
 
-from dlresearch import checkpoint, config as config_lib
-from dlresearch.models import lora
+from dlresearch import config as config_lib
 from dlresearch.tools import entry
 
+# Loaded when first used, after the flags are checked (jax takes seconds).
+jax = entry.lazy('jax')
+checkpoint = entry.lazy('dlresearch.checkpoint')
+lora = entry.lazy('dlresearch.models.lora')
+
 PROG = 'python -m dlresearch.export'
-# Bad input beyond entry.ERRORS: no TensorFlow/flatbuffers, a bad checkpoint.
-ERRORS = (ImportError, checkpoint.CheckpointError)
+
+
+def ERRORS() -> tuple:  # pylint: disable=invalid-name
+  """Bad input beyond entry.ERRORS: no TensorFlow/flatbuffers, a bad checkpoint
+  (only raised once the checkpoint module is loaded: asked no sooner)."""
+  if 'dlresearch.checkpoint' not in sys.modules:
+    return (ImportError,)
+  return (ImportError, checkpoint.CheckpointError)
 
 MODEL_FILE = 'model.jaxexport'
 SIGNATURE_FILE = 'signature.json'
@@ -179,12 +191,19 @@ def _preprocessing(config: Mapping[str, Any]) -> str:
   return text
 
 
-def signature_from_config(workdir: str) -> dict:
-  """What ``WORKDIR/config.json`` says about the inputs, for ``signature.json``."""
+def signature_from_config(workdir: str, out_dir: str | None = None) -> dict:
+  """What ``WORKDIR/config.json`` says about the inputs, for ``signature.json``.
+
+  ``run.workdir`` is relative to ``out_dir`` (the export's directory; default
+  the current one), so an export moved together with its run still finds it
+  and names no machine's absolute path.
+  """
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     record = json.load(f)
   config = config_lib.flatten(record.get('config', {}))  # sectioned or flat
-  out = {'run': {'workdir': os.path.abspath(workdir), 'git_commit': record.get('git_commit'),
+  where = os.path.relpath(os.path.abspath(workdir),
+                          os.path.abspath(out_dir or os.curdir))
+  out = {'run': {'workdir': where, 'git_commit': record.get('git_commit'),
                  **{k: config.get(k) for k in ('dataset', 'model', 'model_kwargs', 'dtype')}}}
   if 'normalize' in config:
     out['preprocessing'] = _preprocessing(config)
@@ -243,10 +262,19 @@ def main(options: Options) -> None:
   """Restores the run, exports it, prints the path of the exported model."""
   step = (None if not options.step else
           options.step if options.step == 'best' else int(options.step))
+  print(f'restoring {options.workdir} (step {options.step or "latest"}) and '
+        'one batch of its eval split', flush=True)
   model, variables, example, extra = restore_for_export(options.workdir, step)
-  signature = signature_from_config(options.workdir)
+  signature = signature_from_config(options.workdir, options.out)
   signature.update(extra)
+  platforms = _platforms([p for p in options.platforms.split(',') if p] or None)
+  count = sum(int(np.size(v)) for v in jax.tree.leaves(variables))
+  print(f'exporting {type(model).__name__} ({count:,} parameters, input '
+        f'{list(example.shape[1:])} {example.dtype}) for {", ".join(platforms)}'
+        f' to {options.out}', flush=True)
   export_run(model, variables, example, options.out, signature,
-             platforms=[p for p in options.platforms.split(',') if p] or None,
-             saved_model=options.saved_model)
+             platforms=platforms, saved_model=options.saved_model)
+  if 'cuda' not in platforms and 'rocm' not in platforms:
+    print(f'note: exported for {", ".join(platforms)} only: it does not run '
+          'on a GPU (export with --platforms=cpu,cuda for both)', flush=True)
   print(os.path.join(options.out, MODEL_FILE))

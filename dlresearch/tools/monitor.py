@@ -18,8 +18,9 @@ rows; ``--live_transform=noise:SIGMA|rotate:DEGREES`` shifts the inputs.
 ``--features``: per-feature tests on the model inputs (``inputs``) or on
 its ``pre_logits`` embedding (``embeddings``; ``auto``: inputs up to 256
 values). Writes ``report.json`` to ``--out`` (default ``RUN/monitor``) and
-appends each alert to ``RUN/metrics.jsonl`` as ``{"step", "split":
-"monitor", "alert", "live", ...}``; a bad ``--live`` (a missing file, one
+appends each alert to ``OUT/alerts.jsonl`` as ``{"step", "split":
+"monitor", "alert", "live", ...}`` (the run's own ``metrics.jsonl`` stays
+the training's); a bad ``--live`` (a missing file, one
 holding strings, NaN or the wrong shape) ends in one line, nothing
 written. The statistics are ``dlresearch.rai.monitor``. ``drift.png``
 beside the report shows the largest feature PSIs against the alert
@@ -34,10 +35,16 @@ import zipfile
 import numpy as np
 
 import dlresearch
+from dlresearch import logging as log_lib
 from dlresearch.config import ConfigError
-from dlresearch.data import pipeline
-from dlresearch.rai import audit, monitor, pictures
-from dlresearch.tools import entry, run_data
+from dlresearch.tools import entry
+
+# Loaded when first used, after the flags are checked (jax takes seconds).
+pipeline = entry.lazy('dlresearch.data.pipeline')
+audit = entry.lazy('dlresearch.rai.audit')
+monitor = entry.lazy('dlresearch.rai.monitor')
+pictures = entry.lazy('dlresearch.rai.pictures')
+run_data = entry.lazy('dlresearch.tools.run_data')
 
 PROG = 'python -m experiments.monitor'
 
@@ -72,10 +79,10 @@ def main(options: Options) -> None:
   report = monitor_run(
       run, options.live, out, live_filter=options.live_filter,
       live_transform=options.live_transform, features=options.features,
-      max_rows=options.max_rows, seed=options.seed)
+      max_rows=options.max_rows, seed=options.seed, progress='auto')
   print(monitor_summary(report))
   print(f'wrote {out}/report.json; {len(report["alerts"])} alert line(s) '
-        f'appended to {run.workdir}/metrics.jsonl')
+        f'appended to {out}/alerts.jsonl')
 
 
 def parse_filter(text: str) -> tuple[str, str] | None:
@@ -184,7 +191,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
                 live_transform: str = '', features: str = 'auto',
                 max_rows: int = 5000, seed: int = 0,
                 thresholds: dict | None = None,
-                metrics_file: str | None = None) -> dict:
+                metrics_file: str | None = None,
+                progress: str = 'none') -> dict:
   """Drift of a live window against the run's training split.
 
   Args:
@@ -202,7 +210,10 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
     max_rows: each window is subsampled (seeded) to at most this many rows.
     seed: subsampling, noise, MMD permutations.
     thresholds: ``monitor.Thresholds`` fields to override.
-    metrics_file: where alert lines go (default ``RUN/metrics.jsonl``).
+    progress: each long step announced with its size, then a done line
+      (``logging.Phase``; 'none', the default, prints nothing).
+    metrics_file: where alert lines go (default ``out_dir/alerts.jsonl``;
+      never the run's ``metrics.jsonl`` unless named here).
 
   Returns:
     The report (``monitor.DriftMonitor.check`` plus what was compared).
@@ -233,10 +244,20 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   live_ds = _transformed(live_ds, task.input_key, live_transform, seed)
   embed = features == 'embeddings'
   ref_rows = _sample(data.train.num_examples, max_rows, seed)
-  ref = run_data.predict(run, data.train, task, rows=ref_rows, embeddings=embed)
-  cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
-  report, mon = _drift_report(run, task, ref, cur, has_labels, features,
-                              thresholds, seed)
+  what = 'embeddings and scores' if embed else 'scores'
+  with log_lib.Phase(f'monitor: model {what} of the reference (train) window',
+                     len(ref_rows), 'row', progress=progress):
+    ref = run_data.predict(run, data.train, task, rows=ref_rows,
+                           embeddings=embed)
+  with log_lib.Phase(f'monitor: model {what} of the live window ({live})',
+                     len(rows), 'row', progress=progress):
+    cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
+  with log_lib.Phase('monitor: drift statistics (PSI and KS per feature, MMD '
+                     'with a permutation test)',
+                     detail=f'{len(ref_rows):,} reference vs {len(rows):,} '
+                     'live rows', progress=progress):
+    report, mon = _drift_report(run, task, ref, cur, has_labels, features,
+                                thresholds, seed)
   report.update(workdir=run.workdir, step=run.step, live=live,
                 live_filter=live_filter, live_transform=live_transform,
                 features=features, reference_rows=len(ref_rows),
@@ -245,7 +266,7 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   out.mkdir(parents=True, exist_ok=True)
   run_data.write_json(out / 'report.json', report)
   draw_drift(out / 'drift.png', run, ref, cur, features, report)
-  path = metrics_file or os.path.join(run.workdir, 'metrics.jsonl')
+  path = metrics_file or os.path.join(out_dir, 'alerts.jsonl')
   monitor.append_alerts(path, report['alerts'], step=run.step, live=live,
                         live_filter=live_filter,
                         live_transform=live_transform)

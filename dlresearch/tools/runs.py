@@ -48,6 +48,8 @@ def _read_config(workdir: str) -> dict:
   with open(path, encoding='utf-8') as f:
     record = json.load(f)
   out = config_lib.flatten(record.get('config', {}))  # sectioned or flat
+  if record.get('num_steps'):  # the steps the run trains (also from epochs)
+    out['num_steps'] = record['num_steps']
   if record.get('git_commit'):
     out['git_commit'] = record['git_commit']
   return out

@@ -296,12 +296,25 @@ def test_movielens_mf_tiny_and_top_titles(tmp_path, movielens_dir, capsys):
     with pytest.raises(SystemExit) as e:
       recommend_exp.run(run.config, workdir)
   assert e.value.code == 0
-  lines = capsys.readouterr().out.strip().splitlines()[-10:]
-  titles = [l.split('. ', 1)[1] for l in lines]
+  out = capsys.readouterr().out.strip().splitlines()
+  lines = out[-10:]
+  titles = [l.split('. ', 1)[1].split('  ', 1)[1] for l in lines]
+  shown = [float(l.split('. ', 1)[1].split('  ', 1)[0]) for l in lines]
   scores = np.asarray(run.model.apply(run.variables, jnp.array([4]),
                                       method='score_all'))[0]
   seen = index['item'][index['user'] == 4]
   assert titles == recommend.top_titles(scores, seen, index['titles'], 10)
+  top = recommend.top_items(scores, seen, 10)
+  np.testing.assert_allclose(shown, scores[top], atol=5e-4)  # the scores
+  assert out[-11].startswith(f'top 10 unseen titles for user '
+                             f'{index["user_ids"][4]} (') and out[-11].endswith(
+                                 'with the predicted rating:')
+  # The user's own best-rated movies come first, highest rating first.
+  mine = np.asarray(index['rating'])[index['user'] == 4]
+  assert out[-17] == (f'user {index["user_ids"][4]} rated {len(mine)} '
+                      'movies; their 5 highest:')
+  rated = [float(l.split()[0]) for l in out[-16:-11]]
+  assert rated == sorted(mine, reverse=True)[:5]
   assert not set(titles) & set(index['titles'][seen])
   with flagsaver.flagsaver(user=9999):
     with pytest.raises(ConfigError, match='--user: no user 9999'):

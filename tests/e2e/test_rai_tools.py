@@ -182,7 +182,13 @@ def test_tabular_experiment_with_baselines_then_audit_cli(data_dir, tmp_path):
           f'--workdir={workdir}', '--group_key=age', f'--out={tmp_path}/bad']},
   ], tmp_path, env={'JAX_PLATFORMS': 'cpu'})
   assert train_proc['code'] == 0, train_proc['stderr'][-2000:]
-  assert 'baseline/logistic_regression/accuracy=' in train_proc['stdout']
+  out = train_proc['stdout']  # the final eval block: one line per prefix
+  assert '\n  baseline/logistic_regression: accuracy=' in out
+  assert max(len(l) for l in out.splitlines()) <= 100, out
+  err = train_proc['stderr']  # each baseline fit announced, with its size
+  assert ('baseline: fitting histogram gradient boosting (100 iterations, '
+          '480 train rows x ') in err, err[-3000:]
+  assert 'baseline: fitting histogram gradient boosting: done, ' in err
   found = json.load(open(f'{workdir}/baselines.json'))['baselines']
   # The label is linear in the features: logistic regression nails it.
   assert found['logistic_regression']['accuracy'] > 0.9
@@ -244,7 +250,9 @@ def test_explain_tabular_and_monitor_group_shift(tabular_run, tmp_path):
   assert shifted['feature_ks']['f1']['p_value'] < 1e-3
   assert any('f1' in a for a in shifted['alerts'])
   _picture(tmp_path / 'm1' / 'drift.png', pictures.DRIFT_SIZE)
-  lines = [json.loads(l) for l in metrics.read_text().splitlines()]
+  assert metrics.read_text() == before  # the training's file stays its own
+  lines = [json.loads(l) for l in
+           (tmp_path / 'm1' / 'alerts.jsonl').read_text().splitlines()]
   alerts = [l for l in lines if l['split'] == 'monitor']
   assert [l['alert'] for l in alerts] == shifted['alerts']
   assert alerts[0]['live_filter'] == 'sex=Female'

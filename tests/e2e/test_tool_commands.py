@@ -67,6 +67,12 @@ def test_export_cli_reproduces_logits_in_a_fresh_process(tmp_path, data_dir):
   signature = json.load(open(os.path.join(out, 'signature.json')))
   assert signature['input']['shape'] == [None, 8, 8, 1]
   assert signature['label_names'] == [str(i) for i in range(10)]
+  assert signature['run']['workdir'] == os.path.join('..', 'run')  # portable
+  lines = done.stdout.splitlines()  # what it does and how big, then where
+  assert lines[1].startswith('exporting ') and ' parameters, input [8, 8, 1] ' \
+      'float32) for cpu to ' in lines[1], done.stdout
+  assert 'it does not run on a GPU' in lines[2]
+  assert lines[-1] == os.path.join(out, 'model.jaxexport')
   run = inference.restore(workdir)
   x = np.random.default_rng(1).uniform(size=(7, 8, 8, 1)).astype(np.float32)
   np.save(tmp_path / 'x.npy', x)

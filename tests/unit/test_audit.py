@@ -110,7 +110,7 @@ def test_calibration_error_perfect_and_worst():
   assert audit.calibration_error(scores, [1, 1, 0, 0]) == pytest.approx(0.95)
 
 
-def test_bootstrap_reproducible_and_matches_naive_resampling():
+def test_bootstrap_reproducible_and_matches_naive_resampling(capsys):
   labels, predictions, scores, groups = _random_case(n=300, seed=1)
   kw = dict(n_bootstrap=200, confidence=0.9)
   a = audit.model_audit(labels, predictions, scores, {'g': groups}, seed=3,
@@ -118,7 +118,7 @@ def test_bootstrap_reproducible_and_matches_naive_resampling():
   b = audit.model_audit(labels, predictions, scores, {'g': groups}, seed=3,
                         **kw)
   c = audit.model_audit(labels, predictions, scores, {'g': groups}, seed=4,
-                        **kw)
+                        progress='lines', **kw)
   assert a == b
   assert a['groups']['g']['a']['accuracy']['ci'] != (
       c['groups']['g']['a']['accuracy']['ci'])
@@ -136,6 +136,14 @@ def test_bootstrap_reproducible_and_matches_naive_resampling():
   np.testing.assert_allclose(ci, np.percentile(dpds, [5, 95]), atol=1e-12)
   low, high = a['groups']['g']['a']['accuracy']['ci']
   assert low < a['groups']['g']['a']['accuracy']['value'] < high
+  # With progress: what it does and how big first, then a done line with
+  # all 400 resamples (200 overall + 200 for the one attribute).
+  err = capsys.readouterr().err.splitlines()
+  assert err[0] == ('audit: bootstrap intervals over 300 examples (400 '
+                    'resamples, 200 for the overall metrics and again for '
+                    'each of 1 group attribute(s)) ...'), err
+  assert err[-1].startswith('audit: bootstrap intervals over 300 examples: '
+                            'done, 400 resamples in ')
 
 
 def test_data_audit_counts_rates_and_small_groups():

@@ -36,3 +36,23 @@ def test_text_options_are_config_flags():
   fv2(['prog', '--tokenizer=words'])
   with pytest.raises(ConfigError, match='--tokenizer'):
     cli.resolve(presets, fv2)
+
+
+def test_final_eval_prints_as_a_short_block():
+  result = {'step': 1272, 'accuracy': 0.85912, 'loss': 0.31, 'samples': 'x'}
+  for group in ('Female', 'Male'):
+    for metric in ('count', 'accuracy', 'tpr', 'fpr', 'selection_rate'):
+      result[f'group/sex={group}/{metric}'] = 0.5
+  result['fairness/sex/demographic_parity_difference'] = 0.1
+  result['baseline/logistic_regression/accuracy'] = 0.853
+  lines = cli.result_lines(result)
+  assert lines == [
+      'final eval at step 1272: accuracy=0.8591 loss=0.3100',
+      '  group/sex=Female: count=0.5000 accuracy=0.5000 tpr=0.5000 '
+      'fpr=0.5000 selection_rate=0.5000',
+      '  group/sex=Male: count=0.5000 accuracy=0.5000 tpr=0.5000 fpr=0.5000 '
+      'selection_rate=0.5000',
+      '  fairness/sex: demographic_parity_difference=0.1000',
+      '  baseline/logistic_regression: accuracy=0.8530']
+  assert max(map(len, cli.result_lines(
+      {'step': 1, **{f'a/b/m{i}': 1.0 for i in range(60)}}))) <= 100

@@ -420,3 +420,24 @@ def test_missing_raw_files_and_unknown_names_are_one_line(tmp_path):
   with pytest.raises(datasets.DatasetNotFoundError) as e:
     datasets.get_source('no_such_dataset', 'train', str(data_dir))
   assert '\n' not in str(e.value) and 'unknown dataset' in str(e.value)
+
+
+def test_local_preparation_is_announced_without_tfds_noise(tmp_path, capfd,
+                                                            caplog):
+  """No "Variant folder ... has no dataset_info.json" warning and no
+  "Downloading and preparing dataset" line for data that is never
+  downloaded; our own lines say what is prepared, how big, how long."""
+  import logging  # pylint: disable=g-import-not-at-top
+  caplog.set_level(logging.INFO, logger='absl')
+  source = datasets.get_source('digits', 'test', str(tmp_path))
+  assert len(source) == 360
+  out, err = capfd.readouterr()
+  said = out + err + caplog.text
+  assert 'Variant folder' not in said and 'dataset_info.json' not in said
+  assert 'Downloading and preparing' not in said
+  assert 'downloaded and prepared' not in said
+  assert 'Preparing digits once, from local files (no download)' in caplog.text
+  assert 'Prepared digits (train 1,437, test 360 examples) in ' in caplog.text
+  datasets.get_source('digits', 'train', str(tmp_path))  # prepared: silent
+  out, err = capfd.readouterr()
+  assert 'Variant folder' not in out + err + caplog.text

@@ -25,7 +25,7 @@ def corpus_dir(tmp_path_factory):
 
 
 def test_validation_split_for_periodic_evals_test_once_and_capped_evals(
-    tmp_path, corpus_dir):
+    tmp_path, corpus_dir, capsys):
   from experiments.rnn_lm import PRESETS as LM  # pylint: disable=g-import-not-at-top
   from dlresearch import policy  # pylint: disable=g-import-not-at-top
   preset = LM['shakespeare_lstm']
@@ -33,7 +33,7 @@ def test_validation_split_for_periodic_evals_test_once_and_capped_evals(
       **preset.tiny, 'dataset': 'text_files', 'manual_dir': corpus_dir,
       'data_dir': str(tmp_path / 'tfds'), 'num_steps': 15, 'eval_every': 5,
       'checkpoint_every': 5, 'keep_checkpoints': 5, 'eval_max_examples': 10,
-      'best_metric': 'loss', 'best_mode': 'min', 'progress': 'none',
+      'best_metric': 'loss', 'best_mode': 'min', 'progress': 'lines',
       'plots': False, 'model_summary': False})
   workdir = str(tmp_path / 'run')
   result = train.run(cfg, workdir)
@@ -51,6 +51,14 @@ def test_validation_split_for_periodic_evals_test_once_and_capped_evals(
   assert named(evals) == [(5, 'validation', 10), (10, 'validation', 10),
                           (15, 'validation', n_val)]
   assert named(tests) == [(15, 'test', n_test)]
+  # The two full-split evals say what and how big (the periodic ones not).
+  said = [l for l in capsys.readouterr().err.splitlines() if ' eval on ' in l]
+  batches = lambda n: -(-n // (cfg.eval_batch_size or cfg.batch_size))
+  assert said[0] == (f'final eval on validation ({batches(n_val)} batches, '
+                     f'{n_val:,} examples, batch {cfg.eval_batch_size}) ...')
+  assert said[1].startswith('final eval on validation: done, ')
+  assert said[2].startswith(f'test eval on test ({batches(n_test)} batch')
+  assert said[3].startswith('test eval on test: done, ') and len(said) == 4
   assert result['test_loss'] == tests[0]['loss']
   # The capped eval really is the first 10 rows: recompute it by hand from
   # the checkpoint of step 5 (and check that all rows would differ).

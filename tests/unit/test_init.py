@@ -45,6 +45,13 @@ def test_merge_loads_by_path_replaces_only_the_named_head():
   assert report == {'loaded': ['batch_stats/bn/mean', 'params/body/kernel'],
                     'new': ['params/head/kernel'],
                     'skipped': ['params/head/kernel']}
+  # The warning names the head once: fresh, replacing the source's.
+  line = init.describe({'source': 'torch:w.pth', **report}, 'W/init_report.json')
+  assert line == ('init_from torch:w.pth: loaded 2 variables; 1 initialised '
+                  "fresh (params/head/kernel), replacing the source's 1 at "
+                  'the same path; 0 source variables the model does not '
+                  'take, skipped (none); details in W/init_report.json')
+  assert line.count('params/head/kernel') == 1
   # Without --new_head the different head is an error naming both shapes.
   with pytest.raises(ConfigError, match=r'params/head/kernel has shape '
                      r'\(3, 1000\) in the source but \(3, 4\)'):
@@ -67,7 +74,7 @@ def test_init_from_a_run_of_another_model_is_refused(tmp_path):
     init.run_variables(Config(model='mlp', init_from=str(tmp_path / 'x' / 'y' / 'z')))
 
 
-def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_path):  # noqa: F811
+def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_path, capsys):  # noqa: F811
   cfg = Config(model='mobilenet_v2', init_from=f'torch:{mobilenet_pth}',
                new_head='^head/')
   model = train.build_model(cfg, {'num_classes': 10})
@@ -77,6 +84,10 @@ def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_
       str(tmp_path))
   assert report['new'] == ['params/head/bias', 'params/head/kernel']
   assert report['skipped'] == ['params/head/bias', 'params/head/kernel']
+  err = capsys.readouterr().err  # the conversion says what and how big
+  assert (f'init_from: reading and converting torch:{mobilenet_pth} into '
+          'mobilenet_v2 (14.') in err and ' MB) ...' in err
+  assert 'into mobilenet_v2: done, in ' in err
   assert len(report['loaded']) == 260  # 158 params + 2 x 51 batch-norm stats
   assert json.loads((tmp_path / init.REPORT_FILE).read_text()) == report
   assert params['head']['kernel'].shape == (1280, 10)

@@ -94,6 +94,8 @@ def test_window_mean_and_time_continuing_across_restarts(tmp_path):
 def test_progress_bar_shows_rate_loss_and_examples_per_second():
   out = io.StringIO()
   bar = log_lib.ProgressBar(100, batch_size=32, file=out)
+  print('Model summary: LeNet5', file=out)  # printed at train start
+  assert out.getvalue() == 'Model summary: LeNet5\n'  # no bar drawn yet
   bar.write(10, 'train', {'loss': 1.25})
   bar.write(20, 'train', {'loss': 0.75})
   bar.write(20, 'eval', {'accuracy': 0.5})
@@ -133,3 +135,23 @@ def test_quiet_libraries_installs_once_on_absl_logger_and_handler():
   for target in (logging.getLogger('absl'), absl_logging.get_absl_handler()):
     assert sum(isinstance(f, log_lib.QuietLibraries)
                for f in target.filters) == 1
+
+
+def test_phase_announces_size_then_progress_lines_then_done():
+  now, lines = [0.0], []
+  with log_lib.Phase('fitting boosting', 100, 'iteration', detail='480 rows',
+                     progress='lines', every_s=10.0, clock=lambda: now[0],
+                     emit=lines.append) as phase:
+    for _ in range(10):
+      now[0] += 4.0
+      phase.update(10)
+  assert lines[0] == 'fitting boosting (100 iterations, 480 rows) ...'
+  # A line at most every 10 s (at 12, 24, 36 s), with the count and ETA.
+  assert lines[1] == ('fitting boosting: 30/100 iterations (30%), ETA '
+                      '00:00:28, 2.5 iterations/s')
+  assert len(lines) == 5  # announcement, three progress lines, done
+  assert lines[-1] == 'fitting boosting: done, 100 iterations in 40.0 s'
+  quiet = []
+  with log_lib.Phase('x', 3, progress='none', emit=quiet.append) as phase:
+    phase.update(3)
+  assert quiet == []

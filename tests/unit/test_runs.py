@@ -96,3 +96,16 @@ def test_cli_rejects_a_directory_that_is_not_a_run(tmp_path):
       f'error: {empty}: no config.json or metrics.jsonl (not a run directory?)')
   with pytest.raises(FileNotFoundError):
     runs.compare([str(tmp_path / 'missing')])
+
+
+def test_epoch_based_runs_show_the_steps_they_train(tmp_path):
+  def run(name, num_steps, resolved):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / 'config.json').write_text(json.dumps(
+        {'config': {**BASE, 'num_steps': num_steps, 'num_epochs': 30},
+         'num_steps': resolved}))
+    return str(workdir)
+  columns, rows = runs.compare([run('epochs', 0, 674), run('steps', 500, 500)])
+  assert columns == ['run', 'num_steps', 'eval/step']
+  assert rows == [['epochs', 674, None], ['steps', 500, None]]

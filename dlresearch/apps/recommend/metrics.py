@@ -152,12 +152,16 @@ def top_titles(scores_row, seen, titles, k: int = 10) -> list[str]:
   ``seen`` is a bool mask over items or an array of item indices; ties go
   to the lower item index.
   """
+  return [str(titles[i]) for i in top_items(scores_row, seen, k)]
+
+
+def top_items(scores_row, seen, k: int = 10) -> np.ndarray:
+  """Indices of the ``k`` best-scored items not in ``seen`` (as ``top_titles``)."""
   scores = np.array(scores_row, np.float64)
   seen = np.asarray(seen)
   scores[seen if seen.dtype == bool else seen.astype(int)] = -np.inf
   order = np.argsort(-scores, kind='stable')
-  order = order[scores[order] > -np.inf][:k]
-  return [str(titles[i]) for i in order]
+  return order[scores[order] > -np.inf][:k]
 
 
 def in_batch_softmax_loss(logits: jax.Array, items: jax.Array | None = None,

@@ -112,6 +112,24 @@ def user_top_titles(model, variables, cfg: Config, user_id: int,
   Raises:
     KeyError: no such user.
   """
+  return [title for title, _ in user_view(model, variables, cfg, user_id,
+                                           k)['recommended']]
+
+
+def user_view(model, variables, cfg: Config, user_id: int, k: int = 10,
+              rated: int = 5) -> dict:
+  """What ``--user`` prints: the user's own best-rated movies and the
+  recommendations with their scores.
+
+  Returns ``{'num_rated': n, 'rated': [(title, rating)] (the user's
+  ``rated`` highest ratings, train or held out), 'recommended': [(title,
+  score)] (``k`` unseen titles, best first; the score is the model's:
+  a predicted rating for matrix factorisation, a dot product for the two
+  towers)}``.
+
+  Raises:
+    KeyError: no such user.
+  """
   index, _, _ = load(cfg)
   where = np.searchsorted(index['user_ids'], user_id)
   if where >= len(index['user_ids']) or index['user_ids'][where] != user_id:
@@ -119,5 +137,12 @@ def user_top_titles(model, variables, cfg: Config, user_id: int,
                      f'{index["user_ids"][0]}..{index["user_ids"][-1]})')
   scores = evaluators.score_items(model, variables, np.array([where]),
                                   index['genres'].astype(np.float32))[0]
-  seen = index['item'][index['user'] == where]
-  return metrics.top_titles(scores, seen, index['titles'], k)
+  mine = index['user'] == where
+  seen, ratings = index['item'][mine], np.asarray(index['rating'])[mine]
+  best = np.argsort(-ratings, kind='stable')[:rated]
+  top = metrics.top_items(scores, seen, k)
+  return {'num_rated': int(mine.sum()),
+          'rated': [(str(index['titles'][seen[i]]), float(ratings[i]))
+                    for i in best],
+          'recommended': [(str(index['titles'][i]), float(scores[i]))
+                          for i in top]}

@@ -251,8 +251,13 @@ def _open_image_folder(name: str, data_dir: str) -> image_folder.ImageFolder:
 def _open(
     name: str, data_dir: str, manual_dir: str | None
 ) -> tfds.core.DatasetBuilder:
-  """A builder for `name` whose data is prepared (offline ones on demand)."""
-  data_dir = os.fspath(data_dir)
+  """A builder for `name` whose data is prepared (offline ones on demand).
+
+  ``~`` in `data_dir` or `manual_dir` is the home directory, as on a shell
+  line (a literal ``./~`` folder is never what a caller meant).
+  """
+  data_dir = os.path.expanduser(os.fspath(data_dir))
+  manual_dir = manual_dir and os.path.expanduser(os.fspath(manual_dir))
   if name.startswith(image_folder.PREFIX):
     return _open_image_folder(name, data_dir)
   _check_manual_files(name, data_dir, manual_dir)
@@ -318,7 +323,7 @@ def get_source(
       prepared here; the message says how to prepare it.
     ValueError: unknown split.
   """
-  data_dir = os.fspath(data_dir)
+  data_dir = os.path.expanduser(os.fspath(data_dir))
   builder = _open(name, data_dir, manual_dir)
   _check_split(builder, split)
   return _data_source(builder, name, split, data_dir)

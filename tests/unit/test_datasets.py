@@ -102,6 +102,17 @@ def test_digits_prepare_and_read(data_dir):
   )
 
 
+def test_tilde_in_data_dir_is_the_home_directory(tmp_path, monkeypatch):
+  home, cwd = tmp_path / 'home', tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.chdir(cwd)
+  arrays = datasets.load_in_memory('digits', 'test', '~/tfds')
+  assert arrays['image'].shape == (360, 8, 8, 1)
+  assert (home / 'tfds' / 'digits').is_dir()
+  assert list(cwd.iterdir()) == []  # no literal ./~ folder
+
+
 def test_digits_split_is_the_fixed_stratified_split(data_dir, tmp_path):
   digits = sk_datasets.load_digits()
   train_idx, test_idx = model_selection.train_test_split(

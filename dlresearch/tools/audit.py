@@ -42,17 +42,23 @@ import pathlib
 from typing import Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 import dlresearch
 from dlresearch.config import ConfigError
-from dlresearch.data import datasets
-from dlresearch.rai import audit
-from dlresearch.tools import entry, run_data
+from dlresearch.tools import entry
+
+# Loaded when first used, after the flags are checked (jax takes seconds).
+tfds = entry.lazy('tensorflow_datasets')
+datasets = entry.lazy('dlresearch.data.datasets')
+audit = entry.lazy('dlresearch.rai.audit')
+run_data = entry.lazy('dlresearch.tools.run_data')
 
 PROG = 'python -m experiments.audit'
-POS_LABEL = run_data.POS_LABEL
-_named = run_data.named
+POS_LABEL = 1  # run_data.POS_LABEL: the positive class of a binary run
+
+
+def _named(values, names):
+  return run_data.named(values, names)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,15 +32,21 @@ import dataclasses
 import functools
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import dlresearch
 from dlresearch.config import ConfigError
-from dlresearch import plot
-from dlresearch.rai import audit, explain, pictures
-from dlresearch.tools import entry, inference, run_data
+from dlresearch.tools import entry
+
+# Loaded when first used, after the flags are checked (jax takes seconds).
+jax = entry.lazy('jax')
+jnp = entry.lazy('jax.numpy')
+plot = entry.lazy('dlresearch.plot')
+audit = entry.lazy('dlresearch.rai.audit')
+explain = entry.lazy('dlresearch.rai.explain')
+pictures = entry.lazy('dlresearch.rai.pictures')
+inference = entry.lazy('dlresearch.tools.inference')
+run_data = entry.lazy('dlresearch.tools.run_data')
 
 PROG = 'python -m experiments.explain'
 IMAGE_METHODS = ('saliency', 'smoothgrad', 'integrated_gradients', 'grad_cam')

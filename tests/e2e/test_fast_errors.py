@@ -53,6 +53,9 @@ def run_cli(module, *argv, tmp_path):
      'did you mean matrix_factorization'),
     ('experiments.text_classify', ['--dataset=rotten_tomatos'],
      'did you mean rotten_tomatoes'),
+    ('experiments.audit', ['--group_key=sex', '--bogus=1'],
+     'does not take --bogus'),
+    ('experiments.explain', ['--num_examples=0'], '--num_examples: must be > 0'),
 ])
 def test_bad_input_fails_before_jax_loads(module, argv, message, tmp_path):
   result, stderr = run_cli(module, *argv, tmp_path=tmp_path)

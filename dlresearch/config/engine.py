@@ -67,8 +67,10 @@ class Model:
                            'models: explicit (softmax(q k^T) v as two '
                            'einsums; every backend), xla or cudnn '
                            '(jax.nn.dot_product_attention; cudnn: NVIDIA GPUs '
-                           'with --dtype=bfloat16); auto: explicit on CPU, '
-                           'xla elsewhere. Same results to float32 rounding.',
+                           'with --dtype=bfloat16; not yet run by the '
+                           'tests, which had no GPU); auto: explicit on CPU, '
+                           'xla elsewhere. Same results to float32 rounding '
+                           '(tested for explicit, xla, auto on CPU).',
                            choices=('auto', 'explicit', 'xla', 'cudnn'),
                            on_resume=MAY_CHANGE)
 

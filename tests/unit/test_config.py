@@ -34,6 +34,7 @@ OLD_CHOICES = {
     'dtype': ('float32', 'bfloat16'), 'tokenizer': ('char', 'bpe', 'unigram'),
     # Added since (issue 24).
     'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
+    'lora_save': ('full', 'adapters'),
 }
 OLD_MAY_CHANGE = {
     'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
@@ -53,9 +54,9 @@ OLD_MAY_CHANGE = {
 def test_every_field_is_declared_by_one_section_and_read_flat():
   declared = [f.name for s in config_lib.sections() for f in s.fields()]
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
-  # flag), plus 11 of augmentation (image section) and 5 of issue 24
-  # (attention_impl, lora_*).
-  assert len(declared) == len(set(declared)) == 109
+  # flag), plus 11 of augmentation (image section) and 6 of issue 24
+  # (attention_impl, lora_* with lora_save).
+  assert len(declared) == len(set(declared)) == 110
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)
@@ -190,7 +191,7 @@ def test_an_image_experiment_defines_no_application_or_text_flags():
                      for f in s.fields() if f.name != 'preset'}
   # e5bc124 defined one flag per field but preset: 93 (+4 of cli: 97).
   # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24).
-  assert len(defined) == 87 < 93
+  assert len(defined) == 88 < 93
 
 
 @pytest.mark.parametrize('presets, kwargs, present, absent', [

@@ -333,7 +333,10 @@ def _record_base(cfg: Config, source: dict, params, workdir: str,
       raise ConfigError('lora_save', f'adapters: {path} is frozen but not '
                         'loaded from --init_from, so it could not be restored')
     base[path] = np.asarray(flat_s['params/' + path]).astype(flat_p[path].dtype)
-  record = {'init_from': cfg.init_from, 'sha256': _fingerprint(base),
+  spec = cfg.init_from  # made absolute: restored from any directory
+  kind, _, path = spec.partition(':') if is_foreign(spec) else ('', '', spec)
+  spec = (kind + ':' if kind else '') + os.path.abspath(os.path.expanduser(path))
+  record = {'init_from': spec, 'sha256': _fingerprint(base),
             'params': {p: {'shape': list(v.shape), 'dtype': v.dtype.name}
                        for p, v in base.items()}}
   if write and jax.process_index() == 0:

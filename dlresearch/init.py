@@ -31,7 +31,21 @@ to the log at WARNING level and to ``WORKDIR/init_report.json``::
 
 Paths are ``'/'``-joined with the collection first (``params/head/kernel``,
 ``batch_stats/stem_bn/mean``).
+
+``--lora_save=adapters``: the checkpoints of a LoRA run keep only the
+parameters that train (``state.to_checkpoint``); the frozen rest is the base
+loaded here. ``initialize`` records it in ``WORKDIR/lora_base.json``::
+
+  {"init_from": SPEC, "sha256": HEX, "params": {PATH: {"shape": [...],
+   "dtype": "float32"}, ...}}
+
+(``sha256`` over the frozen parameters' paths, dtypes, shapes and bytes as
+loaded), and ``complete`` puts them back into restored params, re-reading
+SPEC: a base that is missing, unreadable or changed (another sha256) is
+refused in one line, never trained on or restored against.
 """
+
+import hashlib
 
 import json
 import os
@@ -48,6 +62,7 @@ from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
 
 REPORT_FILE = 'init_report.json'
+BASE_FILE = 'lora_base.json'
 FOREIGN = ('torch:', 'safetensors:', 'hf:')
 
 
@@ -96,6 +111,10 @@ def run_variables(cfg: Config) -> dict:
     raise ConfigError('init_from', f'{cfg.init_from} holds a {source.model} '
                       f'model, not --model={cfg.model}; initialise only from '
                       'a run of the same model (or from converted weights)')
+  if adapters_only(source):
+    raise ConfigError('init_from', f'{cfg.init_from} saved only its LoRA '
+                      'adapters (--lora_save=adapters); initialise from its '
+                      f'base ({source.init_from}) or from a --lora_save=full run')
   try:
     loaded = checkpoint.load_variables(cfg.init_from)
   except FileNotFoundError as e:
@@ -294,4 +313,109 @@ def initialize(cfg: Config, model, params, model_state, workdir: str,
       json.dump(report, f, indent=1)
     os.replace(path + '.tmp', path)
   params = merged.pop('params')
+  if adapters_only(cfg):
+    _record_base(cfg, source, params, workdir, write)
   return params, merged, report
+
+
+# ---------------------------------------------------------------------------
+# --lora_save=adapters: the frozen base, recorded and put back.
+
+
+def adapters_only(cfg: Config) -> bool:
+  """Whether the run's checkpoints hold only its trained parameters."""
+  return bool(cfg.lora_rank) and cfg.lora_save == 'adapters'
+
+
+def _fingerprint(flat: dict[str, np.ndarray]) -> str:
+  digest = hashlib.sha256()
+  for path in sorted(flat):
+    value = np.ascontiguousarray(flat[path])
+    digest.update(f'{path}|{value.dtype.str}|{value.shape}\n'.encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def frozen_paths(cfg: Config, params) -> list[str]:
+  """The '/'-joined paths (without 'params/') of the parameters that do not
+  train; ``state.to_checkpoint`` leaves them out under adapters-only."""
+  from dlresearch import optim  # pylint: disable=g-import-not-at-top
+  mask = optim.trainable(cfg, params)
+  return sorted(p for p, t in _flat(mask).items() if not t) if mask else []
+
+
+def _record_base(cfg: Config, source: dict, params, workdir: str,
+                 write: bool) -> None:
+  flat_s, flat_p = _flat(source), _flat(params)
+  base = {}
+  for path in frozen_paths(cfg, params):
+    if 'params/' + path not in flat_s:
+      raise ConfigError('lora_save', f'adapters: {path} is frozen but not '
+                        'loaded from --init_from, so it could not be restored')
+    base[path] = np.asarray(flat_s['params/' + path]).astype(flat_p[path].dtype)
+  spec = cfg.init_from  # made absolute: restored from any directory
+  kind, _, path = spec.partition(':') if is_foreign(spec) else ('', '', spec)
+  spec = (kind + ':' if kind else '') + os.path.abspath(os.path.expanduser(path))
+  record = {'init_from': spec, 'sha256': _fingerprint(base),
+            'params': {p: {'shape': list(v.shape), 'dtype': v.dtype.name}
+                       for p, v in base.items()}}
+  if write and jax.process_index() == 0:
+    path = os.path.join(workdir, BASE_FILE)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+def complete(cfg: Config, model, params, workdir: str, like=None):
+  """``params`` of an adapters-only checkpoint with the frozen base put back.
+
+  The base is re-read from the ``--init_from`` recorded in
+  ``WORKDIR/lora_base.json`` and must have the recorded sha256. ``like``: a
+  tree of the full params whose leaves' shardings the base is put on (else
+  host NumPy arrays). Params that already hold the base come back as they
+  are. Raises ConfigError (one line) for a missing record or a missing,
+  unreadable or changed base.
+  """
+  flat = _flat(params)
+  path = os.path.join(workdir, BASE_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    spec, want, shapes = record['init_from'], record['sha256'], record['params']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError('lora_save', f'{workdir} saved only LoRA adapters '
+                      f'but its {BASE_FILE}, naming the base, is unreadable '
+                      f'({type(e).__name__}: {e})') from None
+  missing = [p for p in shapes if p not in flat]
+  if not missing:
+    return params
+  what = f'the base of the adapters-only LoRA run {workdir}, --init_from={spec},'
+  why = describe_source(spec)
+  if why is None:
+    try:
+      source = _flat(foreign_variables(cfg.replace(init_from=spec), model)
+                     if is_foreign(spec) else
+                     run_variables(cfg.replace(init_from=spec)))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      why = ' '.join(str(e).split())[:300] or type(e).__name__
+  if why is not None:
+    raise ConfigError('init_from', f'{what} cannot be read ({why}); put the '
+                      'original base back at that path')
+  base = {}
+  for p, meta in shapes.items():
+    value = source.get('params/' + p)
+    if value is None or list(np.shape(value)) != meta['shape']:
+      raise ConfigError('init_from', f'{what} has changed: {p} is '
+                        f'{"missing" if value is None else "reshaped"}; put '
+                        'the original base back at that path')
+    base[p] = np.asarray(value).astype(meta['dtype'])
+  got = _fingerprint(base)
+  if got != want:
+    raise ConfigError('init_from', f'{what} has changed (sha256 {got[:12]} '
+                      f'now, {want[:12]} when trained); put the original '
+                      'base back at that path')
+  shardings = {p: getattr(v, 'sharding', None) for p, v in _flat(like).items()} if like else {}
+  for p in missing:
+    sharding = shardings.get(p)
+    flat[p] = jax.device_put(base[p], sharding) if sharding else base[p]
+  return flax.traverse_util.unflatten_dict(flat, sep='/')

@@ -62,12 +62,22 @@ def create(model, tx: optax.GradientTransformation, args: tuple, kwargs: dict,
                     ema_params=ema_lib.ema_init(params) if ema else None)
 
 
-def to_checkpoint(state: TrainState) -> dict:
+def to_checkpoint(state: TrainState, cfg=None) -> dict:
   """The state as the dict a checkpoint holds; no ``ema_params`` key when
-  EMA is off, so checkpoints written before EMA existed still restore."""
+  EMA is off, so checkpoints written before EMA existed still restore.
+
+  With ``cfg`` of a ``--lora_save=adapters`` run, ``params`` holds only the
+  parameters that train (the frozen base is ``init.complete``'s to put back);
+  the optimizer state has no entries for the frozen ones anyway.
+  """
   out = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
   if out['ema_params'] is None:
     del out['ema_params']
+  if cfg is not None and init_lib.adapters_only(cfg):
+    frozen = set(init_lib.frozen_paths(cfg, out['params']))
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(out['params']), sep='/')
+    out['params'] = flax.traverse_util.unflatten_dict(
+        {p: v for p, v in flat.items() if p not in frozen}, sep='/')
   return out
 
 
@@ -105,13 +115,13 @@ def restore_or_create(cfg, ckpt, create, shardings, abstract_state, model,
     # The newest checkpoint that reads and verifies; corrupt ones are moved
     # aside (never deleted) when training, left in place by --eval_only.
     state, data_state, _ = ckpt.restore_latest_good(
-        to_checkpoint(abstract_state), move_aside=not cfg.eval_only,
+        to_checkpoint(abstract_state, cfg), move_aside=not cfg.eval_only,
         check=lambda tree: non_finite_reason(from_checkpoint(tree)))
-    state = from_checkpoint(state)
+    state = _with_base(cfg, model, from_checkpoint(state), abstract_state, workdir)
     logging.info('resumed from step %d', data_state['step'])
     if cfg.eval_only and cfg.eval_checkpoint:
       state, step = _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir)
-      return state, step, data_state
+      return _with_base(cfg, model, state, abstract_state, workdir), step, data_state
     return state, data_state['step'], data_state
   state = jax.jit(create, out_shardings=shardings)()
   if cfg.init_from:  # dlresearch/init.py: what loads, what is new, the report
@@ -139,6 +149,14 @@ def _eval_checkpoint(cfg, ckpt, state, abstract_state, workdir):
   if step not in ckpt.all_steps():
     raise ConfigError('eval_checkpoint', f'no checkpoint step {step} in '
                       f'{workdir} (steps: {ckpt.all_steps()})')
-  state, data_state = ckpt.restore(to_checkpoint(abstract_state),
-                                   step)
+  state, data_state = ckpt.restore(to_checkpoint(abstract_state, cfg), step)
   return from_checkpoint(state), data_state['step']
+
+
+def _with_base(cfg, model, state: TrainState, abstract_state, workdir):
+  """``state`` restored from an adapters-only checkpoint, with the frozen
+  base re-read from ``--init_from`` (``init.complete``) on its shardings."""
+  if not init_lib.adapters_only(cfg):
+    return state
+  return state.replace(params=init_lib.complete(
+      cfg, model, state.params, workdir, like=abstract_state.params))

@@ -363,7 +363,7 @@ class _Loop:
     for callback in self.callbacks:
       if callback.state_key:
         data_state[callback.state_key] = callback.state_dict()
-    self.r.ckpt.save(step, state_lib.to_checkpoint(saved), data_state)
+    self.r.ckpt.save(step, state_lib.to_checkpoint(saved, self.r.cfg), data_state)
 
   def _preempted(self, step: int, state) -> dict:
     self._save(step, state)

@@ -67,8 +67,10 @@ class Model:
                            'models: explicit (softmax(q k^T) v as two '
                            'einsums; every backend), xla or cudnn '
                            '(jax.nn.dot_product_attention; cudnn: NVIDIA GPUs '
-                           'with --dtype=bfloat16); auto: explicit on CPU, '
-                           'xla elsewhere. Same results to float32 rounding.',
+                           'with --dtype=bfloat16; not yet run by the '
+                           'tests, which had no GPU); auto: explicit on CPU, '
+                           'xla elsewhere. Same results to float32 rounding '
+                           '(tested for explicit, xla, auto on CPU).',
                            choices=('auto', 'explicit', 'xla', 'cudnn'),
                            on_resume=MAY_CHANGE)
 
@@ -336,9 +338,26 @@ class Transfer:
                          "projection layers (e.g. 'transformer/block_0/attn/"
                          "query/kernel'); '.*' adapts every such kernel, "
                          'never a convolution or an embedding.')
+  lora_save: str = _f('full', 'What the checkpoints of a LoRA run hold: '
+                      'full (every parameter, standalone) or adapters (only '
+                      'the trained parameters, i.e. the adapters and '
+                      '--new_head, with their optimizer state; the frozen '
+                      'base is re-read from --init_from, whose sha256 is '
+                      'recorded in WORKDIR/lora_base.json, and a changed or '
+                      'missing base is refused). adapters needs --lora_rank '
+                      '> 0 and --init_from, and not --ema_decay.',
+                      choices=('full', 'adapters'))
 
   def validate(self):
     check(self.lora_rank >= 0, 'lora_rank', '>= 0', self.lora_rank)
+    if self.lora_save == 'adapters':
+      for ok, why in ((self.lora_rank > 0, 'needs --lora_rank > 0'),
+                      (bool(self.init_from), 'needs --init_from (the base '
+                       'the adapters are saved against)'),
+                      (not self.ema_decay, 'cannot be used with --ema_decay '
+                       '(the moving average covers the base weights)')):
+        if not ok:
+          raise ConfigError('lora_save', f'adapters {why}')
     check(self.lora_alpha > 0, 'lora_alpha', '> 0', self.lora_alpha)
     check(0 <= self.lora_dropout < 1, 'lora_dropout', 'in [0, 1)',
           self.lora_dropout)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlresearch import checkpoint, config as config_lib, policy, problems, train
+from dlresearch import checkpoint, config as config_lib, init as init_lib, policy, problems, train
 from dlresearch import logging as log_lib
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import text
@@ -93,8 +93,13 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
   ``'hf:DIR'``: a Hugging Face Llama or GPT-2 directory, converted into
   ``llama`` or ``transformer_lm`` (``restore_hf``).
 
+  A ``--lora_save=adapters`` run gets its frozen base back from its
+  ``--init_from`` (``init.complete``).
+
   Raises:
     FileNotFoundError: no recorded config or no such checkpoint.
+    ConfigError (a ValueError): the base of an adapters-only LoRA run is
+      missing or has changed.
   """
   log_lib.quiet_libraries()
   if workdir.startswith('hf:'):
@@ -117,6 +122,8 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
   except ConfigError as e:
     raise ValueError(f'{workdir}: cannot rebuild the model: {e}') from None
   variables, found = _variables(workdir, step)
+  if init_lib.adapters_only(cfg):  # --lora_save=adapters: the base from --init_from
+    variables['params'] = init_lib.complete(cfg, model, variables['params'], workdir)
   return Restored(cfg, model, variables, found, workdir, tokenizer)
 
 

@@ -35,6 +35,7 @@ OLD_CHOICES = {
     # Added since (issue 24).
     'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
     'cpu_kernels': ('xla', 'native'),  # issue 21
+    'lora_save': ('full', 'adapters'),
 }
 OLD_MAY_CHANGE = {
     'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
@@ -55,10 +56,10 @@ OLD_MAY_CHANGE = {
 def test_every_field_is_declared_by_one_section_and_read_flat():
   declared = [f.name for s in config_lib.sections() for f in s.fields()]
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
-  # flag), plus 11 of augmentation (image section) and 5 of issue 24
-  # (attention_impl, lora_*), cpu_kernels (issue 21), tracker and
-  # tracker_uri (issue 23).
-  assert len(declared) == len(set(declared)) == 112
+  # flag), plus 11 of augmentation (image section) and 6 of issue 24
+  # (attention_impl, lora_* with lora_save), cpu_kernels (issue 21),
+  # tracker and tracker_uri (issue 23).
+  assert len(declared) == len(set(declared)) == 113
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)
@@ -194,7 +195,7 @@ def test_an_image_experiment_defines_no_application_or_text_flags():
   # e5bc124 defined one flag per field but preset: 93 (+4 of cli: 97).
   # + 11 augmentation fields (issue 22), attention_impl, lora_* (issue 24),
   # cpu_kernels (issue 21), tracker, tracker_uri (issue 23).
-  assert len(defined) == 90 < 93
+  assert len(defined) == 91 < 93
 
 
 @pytest.mark.parametrize('presets, kwargs, present, absent', [

@@ -269,13 +269,16 @@ def _unlink_shared(batch: Example) -> None:
   Grain's workers write each array into a named POSIX shared-memory block
   (registered with multiprocessing's resource tracker); the trainer maps it
   and grain unlinks the name when the array is garbage-collected, on a
-  background thread. An array still alive at exit (the first batch kept by
-  ``LoopInfo``, a batch a CPU ``jax.Array`` aliases without copying) or a
-  deletion still queued on that thread when the interpreter stops was then
-  never unlinked, and the tracker printed "resource_tracker: There appear
-  to be N leaked shared_memory objects to clean up at shutdown". Unlinking
-  right away keeps the zero-copy mapping (the memory is freed when the
-  array is, or at exit) but leaves no name to leak.
+  background thread. An array still referenced at exit (in a 20-step run:
+  one array of the first batch, which ``LoopInfo`` keeps for the callbacks,
+  and one of the last) or a deletion still queued on that thread when the
+  interpreter stops was never unlinked, and the tracker printed
+  "resource_tracker: There appear to be N leaked shared_memory objects to
+  clean up at shutdown". Unlinking right away keeps the zero-copy mapping
+  (the memory is freed when the array is, or at exit) but leaves no name
+  to leak. ``_unlink_on_del`` is grain 0.2's flag for "unlink in __del__";
+  were it renamed this would do nothing and tests/e2e/test_grain_workers.py
+  would see the warning again.
   """
   for value in batch.values():
     shm = getattr(value, 'shm', None)

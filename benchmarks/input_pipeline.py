@@ -11,7 +11,8 @@ bundled photos, re-cropped and re-encoded at quality 90), decoded by the
 same function TFDS's NumPy data source calls for an ``Image`` feature
 (``tfds.features.Image.decode_example_np``), then ``--augment`` at
 ``--image_size`` (``crop_flip``: RandomResizedCrop + flip,
-``pipeline.image_example_fn``), stacked, normalised with ImageNet's mean/std
+``pipeline.image_example_fn``; ``--randaugment_ops=2`` adds the presets'
+RandAugment), stacked, normalised with ImageNet's mean/std
 (``pipeline.image_batch_fn``), all through ``pipeline.TrainIterator`` as
 ``train.run`` builds it: 0 workers (``--grain_threads`` read threads in the
 trainer's process) and 1, 2, ... worker processes (``--workers``). Reading
@@ -50,6 +51,10 @@ flags.DEFINE_integer('num_examples', 0, 'Distinct examples (0: 256 for jpeg, '
 flags.DEFINE_integer('image_size', 224, 'jpeg: the training crop.')
 flags.DEFINE_string('augment', '', "Train augmentation ('': crop_flip for "
                     'jpeg, pad_crop_flip for cifar; any value of --augment).')
+flags.DEFINE_integer('randaugment_ops', 0, 'jpeg: RandAugment ops per image '
+                     'after the crop (0: none; the ImageNet presets use 2).')
+flags.DEFINE_float('randaugment_magnitude', 9.0, 'jpeg: RandAugment magnitude '
+                   '(0-10 scale; std 0.5 as the presets).')
 flags.DEFINE_list('workers', ['0', '1', '2'], 'jpeg: grain worker processes '
                   'per row (0: read threads in this process).')
 flags.DEFINE_integer('threads', 2, 'Grain read threads per process (the '
@@ -151,13 +156,18 @@ def rows(batch_size: int, n: int):
         pipeline.image_batch_fn('scale'))
     return [(name, dataset, t, w) for name, (t, w) in CIFAR_PATHS.items()]
   encoded = jpegs(n)
+  ra = (f' + RandAugment n{FLAGS.randaugment_ops} m{FLAGS.randaugment_magnitude:g}'
+        if FLAGS.randaugment_ops else '')
   print(f'{n} JPEGs, mean {np.mean([len(e) for e in encoded]) / 1e3:.0f} KB '
-        f'(ImageNet train: ~110 KB); augment {FLAGS.augment or "crop_flip"} at '
-        f'{FLAGS.image_size}, imagenet normalisation')
+        f'(ImageNet train: ~110 KB); augment {FLAGS.augment or "crop_flip"}'
+        f'{ra} at {FLAGS.image_size}, imagenet normalisation')
   dataset = pipeline.SourceDataset(
       JpegSource(encoded, np.arange(n, dtype=np.int64) % 1000),
-      pipeline.image_example_fn(FLAGS.augment or 'crop_flip', FLAGS.image_size,
-                                train=True),
+      pipeline.image_example_fn(
+          FLAGS.augment or 'crop_flip', FLAGS.image_size, train=True,
+          randaugment_ops=FLAGS.randaugment_ops,
+          randaugment_magnitude=FLAGS.randaugment_magnitude,
+          randaugment_magnitude_std=0.5 if FLAGS.randaugment_ops else 0.0),
       pipeline.image_batch_fn('imagenet'))
   out = []
   for w in map(int, FLAGS.workers):

@@ -221,6 +221,8 @@ class TrainIterator:
     except (ExampleError, WorkerError) as e:
       e.first_batch = not self._served
       raise
+    if self.workers:
+      _unlink_shared(batch)
     self.step += 1
     self._served = True
     return batch
@@ -258,6 +260,31 @@ class _BatchAt:
     if mix is not None:  # Mixup/CutMix: one draw per global batch
       batch = mix(batch, np.random.default_rng([self.seed, step, 0, MIX_STREAM]))
     return batch
+
+
+def _unlink_shared(batch: Example) -> None:
+  """Removes the names of the shared-memory blocks a worker passed ``batch``
+  in, as soon as the trainer holds it.
+
+  Grain's workers write each array into a named POSIX shared-memory block
+  (registered with multiprocessing's resource tracker); the trainer maps it
+  and grain unlinks the name when the array is garbage-collected, on a
+  background thread. An array still referenced at exit (in a 20-step run:
+  one array of the first batch, which ``LoopInfo`` keeps for the callbacks,
+  and one of the last) or a deletion still queued on that thread when the
+  interpreter stops was never unlinked, and the tracker printed
+  "resource_tracker: There appear to be N leaked shared_memory objects to
+  clean up at shutdown". Unlinking right away keeps the zero-copy mapping
+  (the memory is freed when the array is, or at exit) but leaves no name
+  to leak. ``_unlink_on_del`` is grain 0.2's flag for "unlink in __del__";
+  were it renamed this would do nothing and tests/e2e/test_grain_workers.py
+  would see the warning again.
+  """
+  for value in batch.values():
+    shm = getattr(value, 'shm', None)
+    if shm is not None and getattr(value, '_unlink_on_del', False):
+      shm.unlink()  # the name and its tracker entry; the mapping stays
+      value._unlink_on_del = False  # pylint: disable=protected-access
 
 
 def _exit_with_parent(worker_index: int, worker_count: int) -> None:

@@ -74,6 +74,12 @@ def _no_tagged_processes(tag: str, wait_s: float = 30.0) -> list[int]:
   return left
 
 
+def _no_shared_memory_leak(stderr: str) -> bool:
+  """No "resource_tracker: There appear to be N leaked shared_memory
+  objects" warning: every block a worker passed a batch in was unlinked."""
+  return 'resource_tracker' not in stderr and 'leaked' not in stderr
+
+
 def _lines(workdir) -> list[dict]:
   """metrics.jsonl without the wall-clock field."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -94,6 +100,7 @@ def test_workers_give_the_batches_of_the_in_process_path(tmp_path, in_process):
   tag = uuid.uuid4().hex
   p = _run(tmp_path / 'run', '--grain_workers=2', tag=tag)
   assert p.returncode == 0, p.stderr[-3000:]
+  assert _no_shared_memory_leak(p.stderr), p.stderr[-3000:]
   assert _lines(tmp_path / 'run') == _lines(in_process)
   assert not _no_tagged_processes(tag)
 
@@ -108,9 +115,11 @@ def test_stop_with_workers_checkpoints_leaves_no_worker_and_resumes(
   assert p.returncode == code, p.stderr[-3000:]
   assert f'stopped by {sig} at step 5' in p.stdout, p.stdout[-2000:]
   assert 'Traceback' not in p.stderr, p.stderr[-3000:]
+  assert _no_shared_memory_leak(p.stderr), p.stderr[-3000:]
   assert not _no_tagged_processes(tag)
   p = _run(workdir, '--grain_workers=1', tag=tag)
   assert p.returncode == 0, p.stderr[-3000:]
+  assert _no_shared_memory_leak(p.stderr), p.stderr[-3000:]
   assert _lines(workdir) == _lines(in_process)
   assert not _no_tagged_processes(tag)
 
@@ -247,6 +256,7 @@ def test_a_corrupt_example_at_the_first_batch_names_its_file_writes_nothing(
   assert errors[0].startswith('error: could not read example '), errors[0]
   assert ('train/digit_0/broken.jpg: not a readable image' in errors[0]
           ), errors[0]
+  assert _no_shared_memory_leak(p.stderr), p.stderr[-3000:]
   assert not workdir.exists()  # a failed start writes nothing
   assert not _no_tagged_processes(tag)
 

@@ -101,3 +101,51 @@ def test_eval_batches_cover_every_example_once():
       valid += b['_valid'].sum()
       assert b['image'].shape[0] == 8
   assert valid == 37 and sorted(seen) == sorted((np.arange(37) % 10).tolist())
+
+
+def test_imagenet_presets_tiny_forms_keep_a_grain_worker():
+  """CI runs every preset's --tiny form: those of the presets that read
+  with grain worker processes keep at least one, so CI takes that path."""
+  from experiments import vit_imagenet  # pylint: disable=import-outside-toplevel
+  checked = []
+  for presets in (PRESETS, vit_imagenet.PRESETS):
+    for name, p in presets.items():
+      if p.config.grain_workers:
+        tiny = config_lib.override(p.config, p.tiny)
+        assert tiny.pipeline == 'grain' and tiny.grain_workers >= 1, name
+        checked.append(name)
+  assert sorted(checked) == ['alexnet_imagenet', 'resnet50_imagenet',
+                             'vit_s16_i1k']
+
+
+def test_memory_and_grain_paths_give_the_same_augmented_batches(tmp_path):
+  """docs/data.md: a split held in memory (batched by index) and the same
+  split read example by example through grain give the same batches for
+  the same seed and step, augmentation and Mixup/CutMix included."""
+  p = PRESETS['quickstart']
+  base = config_lib.override(p.config, {
+      **p.tiny, 'data_dir': str(tmp_path / 'tfds'), 'augment': 'pad_crop_flip',
+      'randaugment_ops': 2, 'randaugment_magnitude': 9.0,
+      'random_erase': 0.25, 'mixup_alpha': 0.8, 'cutmix_alpha': 1.0,
+      'label_smoothing': 0.1})
+  built = {kind: problems.build(base.replace(pipeline=kind),
+                                str(tmp_path / kind))
+           for kind in ('memory', 'grain')}
+  assert isinstance(built['memory'].train, pipeline.ArrayDataset)
+  assert isinstance(built['grain'].train, pipeline.SourceDataset)
+  assert built['grain'].use_grain and not built['memory'].use_grain
+  memory = pipeline.TrainIterator(built['memory'].train, 64, seed=0, step=3)
+  grain = pipeline.TrainIterator(built['grain'].train, 64, seed=0, step=3,
+                                 threads=2)
+  try:
+    for _ in range(2):
+      a, b = next(memory), next(grain)
+      assert a.keys() == b.keys() and a['label'].shape == (64, 10)
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+  finally:
+    grain.close()
+  ea = next(pipeline.eval_batches(built['memory'].eval, 64))
+  eb = next(pipeline.eval_batches(built['grain'].eval, 64))
+  for k in ea:
+    np.testing.assert_array_equal(ea[k], eb[k])

@@ -30,3 +30,22 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 # A crashed xdist worker's stderr and faulthandler traceback in its report.
 from _crash_report import pytest_configure, pytest_handlecrashitem, pytest_unconfigure  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+
+
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(autouse=True)
+def _absl_flags_as_found():
+  """absl's FLAGS left unparsed by a test that found them so.
+
+  Starting a grain pipeline in-process marks them parsed (grain reads its
+  absl flags), and ``logging._emit_line`` then logs through absl instead of
+  printing to stderr; without this a later test's captured stderr depended
+  on which tests ran before it in the same worker.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  was_parsed = flags.FLAGS.is_parsed()
+  yield
+  if not was_parsed and flags.FLAGS.is_parsed():
+    flags.FLAGS.unparse_flags()

@@ -353,6 +353,8 @@ def make_sink(name: str, uri: str = ''):
 
 def _cause(e: BaseException) -> str:
   text = ' '.join(str(e).split()) or type(e).__name__
+  if isinstance(e, ImportError):  # the quickstart install has no trackers
+    text += "; install them with: pip install -e '.[track]'"
   return f'{type(e).__name__}: {text[:300]}'
 
 

@@ -124,6 +124,15 @@ def test_a_failing_tracker_warns_once_and_training_goes_on(tmp_path, caplog,
   assert sink.status is None  # nothing more was tried
 
 
+def test_a_missing_tracker_package_says_how_to_install_it():
+  try:
+    import not_a_tracker_package  # noqa: F401  pylint: disable=g-import-not-at-top,import-error,unused-import
+  except ImportError as e:
+    cause = trackers._cause(e)  # pylint: disable=protected-access
+  assert cause.startswith("ModuleNotFoundError: No module named 'not_a_tracker")
+  assert cause.endswith("pip install -e '.[track]'")
+
+
 def test_flat_config_is_by_section(tmp_path):
   record = {'config': config_lib.to_json(Config(learning_rate=0.5)),
             'git_commit': 'abc'}

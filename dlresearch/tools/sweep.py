@@ -634,6 +634,8 @@ def _hide_password(url: str) -> str:
 
 
 def main(options: Options) -> int:
+  if importlib.util.find_spec('optuna') is None:  # the quickstart install
+    raise ValueError("python -m dlresearch.sweep needs optuna: pip install -e '.[track]'")
   sweep = Sweep(options)
   threads = []
   def work():

@@ -80,6 +80,18 @@ def test_a_searched_field_given_to_every_trial_is_refused(tmp_path, capsys):
   assert not out.exists()
 
 
+def test_without_optuna_the_sweep_says_how_to_install_it(tmp_path, capsys,
+                                                         monkeypatch):
+  real = sweep.importlib.util.find_spec
+  monkeypatch.setattr(sweep.importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'optuna' else real(name, *a))
+  out = tmp_path / 'sweep'
+  assert sweep.run(_sweep_argv(out)) == 2
+  err = capsys.readouterr().err
+  assert err == "error: python -m dlresearch.sweep needs optuna: pip install -e '.[track]'\n"
+  assert not out.exists()
+
+
 @pytest.mark.slow
 def test_a_metric_no_eval_line_has_is_one_line_and_nothing_stays(tmp_path):
   out = tmp_path / 'sweep'

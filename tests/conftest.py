@@ -28,6 +28,15 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       tempfile.mkdtemp(prefix='dlresearch-test-jax-cache-'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
+# A suite started in the background of a non-interactive shell (`cmd &`,
+# nohup, some CI runners) inherits SIGINT ignored, and so would every
+# process a test starts: the Ctrl-C tests would then test nothing. They test
+# what a terminal gives, Python's own handler (children start with the
+# default disposition again).
+import signal  # noqa: E402  pylint: disable=g-import-not-at-top
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # A crashed xdist worker's stderr and faulthandler traceback in its report.
 from _crash_report import pytest_configure, pytest_handlecrashitem, pytest_unconfigure  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 

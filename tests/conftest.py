@@ -1,5 +1,8 @@
 """Test set-up: 8 fake CPU devices, set before JAX is imported anywhere.
 
+Their collectives may wait up to 30 minutes for a starved device thread
+(XLA's default, 40 s, aborted a worker on a loaded machine).
+
 Also, for speed on small CPU machines: a persistent compilation cache shared
 by the whole session (subprocess tests inherit it through the environment),
 and XLA's backend optimisation level 0 (the tests' programs are tiny, so
@@ -22,6 +25,12 @@ os.environ['XLA_FLAGS'] = ' '.join([
     os.environ.get('XLA_FLAGS', ''),
     '--xla_force_host_platform_device_count=8',
     '--xla_backend_optimization_level=0',
+    # The 8 fake devices are 8 threads that must all reach each all-reduce;
+    # on a loaded 2-core machine one can be starved past XLA's 40 s
+    # rendezvous limit, and XLA then aborts the whole process (a pytest-xdist
+    # worker "node down: Not properly terminated", seen under a CPU hog).
+    '--xla_cpu_collective_call_warn_stuck_timeout_seconds=300',
+    '--xla_cpu_collective_call_terminate_timeout_seconds=1800',
 ]).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',

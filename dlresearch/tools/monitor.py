@@ -244,14 +244,8 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
   live_ds = _transformed(live_ds, task.input_key, live_transform, seed)
   embed = features == 'embeddings'
   ref_rows = _sample(data.train.num_examples, max_rows, seed)
-  what = 'embeddings and scores' if embed else 'scores'
-  with log_lib.Phase(f'monitor: model {what} of the reference (train) window',
-                     len(ref_rows), 'row', progress=progress):
-    ref = run_data.predict(run, data.train, task, rows=ref_rows,
-                           embeddings=embed)
-  with log_lib.Phase(f'monitor: model {what} of the live window ({live})',
-                     len(rows), 'row', progress=progress):
-    cur = run_data.predict(run, live_ds, task, rows=rows, embeddings=embed)
+  ref, cur = _predict_windows(run, data, (ref_rows, live_ds, rows), embed,
+                              live, progress)
   with log_lib.Phase('monitor: drift statistics (PSI and KS per feature, MMD '
                      'with a permutation test)',
                      detail=f'{len(ref_rows):,} reference vs {len(rows):,} '
@@ -271,6 +265,23 @@ def monitor_run(run, live: str, out_dir: str, *, live_filter: str = '',
                         live_filter=live_filter,
                         live_transform=live_transform)
   return audit.jsonable(report)
+
+
+def _predict_windows(run, data, windows, embed: bool, live: str,
+                     progress: str) -> tuple[dict, dict]:
+  """The model's scores (and embeddings) of the reference rows of the
+  training split and of the live window's rows, each announced."""
+  ref_rows, live_ds, rows = windows
+  what = 'embeddings and scores' if embed else 'scores'
+  with log_lib.Phase(f'monitor: model {what} of the reference (train) window',
+                     len(ref_rows), 'row', progress=progress):
+    ref = run_data.predict(run, data.train, data.task, rows=ref_rows,
+                           embeddings=embed)
+  with log_lib.Phase(f'monitor: model {what} of the live window ({live})',
+                     len(rows), 'row', progress=progress):
+    cur = run_data.predict(run, live_ds, data.task, rows=rows,
+                           embeddings=embed)
+  return ref, cur
 
 
 def _npz_dataset(task, read: tuple[np.ndarray, np.ndarray | None]):

@@ -73,6 +73,7 @@ import warnings
 from typing import Any
 
 from dlresearch import config as config_lib
+from dlresearch import logging as log_lib
 from dlresearch.tools import entry
 
 PROG = 'python -m dlresearch.sweep'
@@ -255,30 +256,11 @@ def _die_with_parent():
     import ctypes  # pylint: disable=import-outside-toplevel
     ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)
   except OSError:
-    pass
+    pass  # no glibc (not Linux): the heartbeat still re-queues the trial
 
 
 def _value_text(value) -> str:
   return repr(value) if isinstance(value, float) else str(value)
-
-
-def _eval_lines(path: str, offset: int, seen: dict) -> int:
-  """New complete eval lines of ``path`` into ``seen`` (step -> line)."""
-  try:
-    with open(path, 'rb') as f:
-      f.seek(offset)
-      data = f.read()
-  except OSError:
-    return offset
-  data = data[:data.rfind(b'\n') + 1]
-  for raw in data.splitlines():
-    try:
-      line = json.loads(raw)
-    except ValueError:
-      continue
-    if isinstance(line, dict) and line.get('split') == 'eval':
-      seen[int(line['step'])] = line
-  return offset + len(data)
 
 
 class Sweep:
@@ -430,12 +412,13 @@ class Sweep:
 
   def _watch(self, trial, proc, workdir) -> tuple[str, Any, str]:
     """Reports eval lines until the run ends; ``(state, value, why)``."""
-    path = os.path.join(workdir, 'metrics.jsonl')
-    seen, reported, offset, total = {}, set(), 0, 0
+    follow = log_lib.MetricsFollower(workdir)
+    seen, reported, total = {}, set(), 0  # seen: eval step -> its line
     last_beat = 0.0
     while True:
       code = proc.poll()
-      offset = _eval_lines(path, offset, seen)
+      seen.update((int(l['step']), l) for l in follow.new_lines()
+                  if l['split'] == 'eval')
       for step in sorted(set(seen) - reported):
         reported.add(step)
         line = seen[step]
@@ -571,7 +554,7 @@ class Sweep:
       try:
         self.optuna.delete_study(study_name=self.name, storage=self.storage)
       except Exception:  # pylint: disable=broad-exception-caught
-        pass
+        pass  # best effort on the way out; the one-line error still stands
     if self.created_dir:
       shutil.rmtree(self.dir, ignore_errors=True)
 

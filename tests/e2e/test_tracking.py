@@ -72,7 +72,7 @@ class Server:
       try:  # its uvicorn workers too, also when the CLI process is gone
         os.killpg(self.proc.pid, signal.SIGKILL)
       except ProcessLookupError:
-        pass
+        pass  # already gone with its process group
       self.proc.wait()
     self.log.close()
 

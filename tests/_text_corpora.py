@@ -1,6 +1,6 @@
-"""A small Rotten Tomatoes corpus in the raw format its builder reads, as a
-test fixture shared by the text tests (``from _text_corpora import
-rotten_tomatoes_dir``)."""
+"""Small text corpora in the raw formats their builders read, shared by the
+text tests: a Rotten Tomatoes fixture (``from _text_corpora import
+rotten_tomatoes_dir``) and ``write_shakespeare`` (pseudo-verse works)."""
 
 import bz2
 import csv
@@ -8,6 +8,22 @@ import io
 
 import numpy as np
 import pytest
+
+
+# The vocabulary of the pseudo-verse (``write_shakespeare``).
+VERSE_WORDS = ('the king is dead and the queen doth weep for him . '
+               'my lord , what say you to the clouds above ? ').split()
+
+
+def write_shakespeare(root, words_per_work: int, words=VERSE_WORDS):
+  """Ten works of seeded pseudo-verse (8 words a line) as the shakespeare
+  builder's ``work*_gut.txt`` files in ``root`` (a pathlib.Path)."""
+  rng = np.random.default_rng(0)
+  for i in range(10):
+    chosen = [words[j] for j in rng.integers(0, len(words), words_per_work)]
+    lines = [' '.join(chosen[k:k + 8]).capitalize()
+             for k in range(0, words_per_work, 8)]
+    (root / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
 
 
 @pytest.fixture(scope='module')

@@ -22,6 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))  # _train_driver, as a script too
 
 import dlresearch  # noqa: E402
 from dlresearch import checkpoint, config as config_lib, init as init_lib, train  # noqa: E402
@@ -30,11 +31,11 @@ from dlresearch.callbacks import base as callbacks_base  # noqa: E402
 from dlresearch.config import ConfigError  # noqa: E402
 from dlresearch.models import lora  # noqa: E402
 from dlresearch.tools import export  # noqa: E402
+from _text_corpora import write_shakespeare  # noqa: E402
+from _train_driver import KillAfter  # noqa: E402
 
 pytestmark = pytest.mark.slow  # three tiny runs and a killed one (CI: -m slow)
 
-WORDS = ('the king is dead and the queen doth weep for him . '
-         'my lord , what say you to the clouds above ? ').split()
 
 
 def _config(overrides: dict):
@@ -70,11 +71,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('lora_adapters')
   texts = root / 'shakespeare'
   texts.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(10):
-    words = [WORDS[j] for j in rng.integers(0, len(WORDS), 400)]
-    lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 400, 8)]
-    (texts / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
+  write_shakespeare(texts, 400)
   data = {'data_dir': str(root / 'tfds'), 'manual_dir': str(texts)}
   train.run(_config({**data, 'num_steps': 4, 'checkpoint_every': 4}), str(root / 'base'))
   shutil.copytree(root / 'base', root / 'base_copy')  # the refusal test changes it
@@ -161,25 +158,10 @@ def test_a_changed_or_missing_base_is_refused_in_one_line(runs):
     config_lib.validate(config_lib.Config(lora_rank=2, lora_save='adapters'))
 
 
-class _KillAfter:
-  """Delegates to the real writers, then dies hard after ``step``."""
-
-  def __init__(self, inner, step):
-    self.inner, self.step = inner, step
-
-  def write(self, step, split, metrics):
-    self.inner.write(step, split, metrics)
-    if self.step and split == 'train' and step == self.step:
-      os.kill(os.getpid(), signal.SIGKILL)
-
-  def close(self):
-    self.inner.close()
-
-
 def main():
   workdir, overrides, kill_at = sys.argv[1:4]
   cfg = _config(json.loads(overrides))
-  writer = _KillAfter(log_lib.default_writer(workdir, cfg.num_steps, cfg.batch_size, True),
+  writer = KillAfter(log_lib.default_writer(workdir, cfg.num_steps, cfg.batch_size, True),
                       int(kill_at))
   train.run(cfg, workdir, writer=writer)
 

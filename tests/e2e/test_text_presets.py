@@ -25,7 +25,7 @@ from dlresearch.evaluators import bleu, samples
 from experiments import rnn_lm, text_classify, transformer_lm
 from experiments import transformer_translate, vit_imagenet
 
-from _text_corpora import rotten_tomatoes_dir  # noqa: F401  pylint: disable=unused-import
+from _text_corpora import rotten_tomatoes_dir, write_shakespeare  # noqa: F401  pylint: disable=unused-import
 
 WORDS = ('the king is dead and the queen doth weep for him . '
          'my lord , what say you to the clouds above ? '
@@ -41,11 +41,7 @@ def data_dir(tmp_path_factory):
 def shakespeare_dir(tmp_path_factory):
   """Ten works (4 train / 3 validation / 3 test) of pseudo-verse."""
   root = tmp_path_factory.mktemp('shakespeare')
-  rng = np.random.default_rng(0)
-  for i in range(10):
-    words = [WORDS[j] for j in rng.integers(0, len(WORDS), 600)]
-    lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 600, 8)]
-    (root / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
+  write_shakespeare(root, 600, WORDS)
   return str(root)
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from dlresearch.models import attention, decoding, registry, transformer
 
+from _text_corpora import write_shakespeare
+
 
 def _rand(shape, seed=0) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
@@ -254,8 +256,6 @@ def test_unavailable_implementation_is_one_clear_line():
 
 # ----------------------------------------------------------- a char-LM run --
 
-WORDS = ('the king is dead and the queen doth weep for him . '
-         'my lord , what say you to the clouds above ? ').split()
 
 
 def test_llama_tiny_trains_a_char_lm_through_the_lm_problem(tmp_path):
@@ -265,11 +265,7 @@ def test_llama_tiny_trains_a_char_lm_through_the_lm_problem(tmp_path):
   from experiments import transformer_lm  # pylint: disable=g-import-not-at-top
   texts = tmp_path / 'shakespeare'
   texts.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(10):
-    words = [WORDS[j] for j in rng.integers(0, len(WORDS), 600)]
-    lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 600, 8)]
-    (texts / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
+  write_shakespeare(texts, 600)
   preset = transformer_lm.PRESETS['shakespeare_char']
   cfg = config_lib.override(preset.config, {
       **preset.tiny, 'model': 'llama_tiny',

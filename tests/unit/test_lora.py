@@ -15,6 +15,8 @@ from dlresearch.tools import export
 from dlresearch.config import Config, ConfigError
 from dlresearch.models import lora, registry
 
+from _text_corpora import write_shakespeare
+
 
 def _tokens(shape, vocab, seed=0):
   return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, size=shape), jnp.int32)
@@ -120,8 +122,6 @@ def test_only_adapters_get_optimizer_state():
   assert floats == 2 * adapters  # Adam's two moments, none for the base weights
 
 
-WORDS = ('the king is dead and the queen doth weep for him . '
-         'my lord , what say you to the clouds above ? ').split()
 
 
 @pytest.mark.slow  # a longer end-to-end run (CI: -m slow)
@@ -129,11 +129,7 @@ def test_lora_run_from_init_from_changes_only_adapters_on_the_fsdp_mesh(tmp_path
   from experiments import transformer_lm  # pylint: disable=g-import-not-at-top
   texts = tmp_path / 'shakespeare'
   texts.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(10):
-    words = [WORDS[j] for j in rng.integers(0, len(WORDS), 400)]
-    lines = [' '.join(words[k:k + 8]).capitalize() for k in range(0, 400, 8)]
-    (texts / f'work{i:02d}_gut.txt').write_text('\n'.join(lines) + '\n')
+  write_shakespeare(texts, 400)
   preset = transformer_lm.PRESETS['shakespeare_char']
   cfg = config_lib.override(preset.config, {
       **preset.tiny, 'model': 'llama_tiny',

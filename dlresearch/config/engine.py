@@ -255,7 +255,7 @@ class Parallelism:
                              'Ignored on GPU/TPU and under '
                              '--parallelism=pmap; false: XLA\'s defaults.',
                              on_resume=MAY_CHANGE)
-  cpu_kernels: str = _f('xla', 'Dense layers\' matmuls on CPU: xla (XLA\'s '
+  cpu_kernels: str = _f('xla', 'Dense/attention/LSTM matmuls on CPU: xla (XLA\'s '
                         'own dots) or native (a BLAS sgemm through XLA\'s FFI, '
                         'dlresearch/kernels; one-device CPU meshes under '
                         '--parallelism=jit only; without the built extension '

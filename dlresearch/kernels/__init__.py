@@ -18,6 +18,12 @@ and XLA's dots run: the same results.
   that computes every float32 ``nn.Dense``/``nn.DenseGeneral`` (trailing
   contracted axes, no batch dims, no custom ``dot_general``) with ``dense``;
   ``parallel``/the train step install it when ``active()``.
+- ``tracing_native()``: inside ``interceptor()`` and ``active()``; the
+  models' own matmuls ask it at trace time: the explicit attention's
+  ``q k^T`` and ``weights v`` (``models.attention``: heads folded into the
+  batch axis, a key/value head's query heads stacked as rows of one GEMM)
+  and the LSTM gate matmul of ``models.rnn.lstm_scan`` (forward, and the
+  backward's recurrent, weight and input gradients) take ``matmul`` then.
 
 ``parallel.JitStrategy`` turns it on (``use_native``) only on a one-device
 CPU mesh and then traces its steps inside ``interceptor()``
@@ -31,8 +37,10 @@ shared cores); MKL's OpenMP threads are told not to spin after a call
 (``KMP_BLOCKTIME=0``).
 """
 
+import contextlib
 import functools
 import logging
+import threading
 
 import flax.linen as nn
 import jax
@@ -43,6 +51,7 @@ from dlresearch.kernels import native
 
 MODES = ('xla', 'native')
 _state = {'mode': 'xla', 'target': None, 'warned': False}
+_tracing = threading.local()  # .depth: how many interceptor() contexts are open
 
 
 def configure(mode: str, library: str = 'openblas', extension: str | None = None,
@@ -75,6 +84,18 @@ def loaded() -> bool:
 def active() -> bool:
   """The native path applies here: loaded and the CPU backend."""
   return loaded() and jax.default_backend() == 'cpu'
+
+
+def tracing_native() -> bool:
+  """The computation being traced now takes the native GEMM.
+
+  True inside ``interceptor()`` (``traced_with_native``: the strategy chose
+  the native path for this step) while ``active()``: the one test the Dense
+  interceptor, the explicit attention (``models/attention.py``) and
+  ``models.rnn.lstm_scan`` make at trace time. Outside it (``--cpu_kernels=xla``,
+  meshes of several devices, pmap) they trace XLA's dots as before.
+  """
+  return getattr(_tracing, 'depth', 0) > 0 and active()
 
 
 def use_native(mesh) -> bool:
@@ -192,7 +213,8 @@ def _dense_call(module, x):
 def _intercept(next_fun, args, kwargs, context):
   m = context.module
   if (context.method_name == '__call__' and isinstance(m, (nn.Dense, nn.DenseGeneral))
-      and not m.is_initializing() and m.has_variable('params', 'kernel') and active()):
+      and not m.is_initializing() and m.has_variable('params', 'kernel')
+      and tracing_native()):
     x = args[0] if args else kwargs.get('inputs')
     if isinstance(x, jax.Array) or hasattr(x, 'dtype'):
       y = _dense_call(m, jnp.asarray(x))
@@ -201,6 +223,17 @@ def _intercept(next_fun, args, kwargs, context):
   return next_fun(*args, **kwargs)
 
 
+@contextlib.contextmanager
 def interceptor():
-  """A context that routes flax Dense layers through ``dense`` when ``active()``."""
-  return nn.intercept_methods(_intercept)
+  """A context that routes flax Dense layers through ``dense`` when ``active()``.
+
+  Inside it ``tracing_native()`` tells the models' explicit matmuls
+  (attention, ``lstm_scan``) to take the kernel too.
+  """
+  depth = getattr(_tracing, 'depth', 0)
+  _tracing.depth = depth + 1
+  try:
+    with nn.intercept_methods(_intercept):
+      yield
+  finally:
+    _tracing.depth = depth

@@ -10,7 +10,12 @@ Implementations (``implementation=``, the config's ``--attention_impl``),
 equal to float32 rounding (tested on CPU for the ones CPU runs):
 
 - ``'explicit'``: ``softmax(q k^T / sqrt(d) + mask) v`` written as two
-  einsums (``attention_weights``); runs everywhere;
+  einsums (``attention_weights``); runs everywhere. In a step traced with
+  ``--cpu_kernels=native`` (``kernels.tracing_native()``) the two batched
+  matmuls of float32 operands run on the native GEMM instead: heads folded
+  into the batch axis, the query heads that share a key/value head stacked
+  as the rows of one GEMM (no repeated keys/values), ``k`` read transposed
+  by the kernel;
 - ``'xla'``: ``jax.nn.dot_product_attention(implementation='xla')``;
 - ``'cudnn'``: ``jax.nn.dot_product_attention(implementation='cudnn')``,
   cuDNN flash attention: NVIDIA GPUs only, bfloat16/float16 compute dtype
@@ -51,6 +56,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+
+from dlresearch import kernels
 
 Array = jax.Array
 
@@ -113,10 +120,13 @@ def attention_weights(
   ``query`` is ``[B, T, heads, d]``, ``key`` is ``[B, S, kv_heads, d]``
   (``kv_heads`` dividing ``heads``).
   """
-  key = _repeat_heads(key, query.shape[2])
-  logits = jnp.einsum(
-      'btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32
-  ) / np.sqrt(query.shape[-1]).astype(np.float32)
+  if _native(query, key):
+    logits = _native_logits(query, key) / np.sqrt(query.shape[-1]).astype(np.float32)
+  else:
+    key = _repeat_heads(key, query.shape[2])
+    logits = jnp.einsum(
+        'btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32
+    ) / np.sqrt(query.shape[-1]).astype(np.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, _big_negative(logits.dtype))
   weights = jax.nn.softmax(logits, axis=-1)
@@ -188,17 +198,54 @@ def dot_product_attention(
       implementation=implementation)
 
 
-def _repeat_heads(x: Array, heads: int) -> Array:
-  """``[B, S, kv_heads, d]`` -> ``[B, S, heads, d]`` (head n reads n // group)."""
-  kv_heads = x.shape[2]
+def _group(heads: int, kv_heads: int) -> int:
+  """How many query heads read each key/value head."""
   if heads % kv_heads:
     raise ValueError(f'{heads} query heads do not share {kv_heads} key/value '
                      'heads evenly')
-  return x if kv_heads == heads else jnp.repeat(x, heads // kv_heads, axis=2)
+  return heads // kv_heads
+
+
+def _repeat_heads(x: Array, heads: int) -> Array:
+  """``[B, S, kv_heads, d]`` -> ``[B, S, heads, d]`` (head n reads n // group)."""
+  group = _group(heads, x.shape[2])
+  return x if group == 1 else jnp.repeat(x, group, axis=2)
+
+
+def _native(*operands: Array) -> bool:
+  """The explicit path's matmuls go to the native GEMM (module docstring)."""
+  return kernels.tracing_native() and all(x.dtype == jnp.float32 for x in operands)
+
+
+def _native_logits(query: Array, key: Array) -> Array:
+  """``q k^T`` ``[B, heads, T, S]`` as one batched GEMM per key/value head.
+
+  Query head ``n = kv * group + g`` reads key head ``kv``: the ``group x T``
+  query rows of ``kv`` are the rows of one ``[group*T, d] x [S, d]^T``.
+  """
+  b, t, heads, d = query.shape
+  s, kv_heads = key.shape[1], key.shape[2]
+  group = _group(heads, kv_heads)
+  q = query.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4)
+  k = key.transpose(0, 2, 1, 3)  # [B, kv_heads, S, d]
+  logits = kernels.matmul(q.reshape(b, kv_heads, group * t, d), k, trans_b=True)
+  return logits.reshape(b, heads, t, s)
+
+
+def _native_values(weights: Array, value: Array) -> Array:
+  """``weights [B, heads, T, S]`` times ``value [B, S, kv_heads, d]``: ``[B, T, heads, d]``."""
+  b, heads, t, s = weights.shape
+  kv_heads, d = value.shape[2], value.shape[3]
+  group = _group(heads, kv_heads)
+  out = kernels.matmul(weights.reshape(b, kv_heads, group * t, s),
+                       value.transpose(0, 2, 1, 3))  # [B, kv_heads, group*T, d]
+  return out.reshape(b, heads, t, d).transpose(0, 2, 1, 3)
 
 
 def grouped_values(weights: Array, value: Array) -> Array:
   """``weights [B, heads, T, S]`` applied to ``value [B, S, kv_heads, d]``."""
+  if _native(weights, value):
+    return _native_values(weights, value)
   value = _repeat_heads(value, weights.shape[1])
   return jnp.einsum('bnts,bsnh->btnh', weights, value)
 

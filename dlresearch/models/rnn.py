@@ -39,7 +39,11 @@ per-step masking, and a hand-written backward pass whose loop emits only the
 gate gradients; the weight, bias and input gradients are then one matrix
 product each over all steps. It is 1.2-1.3x flax's ``nn.RNN`` on a 2-core CPU
 (README "Speed on CPU"); parameters and results are those of the masked path
-(gradients equal to float32 rounding, tested).
+(gradients equal to float32 rounding, tested). In a step traced with
+``--cpu_kernels=native`` (``kernels.tracing_native()``, float32) its matmuls
+run on the native GEMM: the gate product in the loop, and in the backward
+pass the recurrent product in the loop and the weight and input gradients
+(transposed operands read as stored, by the kernel's flags).
 
 Padding: ``mask`` is a bool ``[B, T]`` array, True at real steps. A step with
 mask False leaves the carry unchanged and outputs zeros, so the final carry
@@ -59,6 +63,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from dlresearch import kernels
 from dlresearch.models import registry
 
 Array = jax.Array
@@ -148,12 +153,19 @@ def check_right_padded(mask: Array) -> None:
     )
 
 
+def _native_lstm(x, w) -> bool:
+  """``lstm_scan``'s matmuls go to the native GEMM (module docstring)."""
+  return kernels.tracing_native() and x.dtype == w.dtype == jnp.float32
+
+
 def _lstm_forward(x, c, h, w, b):
   """The LSTM over time-major ``x [T,B,F]``: ``(hs, cs, gates)`` (activated gates)."""
+  native = _native_lstm(x, w)
 
   def step(carry, x_t):
     c, h = carry
-    z = jnp.concatenate([x_t, h], axis=-1) @ w + b
+    xh = jnp.concatenate([x_t, h], axis=-1)
+    z = (kernels.matmul(xh, w) if native else xh @ w) + b
     i, f, g, o = jnp.split(z, 4, axis=-1)
     i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
     c = f * c + i * g
@@ -185,8 +197,14 @@ def _lstm_fwd(x, c, h, w, b):
 def _lstm_bwd(res, grads):
   x, c0, h0, w, hs, cs, gates = res
   d_hs, (d_ct, d_ht) = grads
-  size = h0.shape[-1]
-  w_h_t = w[x.shape[-1]:].T  # [4H, H]
+  size, features = h0.shape[-1], x.shape[-1]
+  native = _native_lstm(x, w)
+  if native:  # the kernel reads W_h^T, W_x^T and xh^T as stored
+    w_h = w[features:]
+    recurrent = lambda dz: kernels.matmul(dz, w_h, trans_b=True)
+  else:
+    w_h_t = w[features:].T  # [4H, H]
+    recurrent = lambda dz: dz @ w_h_t
   c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
 
   def step(carry, inputs):
@@ -198,16 +216,22 @@ def _lstm_bwd(res, grads):
     dc = dc + dh * o * (1 - tc * tc)
     dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_p * f * (1 - f),
                           dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
-    return (dz @ w_h_t, dc * f), dz
+    return (recurrent(dz), dc * f), dz
 
   (dh0, dc0), dz = lax.scan(step, (d_ht, d_ct), (d_hs, cs, c_prev, gates),
                             reverse=True)
   h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
   xh = jnp.concatenate([x, h_prev], axis=-1)
   flat_dz = dz.reshape(-1, 4 * size)
-  dw = xh.reshape(-1, xh.shape[-1]).T @ flat_dz
+  if native:
+    dw = kernels.matmul(xh.reshape(-1, xh.shape[-1]), flat_dz, trans_a=True)
+  else:
+    dw = xh.reshape(-1, xh.shape[-1]).T @ flat_dz
   db = jnp.sum(flat_dz, axis=0)
-  dx = dz @ w[:x.shape[-1]].T
+  if native:
+    dx = kernels.matmul(flat_dz, w[:features], trans_b=True).reshape(x.shape)
+  else:
+    dx = dz @ w[:features].T
   return dx, dc0, dh0, dw, db
 
 

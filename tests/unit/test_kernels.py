@@ -2,7 +2,9 @@
 
 Values and gradients against XLA's ``dot_general`` for odd sizes, both
 transposes, batch axes and zero sizes, under jit, grad, vmap and remat; the
-flax Dense interceptor on a Transformer; the 8-device mesh (right values,
+flax Dense interceptor on a Transformer; the explicit attention's two
+batched matmuls and ``lstm_scan``'s gate matmuls (forward and backward) on
+the kernel in a native trace, and untouched outside one; the 8-device mesh (right values,
 and the strategy keeps XLA's dots there); the fallback (one warning, XLA's
 results) without the extension; train runs with kernels on equal off to the
 conv option's tolerance, and resume stays bit-identical with them on.
@@ -20,7 +22,7 @@ from dlresearch import kernels, logging as log_lib, parallel, tasks, train
 from dlresearch.config import Config
 from dlresearch.data import pipeline
 from dlresearch.kernels import native
-from dlresearch.models import registry
+from dlresearch.models import attention, registry, rnn
 
 
 @pytest.fixture(scope='module')
@@ -103,6 +105,106 @@ def test_dense_layers_of_a_transformer_run_on_the_kernel(on):
                got_g, want_g)
 
 
+def _jaxpr(fn, *args) -> str:
+  return str(jax.make_jaxpr(fn)(*args))
+
+
+def _native_equals_xla(fn, *args, rtol=1e-5, atol=1e-6):
+  """``fn`` traced natively: no XLA dot left, the FFI call in the HLO, XLA's numbers."""
+  native_fn = kernels.traced_with_native(fn)
+  assert 'dot_general' in _jaxpr(fn, *args)
+  assert 'dot_general' not in _jaxpr(native_fn, *args)  # every matmul on the kernel
+  assert _uses_kernel(native_fn, *args) and not _uses_kernel(fn, *args)
+  got, want = jax.jit(native_fn)(*args), jax.jit(fn)(*args)
+  jax.tree.map(lambda g, h: np.testing.assert_allclose(g, h, rtol=rtol, atol=atol),
+               got, want)
+
+
+@pytest.mark.parametrize('kv_heads', [None, 1])
+def test_attention_matmuls_run_on_the_kernel(on, kv_heads):
+  layer = attention.MultiHeadAttention(num_heads=3, qkv_features=15, num_kv_heads=kv_heads,
+                                       implementation='explicit')
+  x = _arrays((2, 7, 11))[0]
+  mask = attention.padding_mask(jnp.arange(7)[None] < jnp.asarray([[7], [5]]))
+  params = layer.init(jax.random.PRNGKey(0), x)['params']
+
+  def loss(params, x):  # padding and causal masks, weights returned too
+    out, weights = layer.apply({'params': params}, x, mask=mask, causal=True,
+                               return_weights=True)
+    return jnp.square(out).mean() + jnp.square(weights).mean()
+
+  _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x)
+  # The default path (return_weights=False) and the layer's forward alone.
+  _native_equals_xla(lambda p, x: layer.apply({'params': p}, x, causal=True), params, x)
+
+
+def test_lstm_scan_matmuls_run_on_the_kernel(on):
+  layer = rnn.RNN('lstm', hidden_size=6, num_layers=2, bidirectional=True)
+  x = _arrays((3, 5, 7))[0]
+  params = layer.init(jax.random.PRNGKey(0), x)['params']
+
+  def loss(params, x):  # mask=None: every layer and direction runs lstm_scan
+    out, carries = layer.apply({'params': params}, x)
+    return jnp.square(out).mean() + sum(jnp.square(v).sum() for v in jax.tree.leaves(carries))
+
+  _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x)
+  fn = kernels.traced_with_native(jax.grad(loss, (0, 1)))
+  # forward gates, backward recurrent product (in the loops), dW, dx: 4 calls
+  # per layer and direction.
+  assert jax.jit(fn).lower(params, x).as_text().count(f'custom_call @{native.TARGET}(') == 16
+
+
+def test_outside_a_native_trace_models_trace_as_before(on):
+  """Loaded but not tracing natively (``--cpu_kernels=xla``, meshes): the same
+  program as with the kernels switched off, and no custom call."""
+  layer = attention.MultiHeadAttention(num_heads=3, qkv_features=15, implementation='explicit')
+  lm = registry.build('lstm_lm', vocab_size=13, embed_dim=7, hidden_size=6)
+  x = _arrays((2, 7, 11))[0]
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 13, (3, 5)), jnp.int32)
+  cases = [(lambda p, x: jnp.square(layer.apply(p, x, causal=True)).sum(),
+            layer.init(jax.random.PRNGKey(0), x), x),
+           (lambda p, t: jnp.square(lm.apply(p, t)).sum(), lm.init(jax.random.PRNGKey(0), tokens),
+            tokens)]
+  for loss, params, inputs in cases:
+    grad = jax.value_and_grad(loss)
+    loaded = _jaxpr(grad, params, inputs), jax.jit(grad)(params, inputs)
+    assert not _uses_kernel(grad, params, inputs)
+    kernels.configure('xla')
+    try:
+      off = _jaxpr(grad, params, inputs), jax.jit(grad)(params, inputs)
+    finally:
+      assert kernels.configure('native')
+    assert loaded[0] == off[0]
+    jax.tree.map(np.testing.assert_array_equal, loaded[1], off[1])
+
+
+def test_conv_probe_rows_check_im2col_against_xla(on):
+  # pylint: disable-next=import-outside-toplevel
+  from benchmarks import kernels as probe, workloads
+  for name in probe.CONVS:  # the table holds every convolution the model traces
+    w = workloads.get(name)
+    model = registry.build(w.model, **w.model_kwargs)
+    x = jax.ShapeDtypeStruct((w.batch_size, *w.shape), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    eqns = jax.make_jaxpr(model.apply)(params, x).eqns
+    traced = sorted((e.invars[0].aval.shape, e.invars[1].aval.shape,
+                     e.params['window_strides'], e.params['padding'])
+                    for e in eqns if e.primitive.name == 'conv_general_dilated')
+    table = sorted(((n, h, wd, c), (k, k, c, o), (s, s), ((p, p), (p, p)))
+                   for _, count, (n, h, wd, c, o, k, s, p), _ in probe.CONVS[name]
+                   for _ in range(count))
+    assert traced == table and len(table) == {'lenet': 2, 'resnet18_cifar': 20}[name]
+  rows = list(probe.conv_shapes(['lenet', 'resnet18_cifar']))
+  assert len(rows) == 2 * 2 + 1 + 11 * 3 - 1  # no dX for a first layer
+  options = probe.step_options()
+  for spec in [(2, 9, 9, 3, 5, 3, 2, 1), (2, 8, 7, 4, 6, 1, 2, 0), (3, 6, 5, 2, 4, 3, 1, 0)]:
+    for which in ('fwd', 'dX', 'dW'):  # conv_row asserts the values equal XLA's
+      gf = probe.conv_row('resnet18_cifar', spec, which, {'openblas': native.TARGET},
+                          rounds=1, options=options)
+      assert set(gf) == {'xla', 'openblas'} and all(np.isfinite(v) and v > 0
+                                                    for v in gf.values())
+
+
 def test_eight_device_mesh_values_and_the_strategy_keeps_xla(on, caplog):
   mesh = Mesh(np.array(jax.devices()[:8]), ('data',))
   x, kernel = _arrays((16, 12), (12, 5))
@@ -147,6 +249,8 @@ def _lm_data(n=48, length=16, vocab=29, seed=0):
 
 RUNS = {
     'lenet5': (dict(model='lenet5', optimizer='adam'), _image_data),
+    'lstm': (dict(model='lstm_lm', optimizer='adam', learning_rate=1e-2, model_kwargs={
+        'embed_dim': 16, 'hidden_size': 24}), _lm_data),
     'gpt': (dict(model='transformer_lm', optimizer='adamw', model_kwargs={
         'num_layers': 2, 'd_model': 32, 'num_heads': 2, 'mlp_dim': 64,
         'max_len': 16}), _lm_data),
@@ -166,9 +270,9 @@ def test_loss_curve_with_kernels_equals_xla_and_resume_is_exact(on, tmp_path, na
   monkeypatch.setattr(kernels, 'dense', lambda *a: traced.append(1) or dense(*a))
   extra, make_data = RUNS[name]
   data = make_data()
-  base = Config(batch_size=16, num_steps=6, log_every=1, checkpoint_every=3,
-                learning_rate=1e-3, mesh='data:1', model_summary=False, plots=False,
-                **extra)
+  base = Config(**dict(batch_size=16, num_steps=6, log_every=1, checkpoint_every=3,
+                       learning_rate=1e-3, mesh='data:1', model_summary=False,
+                       plots=False) | extra)
   xla = _curve(base, str(tmp_path / 'xla'), data)
   assert not traced
   on_ = base.replace(cpu_kernels='native')

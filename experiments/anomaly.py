@@ -70,7 +70,8 @@ TINY = dict(num_steps=30, batch_size=64, eval_batch_size=256, log_every=10,
 PRESETS = {
     'creditcard': cli.Preset(
         BASE.replace(dataset='creditcard', model='mlp_autoencoder',
-                     num_epochs=3,
+                     num_epochs=3, feature_scaling='robust',
+                     time_feature='hour', anomaly_score='standardized',
                      model_kwargs={'features': [64, 32], 'latent': 8}),
         tiny=TINY),
     'creditcard_classifier': cli.Preset(

@@ -244,3 +244,9 @@ def test_feature_options_refuse_data_they_do_not_apply_to(tmp_path):
                     feature_scaling='robust')
   with pytest.raises(ConfigError, match='--feature_scaling: .*image dataset'):
     anomaly_problem.load_split(cfg)
+  # A classifier scores by its log-odds: a reconstruction score is refused.
+  cfg = cfg.replace(dataset='shuttle', feature_scaling='standard',
+                    model='mlp', anomaly_score='mahalanobis')
+  with pytest.raises(ConfigError, match='--anomaly_score: mlp is a '
+                     'classifier'):
+    anomaly_problem.anomaly(cfg, str(tmp_path), True)

@@ -129,11 +129,16 @@ def holdout(normal: np.ndarray, fraction: float
 def anomaly(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   """Anomaly detection by an autoencoder or a classifier (module docstring)."""
   del workdir, fresh
-  split = load_split(cfg)
   try:
     supervised = 'num_classes' in registry.fields(cfg.model)
   except KeyError as e:
     raise ConfigError('model', str(e).strip('"')) from None
+  if supervised and cfg.anomaly_score != 'mse':
+    raise ConfigError('anomaly_score', f'{cfg.model} is a classifier, scored '
+                      'by the log-odds of the anomaly class; '
+                      f'--anomaly_score={cfg.anomaly_score} applies to '
+                      'autoencoders (use mse)')
+  split = load_split(cfg)
   normal = split['x_train'][split['y_train'] == 0]
   baseline = split.get('baseline_x_train', split['x_train'])[
       split['y_train'] == 0]

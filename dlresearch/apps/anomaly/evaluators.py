@@ -80,9 +80,9 @@ def anomaly_hook(cfg: Config, x_eval: np.ndarray, y_eval: np.ndarray,
       ``anomaly_score``).
     x_eval: the eval inputs; ``y_eval`` their labels (1 = anomaly).
     supervised: the model is a classifier (else an autoencoder).
-    x_baseline: the rows IsolationForest is fitted on (the normal train
-      rows: what the autoencoder trains on). It is fitted with seed 0 at the
-      first eval; its scores are reused after.
+    x_baseline: the rows IsolationForest is fitted on (all the normal train
+      rows; the autoencoder trains on them less any ``x_reference``). It is
+      fitted with seed 0 at the first eval; its scores are reused after.
     x_baseline_eval: the eval rows as IsolationForest sees them (None:
       ``x_eval``); the creditcard baseline keeps the standard features
       whatever ``--feature_scaling`` and ``--time_feature`` give the model.

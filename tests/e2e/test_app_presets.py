@@ -188,10 +188,20 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
   assert last['auroc'] > 0.9, last  # the frauds are planted far out
   # The hook's figures are those of the restored model's reconstruction
   # errors on the time split's last 20%.
-  split = anomaly_readers.creditcard_split(creditcard_dir)
+  split = anomaly_readers.creditcard_split(
+      creditcard_dir, scaling=cfg.feature_scaling,
+      time_feature=cfg.time_feature)
   assert len(split['y_test']) == 160
+  assert split['x_test'].shape[1] == 29 + 2 * (cfg.time_feature == 'hour')
+  # The preset's score: each feature's squared error over its variance on
+  # the latest 10% of the normal train rows, held out of training.
+  assert cfg.anomaly_score == 'standardized' and cfg.score_holdout == 0.1
+  normal = anomaly_readers.normal_rows(split['x_train'], split['y_train'])
+  held = int(np.ceil(0.1 * len(normal)))
   run = inference.restore(str(tmp_path / 'run'))
-  scores = anomaly.reconstruction_scores(run.predict, split['x_test'])
+  errors = lambda x: np.asarray(run.predict(x)) - x
+  scores = anomaly.error_scores(errors(split['x_test']),
+                                errors(normal[-held:]), 'standardized')
   want = anomaly.anomaly_metrics(split['y_test'], scores, (0.05,))
   assert last['auroc'] == pytest.approx(want['auroc'], abs=1e-6)
   assert last['average_precision'] == pytest.approx(
@@ -200,6 +210,16 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
       want['precision@0.05'])
   assert last['recall_at_alert_rate'] == pytest.approx(want['recall@0.05'])
   assert result['auroc'] == last['auroc']
+  # IsolationForest keeps the standard 29 features of all normal train rows,
+  # whatever the preset's scaling and time feature give the autoencoder.
+  is_normal = split['y_train'] == 0
+  forest = anomaly.anomaly_metrics(
+      split['y_test'], anomaly.isolation_forest_scores(
+          split['baseline_x_train'][is_normal], split['baseline_x_test']),
+      (0.05,))
+  assert last['iforest_auroc'] == pytest.approx(forest['auroc'], abs=1e-9)
+  plain = anomaly_readers.creditcard_split(creditcard_dir)
+  np.testing.assert_array_equal(plain['x_test'], split['baseline_x_test'])
   # The pictures: the run's own metrics (no empty accuracy panel), the
   # IsolationForest baseline beside them, ROC and PR curves at the end.
   assert curves_panels(tmp_path / 'run') == ['loss', 'auroc',
@@ -210,10 +230,33 @@ def test_creditcard_autoencoder_tiny_and_its_scores(tmp_path, creditcard_dir):
   picture(tmp_path / 'run' / 'plots' / 'roc_pr.png', plot.ROC_PR_SIZE)
   roc_pr = plot.roc_pr_figure(split['y_test'], {'model': scores})
   assert [ax.get_title() for ax in roc_pr.axes] == ['ROC', 'precision-recall']
-  # The autoencoder saw only the normal train rows.
+  # The autoencoder saw only the earlier normal train rows.
   data = problems.build(cfg, str(tmp_path / 'other'))
+  np.testing.assert_array_equal(data.train.arrays['x'], normal[:-held])
+
+
+def test_creditcard_mahalanobis_score_on_held_out_rows(tmp_path,
+                                                       creditcard_dir):
+  cfg = tiny(anomaly_exp.PRESETS, 'creditcard', manual_dir=creditcard_dir,
+             anomaly_score='mahalanobis', score_holdout=0.2)
+  anomaly_exp.run(cfg, str(tmp_path / 'run'))
+  last = last_eval(tmp_path / 'run')
+  split = anomaly_readers.creditcard_split(
+      creditcard_dir, scaling=cfg.feature_scaling,
+      time_feature=cfg.time_feature)
   normal = anomaly_readers.normal_rows(split['x_train'], split['y_train'])
-  np.testing.assert_array_equal(data.train.arrays['x'], normal)
+  held = int(np.ceil(0.2 * len(normal)))
+  # Trained on the earlier normal rows only; the latest 20% fit the score.
+  data = problems.build(cfg, str(tmp_path / 'other'))
+  np.testing.assert_array_equal(data.train.arrays['x'], normal[:-held])
+  run = inference.restore(str(tmp_path / 'run'))
+  errors = lambda x: np.asarray(run.predict(x)) - x
+  scores = anomaly.error_scores(errors(split['x_test']),
+                                errors(normal[-held:]), 'mahalanobis')
+  want = anomaly.anomaly_metrics(split['y_test'], scores, (cfg.alert_rate,))
+  assert last['auroc'] == pytest.approx(want['auroc'], abs=1e-6)
+  assert last['average_precision'] == pytest.approx(
+      want['average_precision'], abs=1e-6)
 
 
 def test_creditcard_classifier_tiny(tmp_path, creditcard_dir):

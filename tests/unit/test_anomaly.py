@@ -1,5 +1,5 @@
-"""Tests for dlresearch.apps.anomaly: the metrics, the autoencoders and the
-``--alert_rate`` option check."""
+"""Tests for dlresearch.apps.anomaly: the metrics and scores, the scalings,
+the autoencoders and the option checks."""
 
 import functools
 
@@ -12,6 +12,8 @@ from sklearn import metrics as skm
 
 from dlresearch import config as config_lib
 from dlresearch.apps.anomaly import metrics as anomaly
+from dlresearch.apps.anomaly import problem as anomaly_problem
+from dlresearch.apps.anomaly import readers as anomaly_readers
 from dlresearch.config import ConfigError
 from dlresearch.models import autoencoder
 from dlresearch.models import registry
@@ -145,3 +147,106 @@ def test_conv_autoencoder_shapes():
 def test_alert_rate_is_checked():
   with pytest.raises(ConfigError, match='--alert_rate'):
     config_lib.override(config_lib.Config(), {'alert_rate': 0.0})
+
+
+def test_error_scores_equal_a_direct_numpy_computation():
+  rng = np.random.default_rng(2)
+  # Correlated reference errors with unequal spreads; one column constant.
+  mix = rng.normal(size=(5, 5)) * [1, 3, 0.2, 1, 1]
+  ref = rng.normal(size=(400, 5)) @ mix
+  ref[:, 4] = 0.0
+  err = rng.normal(size=(30, 5)) * 2
+  np.testing.assert_allclose(anomaly.error_scores(err), (err ** 2).mean(1))
+  np.testing.assert_allclose(anomaly.error_scores(err, ref, 'mse'),
+                             (err ** 2).mean(1))
+  std = ref.std(0)
+  std[4] = 1.0  # a zero spread counts as 1
+  want = ((err / std) ** 2).mean(1)
+  np.testing.assert_allclose(anomaly.error_scores(err, ref, 'standardized'),
+                             want, rtol=1e-10)
+  # Mahalanobis: full rank on the four varying columns, the constant one
+  # dropped by the pseudo-inverse.
+  mu = ref[:, :4].mean(0)
+  cov = (ref[:, :4] - mu).T @ (ref[:, :4] - mu) / (len(ref) - 1)
+  d = err[:, :4] - mu
+  want = np.array([v @ np.linalg.inv(cov) @ v for v in d])
+  got = anomaly.error_scores(err, ref, 'mahalanobis')
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Errors of any shape are flattened per example (images).
+  np.testing.assert_allclose(
+      anomaly.error_scores(err[:, :4].reshape(30, 2, 2, 1),
+                           ref[:, :4].reshape(400, 2, 2, 1), 'mahalanobis'),
+      want, rtol=1e-6)
+  with pytest.raises(ValueError, match='score must be one of'):
+    anomaly.error_scores(err, ref, 'l1')
+  with pytest.raises(ValueError, match='at least 2 reference rows'):
+    anomaly.error_scores(err, None, 'standardized')
+
+
+def test_robust_scale_and_hour_of_day_equal_direct_numpy():
+  rng = np.random.default_rng(3)
+  train = rng.standard_t(2, size=(101, 3)) * [1, 5, 1]
+  train[:, 2] = np.abs(train[:, 2]) * 100  # an amount, log1p first
+  train[:, 1] = np.where(np.arange(101) < 90, 7.0, train[:, 1])  # IQR 0
+  test = rng.normal(size=(9, 3)) ** 2
+  s_train, s_test = anomaly_readers.robust_scale(train, test,
+                                                 log1p_columns=(2,))
+  prepared = [x.copy() for x in (train, test)]
+  for x in prepared:
+    x[:, 2] = np.log1p(x[:, 2])
+  med = np.median(prepared[0], 0)
+  iqr = np.percentile(prepared[0], 75, 0) - np.percentile(prepared[0], 25, 0)
+  assert iqr[1] == 0
+  iqr[1] = 1.0
+  np.testing.assert_allclose(s_train, (prepared[0] - med) / iqr, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(s_test, (prepared[1] - med) / iqr, rtol=1e-5,
+                             atol=1e-6)
+  assert s_train.dtype == np.float32
+  # The median row maps to 0 on the odd-sized train set.
+  np.testing.assert_allclose(np.median(s_train, 0), 0, atol=1e-6)
+
+  seconds = np.array([0, 6 * 3600, 12 * 3600, 86399, 86400 + 18 * 3600,
+                      172799.5])
+  angle = 2 * np.pi * (seconds % 86400) / 86400
+  hours = anomaly_readers.hour_of_day(seconds)
+  np.testing.assert_allclose(hours, np.c_[np.sin(angle), np.cos(angle)],
+                             atol=1e-6)
+  # Midnight, 06:00, noon, 18:00 of day two.
+  np.testing.assert_allclose(hours[[0, 1, 2, 4]],
+                             [[0, 1], [1, 0], [0, -1], [-1, 0]], atol=1e-6)
+  assert np.linalg.norm(hours[3] - hours[0]) < 1e-3  # 23:59:59 by 00:00
+
+
+def test_score_holdout_keeps_the_latest_rows_and_checks_sizes():
+  normal = np.arange(40, dtype=np.float32).reshape(20, 2)
+  train, reference = anomaly_problem.holdout(normal, 0.1)
+  np.testing.assert_array_equal(train, normal[:18])
+  np.testing.assert_array_equal(reference, normal[18:])
+  assert len(anomaly_problem.holdout(normal, 0.11)[1]) == 3  # ceil(2.2)
+  with pytest.raises(ConfigError, match='--score_holdout: .*at least 2'):
+    anomaly_problem.holdout(normal[:10], 0.1)
+  with pytest.raises(ConfigError, match='--score_holdout'):
+    config_lib.override(config_lib.Config(), {'score_holdout': 1.0})
+  with pytest.raises(ConfigError, match='--anomaly_score'):
+    config_lib.override(config_lib.Config(), {'anomaly_score': 'l1'})
+
+
+def test_feature_options_refuse_data_they_do_not_apply_to(tmp_path):
+  # Refused before any file is read (the data dir is empty).
+  cfg = config_lib.override(config_lib.Config(), {
+      'data_kind': 'anomaly', 'dataset': 'shuttle', 'time_feature': 'hour',
+      'manual_dir': str(tmp_path)})
+  with pytest.raises(ConfigError, match='--time_feature: shuttle has no '
+                     'transaction time'):
+    anomaly_problem.load_split(cfg)
+  cfg = cfg.replace(dataset='fashion_mnist_local', time_feature='none',
+                    feature_scaling='robust')
+  with pytest.raises(ConfigError, match='--feature_scaling: .*image dataset'):
+    anomaly_problem.load_split(cfg)
+  # A classifier scores by its log-odds: a reconstruction score is refused.
+  cfg = cfg.replace(dataset='shuttle', feature_scaling='standard',
+                    model='mlp', anomaly_score='mahalanobis')
+  with pytest.raises(ConfigError, match='--anomaly_score: mlp is a '
+                     'classifier'):
+    anomaly_problem.anomaly(cfg, str(tmp_path), True)

@@ -36,6 +36,9 @@ OLD_CHOICES = {
     'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
     'cpu_kernels': ('xla', 'native'),  # issue 21
     'lora_save': ('full', 'adapters'),
+    'feature_scaling': ('standard', 'robust'),  # issue 26
+    'time_feature': ('none', 'hour'),
+    'anomaly_score': ('mse', 'standardized', 'mahalanobis'),
 }
 OLD_MAY_CHANGE = {
     'preset', 'data_dir', 'manual_dir', 'pipeline', 'grain_workers',
@@ -58,8 +61,9 @@ def test_every_field_is_declared_by_one_section_and_read_flat():
   # 94 at e5bc124, less the retired 'pretrained' (now the xray tool's
   # flag), plus 11 of augmentation (image section) and 6 of issue 24
   # (attention_impl, lora_* with lora_save), cpu_kernels (issue 21),
-  # tracker and tracker_uri (issue 23).
-  assert len(declared) == len(set(declared)) == 113
+  # tracker and tracker_uri (issue 23), 4 of the anomaly section (issue 26:
+  # feature_scaling, time_feature, anomaly_score, score_holdout).
+  assert len(declared) == len(set(declared)) == 117
   assert set(declared) == {f.name for f in dataclasses.fields(Config)}
   names = [s.name for s in config_lib.sections()]
   assert names[:len(ENGINE)] == list(ENGINE)

@@ -48,6 +48,49 @@ def reconstruction_scores(reconstruct: Callable[[jax.Array], jax.Array],
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+SCORES = ('mse', 'standardized', 'mahalanobis')
+
+
+def error_scores(errors: np.ndarray, reference: np.ndarray | None = None,
+                 score: str = 'mse') -> np.ndarray:
+  """Anomaly scores from reconstruction errors (``reconstruction - x``).
+
+  Args:
+    errors: [n, ...] per-example errors to score (flattened to [n, d]).
+    reference: [m, ...] errors of normal rows the model did not train on:
+      the statistics of ``standardized`` and ``mahalanobis`` (unused by
+      ``mse``).
+    score: ``'mse'``: ``mean_j e_j^2`` (``reconstruction_error``);
+      ``'standardized'``: ``mean_j (e_j / s_j)^2``, ``s_j`` the std of
+      feature ``j``'s reference errors (features the autoencoder always
+      reconstructs badly no longer dominate; a zero std counts as 1);
+      ``'mahalanobis'``: ``(e - mu)^T C^+ (e - mu)``, ``mu`` and ``C`` the
+      mean and covariance of the reference errors (``C^+`` the
+      pseudo-inverse), so errors that normal rows make together count less.
+
+  Returns:
+    float64 [n] scores, higher = more anomalous.
+  """
+  e = np.asarray(errors, np.float64).reshape(len(errors), -1)
+  if score == 'mse':
+    return np.mean(np.square(e), axis=1)
+  if score not in SCORES:
+    raise ValueError(f'score must be one of {SCORES}, got {score!r}')
+  if reference is None or len(reference) < 2:
+    raise ValueError(f'the {score} score needs the errors of at least 2 '
+                     'reference rows')
+  ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+  if score == 'standardized':
+    std = ref.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return np.mean(np.square(e / std), axis=1)
+  mu = ref.mean(axis=0)
+  precision = np.linalg.pinv(np.cov(ref, rowvar=False).reshape(
+      e.shape[1], e.shape[1]), hermitian=True)
+  d = e - mu
+  return np.einsum('ij,jk,ik->i', d, precision, d)
+
+
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
   labels = np.asarray(labels).ravel()
   scores = np.asarray(scores, np.float64).ravel()

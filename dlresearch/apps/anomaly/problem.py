@@ -25,6 +25,13 @@ then carries ``auroc``, ``average_precision``, ``precision_at_alert_rate``
 and ``recall_at_alert_rate`` of the model and, with the prefix ``iforest_``,
 of scikit-learn's IsolationForest fitted on the same normal train rows
 (``evaluators.anomaly_hook``).
+
+Options (``options.py``): ``--feature_scaling`` (standard or robust, the
+tabular data), ``--time_feature=hour`` (creditcard: the time of day as two
+features), ``--anomaly_score`` (mse, or standardized / mahalanobis
+reconstruction errors fitted on the ``--score_holdout`` latest normal train
+rows, held out of training). IsolationForest is fitted on all normal train
+rows with the standard features whatever these options say.
 """
 
 import json
@@ -80,25 +87,62 @@ def load_split(cfg: Config) -> dict[str, np.ndarray]:
     ConfigError: (``manual_dir``) the raw files are not there; the message
       names the fetch command.
   """
+  if cfg.time_feature != 'none' and cfg.dataset != 'creditcard':
+    raise ConfigError('time_feature', f'{cfg.dataset} has no transaction '
+                      'time; --time_feature applies to --dataset=creditcard '
+                      '(use none)')
   if cfg.dataset in TABULAR:
     raw = os.path.expanduser(cfg.manual_dir) if cfg.manual_dir else None
+    kwargs = {'scaling': cfg.feature_scaling}
+    if cfg.dataset == 'creditcard':
+      kwargs['time_feature'] = cfg.time_feature
     try:
-      return TABULAR[cfg.dataset](raw)
+      return TABULAR[cfg.dataset](raw, **kwargs)
     except FileNotFoundError as e:
       raise ConfigError('manual_dir', str(e)) from None
+  if cfg.feature_scaling != 'standard':
+    raise ConfigError('feature_scaling', f'{cfg.dataset} is an image dataset '
+                      '(pixels scaled to [0, 1]); --feature_scaling applies '
+                      f'to {", ".join(sorted(TABULAR))} (use standard)')
   return one_class_split(cfg)
+
+
+def holdout(normal: np.ndarray, fraction: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """``(train, reference)``: the last ``ceil(fraction * n)`` normal rows
+  (the latest, on the time-ordered card data) held out as the reference of
+  the ``standardized`` and ``mahalanobis`` scores; at least 2 rows each.
+
+  Raises:
+    ConfigError: (``score_holdout``) too few rows for both parts.
+  """
+  n = len(normal)
+  k = int(np.ceil(fraction * n - 1e-9))
+  if k < 2 or n - k < 2:
+    raise ConfigError('score_holdout', f'{fraction:g} of the {n} normal train '
+                      f'rows leaves {k} held out and {n - k} to train; each '
+                      'needs at least 2')
+  return normal[:n - k], normal[n - k:]
 
 
 @problems.register('anomaly')
 def anomaly(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   """Anomaly detection by an autoencoder or a classifier (module docstring)."""
   del workdir, fresh
-  split = load_split(cfg)
   try:
     supervised = 'num_classes' in registry.fields(cfg.model)
   except KeyError as e:
     raise ConfigError('model', str(e).strip('"')) from None
+  if supervised and cfg.anomaly_score != 'mse':
+    raise ConfigError('anomaly_score', f'{cfg.model} is a classifier, scored '
+                      'by the log-odds of the anomaly class; '
+                      f'--anomaly_score={cfg.anomaly_score} applies to '
+                      'autoencoders (use mse)')
+  split = load_split(cfg)
   normal = split['x_train'][split['y_train'] == 0]
+  baseline = split.get('baseline_x_train', split['x_train'])[
+      split['y_train'] == 0]
+  reference = None
   if supervised:
     if split['y_train'].min() == split['y_train'].max():
       raise ConfigError('model', f'{cfg.model} is a classifier, but the train '
@@ -109,12 +153,15 @@ def anomaly(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
     task = tasks.Classification(input_key='x', label_key='label',
                                 loss=cfg.loss)
   else:
+    if cfg.anomaly_score != 'mse':
+      normal, reference = holdout(normal, cfg.score_holdout)
     train = pipeline.ArrayDataset({'x': normal})
     task = task_lib.Reconstruction(input_key='x')
   evals = pipeline.ArrayDataset({'x': split['x_test'],
                                  'label': split['y_test']})
   hook = evaluators.anomaly_hook(cfg, split['x_test'], split['y_test'],
-                                  supervised, normal)
+                                  supervised, baseline,
+                                  split.get('baseline_x_test'), reference)
   return pipeline.Data(train, evals, task,
                        problems.model_sizes(cfg, num_classes=2),
                        eval_hooks=[hook])

@@ -61,6 +61,17 @@ LARGE = [((300, 257), (257, 129), False, False), ((257, 40), (257, 300), True, F
          ((5, 64, 96), (5, 80, 96), False, True)]
 
 
+def test_large_call_too_narrow_to_cut_equals_xla(on):
+  # >= 2^21 multiply-adds but a batch of 3 and 20x20 outputs: too few batches,
+  # rows or columns to cut, so one part computes every batch whole. Integer
+  # values: every sum is exact, so both must agree to the bit.
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.integers(-2, 3, size=s), jnp.float32)
+          for s in ((3, 20, 1800), (3, 1800, 20)))
+  np.testing.assert_array_equal(jax.jit(kernels.matmul)(a, b),
+                                kernels._xla(a, b, False, False))  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize('sa,sb,ta,tb', CASES + LARGE)
 def test_values_and_gradients_equal_xla(on, sa, sb, ta, tb):
   atol = 1e-4 if (sa, sb, ta, tb) in LARGE else 1e-5

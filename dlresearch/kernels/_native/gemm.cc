@@ -131,14 +131,16 @@ ffi::Error SgemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<
   const int64_t threads = pool.num_threads();
   if (threads > 1 && batch * m * n * k >= kMinSplitMacs) {
     const int64_t want = 2 * threads;
+    int axis = 0;
     int64_t units = batch;
     if (batch < want) {
-      g->axis = m >= n ? 1 : 2;
+      axis = m >= n ? 1 : 2;
       units = (m >= n ? m : n) / kMinPartRows;
     }
     const int64_t parts = std::min(want, units);
     if (parts > 1) {
-      const int64_t len = g->axis == 0 ? batch : g->axis == 1 ? m : n;
+      g->axis = axis;
+      const int64_t len = axis == 0 ? batch : axis == 1 ? m : n;
       g->per = (len + parts - 1) / parts;
       g->parts = (len + g->per - 1) / g->per;
     }

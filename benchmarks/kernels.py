@@ -59,7 +59,7 @@ from dlresearch.kernels import native
 flags.DEFINE_list('workload', list(workloads.COMPARED), 'Workloads whose GEMMs to time.')
 flags.DEFINE_list('libraries', list(native.LIBRARIES), 'BLAS libraries to try '
                   '(openblas, mkl), each optionally with its thread count '
-                  '(openblas:2; default 1); one missing is '
+                  '(openblas:2; default 1; one count per library and run); one missing is '
                   'left out with a note.')
 flags.DEFINE_integer('rounds', 5, 'Interleaved rounds per shape.')
 flags.DEFINE_string('torch_python', '', 'Python with torch for the PyTorch column.')
@@ -264,6 +264,18 @@ def load_libraries(names):
   """{library: FFI target}, each library in its own copy of the extension."""
   tmp = tempfile.mkdtemp(prefix='dlr_kernels_')
   src = native.built_extension() or native.build(os.path.join(tmp, 'gemm.so'))
+  # One process loads a BLAS once (one handle for one .so), and its thread
+  # count is process-wide: two counts of one library would both run at the
+  # last one set. Time each count in its own run.
+  counts = {}
+  for col in names:
+    lib, _, threads = col.partition(':')
+    counts.setdefault(lib, set()).add(threads or '1')
+  mixed = sorted(lib for lib, c in counts.items() if len(c) > 1)
+  if mixed:
+    raise SystemExit(f'--libraries: {", ".join(mixed)} given with several thread '
+                     'counts; a BLAS\'s thread count is process-wide, so time each '
+                     'count in its own run')
   targets = {}
   for col in names:
     lib, _, threads = col.partition(':')

@@ -54,8 +54,27 @@ CASES = [  # a shape, b shape, trans_a, trans_b
 ]
 
 
-@pytest.mark.parametrize('sa,sb,ta,tb', CASES)
+# Large enough (>= 2^21 multiply-adds) for gemm.cc to cut the call into parts
+# run on XLA's intra-op pool: along rows, columns and batches (gradients too).
+# Sums of ~260 products: absolute rounding differences up to ~4e-5.
+LARGE = [((300, 257), (257, 129), False, False), ((257, 40), (257, 300), True, False),
+         ((5, 64, 96), (5, 80, 96), False, True)]
+
+
+def test_large_call_too_narrow_to_cut_equals_xla(on):
+  # >= 2^21 multiply-adds but a batch of 3 and 20x20 outputs: too few batches,
+  # rows or columns to cut, so one part computes every batch whole. Integer
+  # values: every sum is exact, so both must agree to the bit.
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.integers(-2, 3, size=s), jnp.float32)
+          for s in ((3, 20, 1800), (3, 1800, 20)))
+  np.testing.assert_array_equal(jax.jit(kernels.matmul)(a, b),
+                                kernels._xla(a, b, False, False))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('sa,sb,ta,tb', CASES + LARGE)
 def test_values_and_gradients_equal_xla(on, sa, sb, ta, tb):
+  atol = 1e-4 if (sa, sb, ta, tb) in LARGE else 1e-5
   a, b = _arrays(sa, sb)
   w = _arrays((*sa[:-2], sb[-2] if tb else sb[-1], sa[-1] if ta else sa[-2]), seed=1)[0]
 
@@ -68,11 +87,11 @@ def test_values_and_gradients_equal_xla(on, sa, sb, ta, tb):
   got = jax.jit(kernels.matmul, static_argnums=(2, 3))(a, b, ta, tb)
   want = xla(a, b, ta, tb)
   assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol)
   for g, h in zip(jax.jit(jax.grad(loss(kernels.matmul), (0, 1)))(a, b),
                   jax.grad(loss(xla), (0, 1))(a, b)):
     assert g.shape == h.shape
-    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=atol)
   if a.size and b.size:
     assert _uses_kernel(lambda a, b: kernels.matmul(a, b, ta, tb), a, b)
 

@@ -122,11 +122,13 @@ def test_kill_9_then_rerun_finishes_exactly_n_resuming_the_interrupted(
   # machine runs a whole trial; the deadline only guards against a hang).
   deadline = time.monotonic() + 900
   ckpt = out / 'trial_0' / 'checkpoints'
-  while not (ckpt.is_dir() and any(n.isdigit() for n in os.listdir(ckpt))):
-    assert first.poll() is None and time.monotonic() < deadline
-    time.sleep(0.2)
-  first.send_signal(signal.SIGKILL)
-  first.wait()
+  try:
+    while not (ckpt.is_dir() and any(n.isdigit() for n in os.listdir(ckpt))):
+      assert first.poll() is None and time.monotonic() < deadline
+      time.sleep(0.2)
+  finally:  # a failed wait leaves no sweep running (its trial ends with it)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
   before = (out / 'trial_0' / 'metrics.jsonl').read_text().splitlines()
   assert not any('"eval"' in l for l in before)  # stopped mid-run
   time.sleep(3)  # its run got SIGTERM (parent death): it checkpoints, exits

@@ -30,11 +30,12 @@ CPU mesh and then traces its steps inside ``interceptor()``
 (``traced_with_native``): XLA's SPMD partitioner does not split a custom
 call (on a mesh of several devices it gathers the operands and every device
 computes the whole GEMM: right, but no faster), so such meshes, and
-``--parallelism=pmap``, keep XLA's dots. Threads: the BLAS runs with one thread; a large call is
-cut into parts that the XLA thread reaching it and XLA's own intra-op pool
-take from a shared counter (``_native/gemm.cc``), so a GEMM uses both cores
-when the pool has a thread free (a threaded BLAS spins its own threads
-beside XLA's pool: 12x slower on the nanoGPT step on 2 shared cores); MKL's OpenMP threads are told not to spin after a call
+``--parallelism=pmap``, keep XLA's dots. Threads: the BLAS runs with one
+thread; a large call is cut into parts that the XLA thread reaching it and
+XLA's own intra-op pool take from a shared counter (``_native/gemm.cc``), so
+a GEMM uses both cores when the pool has a thread free (a threaded BLAS
+spins its own threads beside XLA's pool: 12x slower on the nanoGPT step on
+2 shared cores); MKL's OpenMP threads are told not to spin after a call
 (``KMP_BLOCKTIME=0``).
 """
 

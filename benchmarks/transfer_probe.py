@@ -51,24 +51,29 @@ PRESET = 'mobilenet_fashion_mnist'
 C_GRID = np.logspace(-3, 1, 5)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('manual_dir', FASHION_DIR,
-                    'directory of the Fashion-MNIST IDX files')
-flags.DEFINE_string('data_dir', '~/tensorflow_datasets',
-                    'TFDS data directory (the prepared fashion_mnist_local)')
-flags.DEFINE_string('weights', MOBILENET,
-                    'pretrained MobileNetV2 (torch:PATH or safetensors:PATH)')
-flags.DEFINE_integer('image_size', 96, 'input size (centre crop)')
-flags.DEFINE_list('subsets', ['100', '1000'], 'train subset sizes')
-flags.DEFINE_list('seeds', ['0', '1', '2'], 'subset seeds (--seed of finetune)')
-flags.DEFINE_integer('test_examples', 10000,
-                     'the first N test images (10000: the whole split)')
-flags.DEFINE_integer('batch_size', 100, 'feature-extraction batch size')
-flags.DEFINE_string('cache', '', 'optional .npz: the features are read from '
-                    'it when it holds this run\'s (weights, size, images), '
-                    'else written to it')
-flags.DEFINE_list('C', ['1.0', 'cv'], "LogisticRegression's C, one table "
-                  "column each: a number (fixed up front) or 'cv' (5-fold CV "
-                  'on the training subset over 1e-3..1e1)')
+
+
+def define_flags():
+  """The command's flags, defined when it runs (not at import: the unit test
+  imports this module beside experiments that define --seeds too)."""
+  flags.DEFINE_string('manual_dir', FASHION_DIR,
+                      'directory of the Fashion-MNIST IDX files')
+  flags.DEFINE_string('data_dir', '~/tensorflow_datasets',
+                      'TFDS data directory (the prepared fashion_mnist_local)')
+  flags.DEFINE_string('weights', MOBILENET,
+                      'pretrained MobileNetV2 (torch:PATH or safetensors:PATH)')
+  flags.DEFINE_integer('image_size', 96, 'input size (centre crop)')
+  flags.DEFINE_list('subsets', ['100', '1000'], 'train subset sizes')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'subset seeds (--seed of finetune)')
+  flags.DEFINE_integer('test_examples', 10000,
+                       'the first N test images (10000: the whole split)')
+  flags.DEFINE_integer('batch_size', 100, 'feature-extraction batch size')
+  flags.DEFINE_string('cache', '', 'optional .npz: the features are read from '
+                      'it when it holds this run\'s (weights, size, images), '
+                      'else written to it')
+  flags.DEFINE_list('C', ['1.0', 'cv'], "LogisticRegression's C, one table "
+                    "column each: a number (fixed up front) or 'cv' (5-fold CV "
+                    'on the training subset over 1e-3..1e1)')
 
 
 def probe_config(manual_dir: str, image_size: int, weights: str,
@@ -234,4 +239,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -114,11 +114,10 @@ def robust_scale(train: np.ndarray, *others: np.ndarray,
   Returns:
     The transformed ``(train, *others)``, float32.
   """
+  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
   xs = [_log1p(x, log1p_columns) for x in (train, *others)]
-  median = np.median(xs[0], axis=0)
-  q75, q25 = np.percentile(xs[0], [75, 25], axis=0)
-  iqr = np.where(q75 - q25 > 0, q75 - q25, 1.0)
-  return tuple(((x - median) / iqr).astype(np.float32) for x in xs)
+  scaler = preprocessing.RobustScaler().fit(xs[0])  # median, IQR 25-75
+  return tuple(scaler.transform(x).astype(np.float32) for x in xs)
 
 
 SCALINGS = {'standard': standardize, 'robust': robust_scale}

@@ -35,8 +35,9 @@ flags.DEFINE_integer('steps', 10, 'Steps per round.')
 flags.DEFINE_string('torch_python', '', 'Python with torch installed (default: '
                     'this one if it can import torch; else no PyTorch column).')
 flags.DEFINE_bool('json', False, 'One JSON object per workload and line.')
-flags.DEFINE_enum('cpu_kernels', 'xla', ['xla', 'native'], 'native: dlresearch '
-                  'runs with --cpu_kernels=native, and a fourth contender, the '
+flags.DEFINE_enum('cpu_kernels', 'auto', ['auto', 'xla', 'native'], 'dlresearch\'s '
+                  '--cpu_kernels (auto, its default: native for the models '
+                  'without convolutions). native: also a fourth contender, the '
                   'plain Flax step with its Dense layers on the native GEMM '
                   '(dlresearch.kernels), is paired with plain Flax.')
 flags.DEFINE_integer('blas_threads', 0, 'With --cpu_kernels=native: the BLAS '

@@ -162,7 +162,8 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 0, 'Override the workload batch size (0: its own).')
   flags.DEFINE_bool('json', False, 'One JSON object per line.')
   flags.DEFINE_bool('cpu_eigen_convs', True, 'The library switch of that name.')
-  flags.DEFINE_enum('cpu_kernels', 'xla', ['xla', 'native'], 'The library switch of that name.')
+  flags.DEFINE_enum('cpu_kernels', 'auto', ['auto', 'xla', 'native'],
+                    'The library switch of that name (default: its default).')
   flags.DEFINE_string('parallelism', 'jit', 'jit or pmap (the library switch).')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                     'Computation dtype (the library --dtype; parameters stay '

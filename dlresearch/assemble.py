@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlresearch import checkpoint, optim, parallel, state as state_lib, tasks
+from dlresearch import checkpoint, kernels, optim, parallel, state as state_lib, tasks
 from dlresearch.config import Config, ConfigError
 from dlresearch.data import pipeline
 from dlresearch.models import attention, lora, registry
@@ -100,7 +100,9 @@ def assemble(cfg, workdir: str, data, mesh, num_steps: int) -> Run:
   tx, lr_schedule = optim.make(cfg, num_steps, abstract_params)
   create = functools.partial(state_lib.create, model, tx, args, kwargs,
                              cfg.seed, ema=cfg.ema_decay > 0)
-  shapes = jax.eval_shape(create)
+  init_jaxpr, shapes = jax.make_jaxpr(create, return_shape=True)()
+  cpu_kernels = ('xla' if cfg.cpu_kernels == 'auto' and
+                 kernels.has_convolution(init_jaxpr) else cfg.cpu_kernels)
   task = tasks.freeze_backbone(  # --probe / --freeze: batch stats stay put
       data.task, probe=cfg.probe,
       trainable=optim.trainable(cfg, abstract_params),
@@ -112,7 +114,7 @@ def assemble(cfg, workdir: str, data, mesh, num_steps: int) -> Run:
   ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
                                  cfg.keep_checkpoints)
   strategy = parallel.strategy(cfg.parallelism, mesh, shardings,
-                               cfg.cpu_eigen_convs, cfg.cpu_kernels)
+                               cfg.cpu_eigen_convs, cpu_kernels)
   state, start, data_state = state_lib.restore_or_create(
       cfg, ckpt, create, shardings, abstract_state, model, workdir)
   if start > num_steps and not cfg.eval_only:

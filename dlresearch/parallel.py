@@ -187,6 +187,8 @@ class JitStrategy:
   ``cpu_eigen_convs``: compile with ``CPU_CONV_OPTIONS`` on CPU meshes.
   ``cpu_kernels='native'``: trace the steps with Dense layers on the native
   GEMM (``dlresearch.kernels``) on a one-device CPU mesh; elsewhere XLA's.
+  ``'auto'`` (``kernels.resolve`` chose native for the model): the same, but
+  other meshes take XLA's dots without a warning.
   """
 
   def __init__(self, mesh: Mesh, shardings, cpu_eigen_convs: bool = True,
@@ -194,7 +196,8 @@ class JitStrategy:
     self.mesh, self.shardings = mesh, shardings
     self._batch = batch_sharding(mesh)
     self.compiler_options = compiler_options(mesh, cpu_eigen_convs)
-    self._native = cpu_kernels == 'native' and kernels.use_native(mesh)
+    self._native = (cpu_kernels in ('native', 'auto') and
+                    kernels.use_native(mesh, quiet=cpu_kernels == 'auto'))
 
   def gradients(self, grad_fn):
     """``grad_fn`` as the step calls it: unchanged (the compiler reduces)."""

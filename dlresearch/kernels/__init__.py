@@ -3,9 +3,18 @@
 ``configure('native')`` loads the extension (``_native/gemm.cc``, built by
 ``pip install -e .``) with a BLAS from its wheel (``native.load``:
 scipy-openblas32 by default, ``mkl`` when asked) and registers the FFI
-target; ``configure('xla')`` (the default) leaves XLA's own dots. If the
-extension or the BLAS is missing, ``configure('native')`` logs one WARNING
-and XLA's dots run: the same results.
+target; ``configure('xla')`` leaves XLA's own dots. If the extension or the
+BLAS is missing, ``configure('native')`` logs one WARNING and XLA's dots
+run: the same results.
+
+``--cpu_kernels=auto`` (the default) chooses per model, from
+the step benchmark (docs/speed.md): native for a model without a
+convolution (transformers, LSTMs, MLPs: their steps are dots, 1.08-1.19x
+faster with native), XLA's dots for one with a convolution (its time is in
+XLA's convolutions, which no linked library beat; native/XLA 0.98 on LeNet):
+``assemble`` passes ``'xla'`` when ``has_convolution``, else ``'auto'``, which
+the strategy takes as native where it applies, without the WARNING that an
+explicit ``native`` on a mesh of several devices gives.
 
 - ``matmul(a, b, trans_a, trans_b)``: ``op(a) @ op(b)`` over leading batch
   axes (equal in ``a`` and ``b``), float32, a ``jax.custom_vjp`` whose two
@@ -52,6 +61,7 @@ import numpy as np
 from dlresearch.kernels import native
 
 MODES = ('xla', 'native')
+FLAG_CHOICES = ('auto',) + MODES
 _state = {'mode': 'xla', 'target': None, 'warned': False}
 _tracing = threading.local()  # .depth: how many interceptor() contexts are open
 
@@ -100,13 +110,42 @@ def tracing_native() -> bool:
   return getattr(_tracing, 'depth', 0) > 0 and active()
 
 
-def use_native(mesh) -> bool:
+def _primitives(jaxpr):
+  """Every primitive name of ``jaxpr`` and of the jaxprs in its equations."""
+  def subjaxprs(value):
+    if isinstance(value, jax.extend.core.ClosedJaxpr):
+      yield value.jaxpr
+    elif isinstance(value, jax.extend.core.Jaxpr):
+      yield value
+    elif isinstance(value, (tuple, list)):
+      for v in value:
+        yield from subjaxprs(v)
+  for eqn in jaxpr.eqns:
+    yield eqn.primitive.name
+    for value in eqn.params.values():
+      for sub in subjaxprs(value):
+        yield from _primitives(sub)
+
+
+def has_convolution(closed_jaxpr) -> bool:
+  """Whether ``closed_jaxpr`` (a model's traced initialisation) convolves.
+
+  ``--cpu_kernels=auto`` takes XLA's dots for such a model (``assemble``).
+  """
+  return any(name == 'conv_general_dilated'
+             for name in _primitives(closed_jaxpr.jaxpr))
+
+
+def use_native(mesh, quiet: bool = False) -> bool:
   """Loads the native path for ``mesh`` if it is one CPU device; whether it is on.
 
-  Any other mesh keeps XLA's dots, with one WARNING saying so.
+  Any other mesh keeps XLA's dots, with one WARNING saying so (none when
+  ``quiet``: ``--cpu_kernels=auto`` chose native, nobody asked for it).
   """
   devices = list(mesh.devices.flat)
   if len(devices) != 1 or devices[0].platform != 'cpu':
+    if quiet:
+      return False
     logging.warning('--cpu_kernels=native applies to a one-device CPU mesh; this '
                     'mesh has %d %s device(s): XLA\'s dots', len(devices),
                     devices[0].platform)

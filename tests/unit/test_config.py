@@ -34,7 +34,7 @@ OLD_CHOICES = {
     'dtype': ('float32', 'bfloat16'), 'tokenizer': ('char', 'bpe', 'unigram'),
     # Added since (issue 24).
     'attention_impl': ('auto', 'explicit', 'xla', 'cudnn'),
-    'cpu_kernels': ('xla', 'native'),  # issue 21
+    'cpu_kernels': ('auto', 'xla', 'native'),  # issue 21
     'lora_save': ('full', 'adapters'),
     'feature_scaling': ('standard', 'robust'),  # issue 26
     'time_feature': ('none', 'hour'),

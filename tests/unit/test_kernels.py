@@ -12,6 +12,7 @@ conv option's tolerance, and resume stays bit-identical with them on.
 
 import logging
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,7 +292,7 @@ def test_loss_curve_with_kernels_equals_xla_and_resume_is_exact(on, tmp_path, na
   data = make_data()
   base = Config(**dict(batch_size=16, num_steps=6, log_every=1, checkpoint_every=3,
                        learning_rate=1e-3, mesh='data:1', model_summary=False,
-                       plots=False) | extra)
+                       plots=False, cpu_kernels='xla') | extra)
   xla = _curve(base, str(tmp_path / 'xla'), data)
   assert not traced
   on_ = base.replace(cpu_kernels='native')
@@ -303,3 +304,32 @@ def test_loss_curve_with_kernels_equals_xla_and_resume_is_exact(on, tmp_path, na
   train.run(on_.replace(num_steps=3), resumed, data=data)
   again = _curve(on_, resumed, data)
   assert again == straight  # bit-identical: the same kernel, the same order
+
+
+@pytest.mark.parametrize('name,native', [('lenet5', False), ('lstm', True), ('gpt', True)])
+def test_auto_takes_native_for_models_without_convolutions(on, tmp_path, name, native,
+                                                          monkeypatch):
+  traced = []
+  dense = kernels.dense
+  monkeypatch.setattr(kernels, 'dense', lambda *a: traced.append(1) or dense(*a))
+  extra, make_data = RUNS[name]
+  cfg = Config(**dict(batch_size=16, num_steps=1, learning_rate=1e-3, mesh='data:1',
+                      model_summary=False, plots=False) | extra)
+  assert cfg.cpu_kernels == 'auto'  # the default
+  train.run(cfg, str(tmp_path / name), data=make_data())
+  assert bool(traced) == native
+
+
+def test_has_convolution_finds_a_conv_inside_nested_jaxprs():
+  conv = nn.Conv(4, (3, 3))
+  x = jnp.ones((1, 8, 8, 1))
+  init = jax.make_jaxpr(lambda: conv.init(jax.random.PRNGKey(0), x))()
+  assert kernels.has_convolution(init)
+  nested = jax.make_jaxpr(lambda: jax.lax.scan(
+      lambda c, _: (c + jax.jit(lambda: conv.apply(conv.init(jax.random.PRNGKey(0), x),
+                                                    x))().sum(), None),
+      0.0, None, length=2))()
+  assert kernels.has_convolution(nested)
+  dense = nn.Dense(3)
+  assert not kernels.has_convolution(
+      jax.make_jaxpr(lambda: dense.init(jax.random.PRNGKey(0), jnp.ones((2, 5))))())

@@ -150,7 +150,10 @@ def use_native(mesh, quiet: bool = False) -> bool:
                     'mesh has %d %s device(s): XLA\'s dots', len(devices),
                     devices[0].platform)
     return False
-  return configure('native')
+  if configure('native'):
+    logging.info('cpu_kernels: the Dense, attention and LSTM matmuls of this run '
+                 'take the native GEMM (dlresearch.kernels)')
+  return loaded()
 
 
 def traced_with_native(fn):

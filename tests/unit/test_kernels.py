@@ -308,7 +308,8 @@ def test_loss_curve_with_kernels_equals_xla_and_resume_is_exact(on, tmp_path, na
 
 @pytest.mark.parametrize('name,native', [('lenet5', False), ('lstm', True), ('gpt', True)])
 def test_auto_takes_native_for_models_without_convolutions(on, tmp_path, name, native,
-                                                          monkeypatch):
+                                                          monkeypatch, caplog):
+  caplog.set_level(logging.INFO)
   traced = []
   dense = kernels.dense
   monkeypatch.setattr(kernels, 'dense', lambda *a: traced.append(1) or dense(*a))
@@ -318,6 +319,7 @@ def test_auto_takes_native_for_models_without_convolutions(on, tmp_path, name, n
   assert cfg.cpu_kernels == 'auto'  # the default
   train.run(cfg, str(tmp_path / name), data=make_data())
   assert bool(traced) == native
+  assert ('take the native GEMM' in caplog.text) == native  # said once, at start
 
 
 def test_has_convolution_finds_a_conv_inside_nested_jaxprs():

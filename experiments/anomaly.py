@@ -30,12 +30,12 @@ creditcard
   training. MLP autoencoder 31-64-32-8 (mirrored), Adam 1e-3 cosine, batch
   256, 3 epochs of the other 204,685 normal rows (2,399 steps).
   Measured 2026-12-07 (``python -m experiments.anomaly --preset=creditcard``,
-  2-core AMD EPYC, 1 CPU device, load average 1.1, 12 s wall): AUROC
+  2-core AMD EPYC Zen 4, 1 CPU device, idle (load average below 1.6), 11 s wall): AUROC
   0.969, average precision 0.195, at the 0.1% alert rate (57 flagged)
   precision 0.333 / recall 0.253; IsolationForest (all normal train rows,
   the standard 29 features) in the same eval line: AUROC 0.951, AP 0.045,
   precision/recall 0 / 0. Over seeds 0-4: AUROC 0.964 +- 0.005 (every seed
-  0.958-0.969, above IsolationForest), AP 0.221 +- 0.025. The old preset
+  0.958-0.969, above IsolationForest), AP 0.221 +- 0.026. The old preset
   (standard scaling, no hour, MSE score) had AUROC 0.939 +- 0.008 (0.943
   at seed 0, below IsolationForest on all 5 seeds), AP 0.392 +- 0.068; the
   study of what mattered is in docs/apps.md. For a higher AP at a lower
@@ -46,19 +46,21 @@ creditcard
 creditcard_classifier
   The supervised comparison on the same split: an MLP (64, 32) classifier
   on all 227,845 labelled train rows, Adam 1e-3 cosine, batch 256, 3 epochs
-  (2,671 steps). Measured: AUROC 0.960, AP 0.824, precision 0.965 / recall
-  0.733 at 0.1%. 27 s wall. With labels, the classifier is far ahead on
+  (2,671 steps). Measured 2026-12-07 (``--preset=creditcard_classifier``,
+  2-core AMD EPYC Zen 4, 1 CPU device, idle (load average below 1.6)): AUROC 0.960, AP 0.824, precision 0.965 / recall 0.733 at 0.1%.
+  12 s wall. With labels, the classifier is far ahead on
   the precision-type metrics; without them the autoencoder still flags
-  frauds at 47% precision where IsolationForest flags none.
+  frauds at 33% precision (seed 0) where IsolationForest flags none.
 
 shuttle
   Statlog Shuttle in its own split (43,500 train / 14,500 test; normal =
   Rad.Flow, 20.8% of the test rows are anomalies). MLP autoencoder 9-32-16-4,
   Adam 1e-3 cosine, batch 256, 10 epochs of the 34,108 normal rows (1,333
-  steps). Measured: AUROC 0.976, AP 0.926 (IsolationForest 0.926, 0.830).
+  steps). Measured 2026-12-07 (``--preset=shuttle``, 2-core AMD EPYC Zen 4, 1 CPU device, idle (load average below 1.6)): AUROC 0.976,
+  AP 0.926 (IsolationForest 0.926, 0.830).
   At 0.1% (15 flagged of 14,500, 3,022 anomalies) recall is necessarily
   tiny: precision 0.600 / recall 0.003 (IsolationForest 1.000 / 0.005).
-  34 s wall.
+  11 s wall.
 
 fashion_mnist_one_class
   Fashion-MNIST one-class: for each class in turn, a conv autoencoder

@@ -407,4 +407,7 @@ class Data:
   # when it differs from ``eval_split``; never used for selection.
   test: Dataset | None = None
   test_split: str = ''
+  # Hooks like ``eval_hooks`` for the test line only (e.g. BLEU of the test
+  # split's translations); their keys come back as ``test_*``.
+  test_hooks: list = dataclasses.field(default_factory=list)
   label_names: list | None = None  # class names, for pictures and export

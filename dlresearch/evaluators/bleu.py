@@ -18,6 +18,7 @@ from dlresearch.evaluators.base import host_params
 from dlresearch.models import decoding
 
 TRANSLATIONS_FILE = 'translations.txt'
+TEST_TRANSLATIONS_FILE = 'test_translations.txt'
 
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str],
@@ -58,16 +59,17 @@ def translate(model, params, tokenizer, inputs: np.ndarray,
 
 
 def translation_hook(cfg: Config, workdir: str, tokenizer, arrays: dict,
-                     sources: Sequence[str], references: Sequence[str]
-                     ) -> Callable:
-  """Eval hook: decodes the eval split (its first ``--bleu_examples``).
+                     sources: Sequence[str], references: Sequence[str],
+                     filename: str = TRANSLATIONS_FILE) -> Callable:
+  """Eval hook: decodes a split (its first ``--bleu_examples``).
 
-  ``arrays`` are the eval split's id arrays (``inputs``, ``inputs_mask``);
+  ``arrays`` are the split's id arrays (``inputs``, ``inputs_mask``);
   ``sources``/``references`` its raw text.
 
   Adds ``bleu`` (sacrebleu, ``--bleu_tokenize``), ``chrf`` and
   ``exact_match``; process 0 writes ``source / reference / hypothesis``
-  triples to ``WORKDIR/translations.txt``.
+  triples to ``WORKDIR/<filename>`` (``translations.txt``; the test split's
+  hook ``test_translations.txt``).
   """
   from sacrebleu.metrics import bleu  # pylint: disable=g-import-not-at-top
   if cfg.bleu_tokenize not in bleu.BLEU.TOKENIZERS:
@@ -86,7 +88,7 @@ def translation_hook(cfg: Config, workdir: str, tokenizer, arrays: dict,
     hyps = translate(model, host_params(state), tokenizer, inputs, inputs_mask,
                      cfg.max_len, batch_size, cfg.beam_size)
     if jax.process_index() == 0:
-      path = pathlib.Path(workdir) / TRANSLATIONS_FILE
+      path = pathlib.Path(workdir) / filename
       tmp = path.with_suffix('.tmp')
       tmp.write_text(''.join(f'{s}\n{r}\n{h}\n\n' for s, r, h in
                              zip(sources, references, hyps)), encoding='utf-8')

@@ -10,8 +10,10 @@
   come back as ``test_*``; never ranked.
 
 Each line runs the task's metrics, their ``ema_`` twins (``--ema_decay``)
-and, except on the test split, the problem's and the caller's evaluators
-(eval hooks ``hook(model, state) -> dict``, through ``base.FromHook``).
+and hooks ``hook(model, state) -> dict`` (through ``base.FromHook``): the
+eval lines the problem's and the caller's eval hooks, the test line the
+problem's test hooks (``Data.test_hooks``: BLEU of the test split's
+translations).
 """
 
 import functools
@@ -35,22 +37,22 @@ def eval_lines(cfg, data, model, task, strategy, eval_step: Callable,
     steps.append(('ema_', strategy.eval_step(functools.partial(
         eval_step, model=model, task=task, ema=True))))
   hooks = [FromHook(h, model) for h in [*data.eval_hooks, *eval_hooks]]
+  test_hooks = [FromHook(h, model) for h in data.test_hooks]
 
-  def line(dataset, split, name, with_hooks=True, full=False):
+  def line(dataset, split, name, hooks=hooks, full=False):
     what = lambda prefix: (f'{"final" if split == "eval" else "test"} eval'
                            f'{" of the EMA weights" if prefix else ""} on '
                            f'{name}') if full else ''
     evaluators = [TaskMetrics(fn, dataset, task, strategy, batch_size, prefix,
                               announce=what(prefix), progress=cfg.progress)
                   for prefix, fn in steps]
-    return EvalLine(split, name, dataset.num_examples,
-                    evaluators + (hooks if with_hooks else []))
+    return EvalLine(split, name, dataset.num_examples, evaluators + hooks)
 
   name = data.eval_split or 'eval'
   periodic = (Head(data.eval, cfg.eval_max_examples)
               if cfg.eval_max_examples else data.eval)
   return {'periodic': line(periodic, 'eval', name),
           'final': line(data.eval, 'eval', name, full=True),
-          'test': (line(data.test, 'test', data.test_split, with_hooks=False,
+          'test': (line(data.test, 'test', data.test_split, hooks=test_hooks,
                         full=True)
                    if data.test is not None else None)}

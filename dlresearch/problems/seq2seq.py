@@ -1,8 +1,9 @@
 """Problem ``seq2seq``: translation of ``--source_key`` to ``--target_key``.
 
 One tokenizer is built on both sides of train (``tasks.Seq2Seq``);
-training pairs that do not fit ``--max_len`` are dropped; each eval adds
-BLEU/chrF/exact match of decoded translations (``bleu.translation_hook``).
+training pairs that do not fit ``--max_len`` are dropped; each eval, and
+the test line at the end, adds BLEU/chrF/exact match of decoded
+translations (``bleu.translation_hook``).
 """
 
 from absl import logging
@@ -43,17 +44,23 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
                                   eval_cols[cfg.target_key], tok, n)
   task = tasks.Seq2Seq(label_smoothing=cfg.label_smoothing)
   sizes = problems.model_sizes(cfg, vocab_size=tok.vocab_size, max_len=n)
-  test_arrays = None
-  if splits.test:  # teacher-forced metrics only; BLEU is on the eval split
-    cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.test),
-                               fields)
-    test_arrays = inputs.compact(text.translation_arrays(
-        cols[cfg.source_key], cols[cfg.target_key], tok, n), tok.vocab_size)
+  test_arrays = test_cols = None
+  if splits.test:
+    test_cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.test),
+                                    fields)
+    test_arrays = text.translation_arrays(
+        test_cols[cfg.source_key], test_cols[cfg.target_key], tok, n)
   data = pipeline.Data(inputs.compact(train, tok.vocab_size),
                        inputs.compact(evals, tok.vocab_size), task, sizes,
-                       tokenizer=tok, eval_split=splits.eval, test=test_arrays,
+                       tokenizer=tok, eval_split=splits.eval,
+                       test=(inputs.compact(test_arrays, tok.vocab_size)
+                             if splits.test else None),
                        test_split=splits.test or '')
   data.eval_hooks.append(bleu.translation_hook(
       cfg, workdir, tok, evals, eval_cols[cfg.source_key],
       eval_cols[cfg.target_key]))
+  if splits.test:
+    data.test_hooks.append(bleu.translation_hook(
+        cfg, workdir, tok, test_arrays, test_cols[cfg.source_key],
+        test_cols[cfg.target_key], filename=bleu.TEST_TRANSLATIONS_FILE))
   return data

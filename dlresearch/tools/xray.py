@@ -23,9 +23,9 @@ to 8/7 of it), ``--tiny`` (crop 64 unless ``--image_size`` is given, for
 CI). Any other flag (``--model``, ``--init_from``, ``--eval_only``, ...) is
 refused: the demo has one model and trains nothing.
 
-Measured on 2 shared CPU cores (AMD EPYC Zen 4, load ~20), 1 CPU device,
-2026-11-29: 13 of 16 correct, accuracy 81.2% with exact 95% interval
-54.4%-96.0%; 113 s wall (features, 16 probes, 16 Grad-CAM maps). With 16
+Measured 2026-12-07 (``python -m experiments.xray``, 2-core AMD EPYC Zen 4, 1 CPU device, idle (load average below 1.6)): 13 of 16
+correct, accuracy 81.2% with exact 95% interval 54.4%-96.0%; 14 s wall
+(features, 16 probes, 16 Grad-CAM maps). With 16
 images the interval spans from little better than chance to near perfect:
 that, not the point estimate, is the result.
 """

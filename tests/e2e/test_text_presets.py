@@ -198,21 +198,27 @@ def test_text_classify_tiny(tmp_path, data_dir, rotten_tomatoes_dir, preset):
 
 
 def test_transformer_translate_tiny(tmp_path, data_dir, small_number_words):
-  # Evals default to the validation split; this test reads the test pairs.
-  cfg = tiny(transformer_translate.PRESETS, 'number_words',
-                   data_dir=data_dir, eval_split='test')
+  # Evals on the validation pairs (50..99), the test line at the end on the
+  # test pairs (0..49): both decode and score their translations.
+  cfg = tiny(transformer_translate.PRESETS, 'number_words', data_dir=data_dir)
   result = train.run(cfg, str(tmp_path))
   last = check_run(tmp_path, 'bleu')
   for key in ('bleu', 'chrf', 'exact_match', 'perplexity', 'accuracy'):
     assert np.isfinite(last[key]), key
+    assert np.isfinite(result[f'test_{key}']), key
   assert 0 <= result['bleu'] <= 100 and 0 <= result['exact_match'] <= 1
-  # All 50 test pairs (fewer than bleu_examples) as source/reference/output.
-  blocks = (tmp_path / bleu.TRANSLATIONS_FILE).read_text().split('\n\n')
-  triples = [b.split('\n') for b in blocks if b]
+  assert 0 <= result['test_bleu'] <= 100 and 0 <= result['test_exact_match'] <= 1
   from num2words import num2words
-  german = {num2words(n): num2words(n, lang='de') for n in range(50)}
-  assert sorted(t[0] for t in triples) == sorted(german)
-  assert all(t[1] == german[t[0]] and len(t) == 3 for t in triples)
+  for name, numbers in ((bleu.TRANSLATIONS_FILE, range(50, 100)),
+                        (bleu.TEST_TRANSLATIONS_FILE, range(50))):
+    # Every pair (fewer than bleu_examples) as source/reference/output.
+    blocks = (tmp_path / name).read_text().split('\n\n')
+    triples = [b.split('\n') for b in blocks if b]
+    german = {num2words(n): num2words(n, lang='de') for n in numbers}
+    assert sorted(t[0] for t in triples) == sorted(german), name
+    assert all(t[1] == german[t[0]] and len(t) == 3 for t in triples), name
+  test_lines = [l for l in log_lib.read_metrics(str(tmp_path)) if l['split'] == 'test']
+  assert len(test_lines) == 1 and 'exact_match' in test_lines[0]
   assert (tmp_path / text.SUBWORD_FILE).is_file()
 
 

@@ -24,14 +24,16 @@ Presets (Adam, cosine decay, gradient clipping at 1.0):
 shakespeare_lstm
   1-layer LSTM, 256 units, embeddings 64, batch 32 x 128 characters, lr 3e-3,
   100 warmup steps, 2000 steps (8.2M characters, 1.9 epochs; sized for a
-  CPU). Measured (``python -m experiments.rnn_lm --preset=shakespeare_lstm
-  --sample``, 2 shared CPU cores, AMD EPYC Zen 4, other jobs running, so
-  the step rate varied from 5 to 2 steps/s): **2.42 bits per character**
-  on the 3 held-out test plays (loss 1.676 nats, perplexity 5.34,
-  next-character accuracy 50.3%; 2.66 / 2.46 / 2.42 at steps 600 / 1200 /
-  1800), 808 s wall including data preparation and compilation. Train and
-  test loss are level (1.69 vs 1.68 nats at the end): the model is limited
-  by compute, not data (a larger or longer run should go lower). The
+  CPU). Measured 2026-12-07 (``python -m experiments.rnn_lm
+  --preset=shakespeare_lstm``, 2-core AMD EPYC Zen 4, 1 CPU device, idle,
+  load average below 2.1; the LSTM on the native GEMM,
+  ``--cpu_kernels=auto``): **2.43 bits per character** on the 3 held-out
+  test plays (loss 1.684 nats, perplexity 5.39, next-character accuracy
+  50.1%), 263 s wall including compilation. The periodic evals are on the
+  3 validation plays: 2.76 / 2.58 / 2.54 / 2.54 bits per character at steps
+  600 / 1200 / 1800 / 2000. The model is limited by compute, not data (the
+  validation loss still falls at the end; a larger or longer run should go
+  lower). The
   ``--eval_only --sample --temperature=0.7`` command above on that workdir
   (22 s) printed::
 

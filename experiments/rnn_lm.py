@@ -32,14 +32,16 @@ shakespeare_lstm
   50.1%), 263 s wall including compilation. The periodic evals are on the
   3 validation plays: 2.76 / 2.58 / 2.54 / 2.54 bits per character at steps
   600 / 1200 / 1800 / 2000. The model is limited by compute, not data (the
-  validation loss still falls at the end; a larger or longer run should go
-  lower). The
+  validation loss was still falling, slowly, at the end; a larger or longer
+  run should go lower). The
   ``--eval_only --sample --temperature=0.7`` command above on that workdir
-  (22 s) printed::
+  (8 s) printed::
 
-      The clouds are in the see,
-      We must to onot and heart of you to heard?
-      The salk us fall of honour of all the stoors.
+      The clouds are in the seeming
+      As the boods and heart you me to heard?
+
+      [Enter POLENLO.
+      O, by heaven are the stores of all cature have with the
 
 shakespeare_gru
   The same with a GRU (not measured).

@@ -61,7 +61,6 @@ import numpy as np
 from dlresearch.kernels import native
 
 MODES = ('xla', 'native')
-FLAG_CHOICES = ('auto',) + MODES
 _state = {'mode': 'xla', 'target': None, 'warned': False}
 _tracing = threading.local()  # .depth: how many interceptor() contexts are open
 

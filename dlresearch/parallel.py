@@ -187,7 +187,7 @@ class JitStrategy:
   ``cpu_eigen_convs``: compile with ``CPU_CONV_OPTIONS`` on CPU meshes.
   ``cpu_kernels='native'``: trace the steps with Dense layers on the native
   GEMM (``dlresearch.kernels``) on a one-device CPU mesh; elsewhere XLA's.
-  ``'auto'`` (``kernels.resolve`` chose native for the model): the same, but
+  ``'auto'`` (``assemble`` found no convolution in the model): the same, but
   other meshes take XLA's dots without a warning.
   """
 

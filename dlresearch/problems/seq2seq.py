@@ -30,9 +30,19 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   tok = inputs.workdir_tokenizer(
       cfg, workdir, fresh,
       lambda: train_cols[cfg.source_key] + train_cols[cfg.target_key])
-  eval_cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.eval),
-                                  fields)
   n = cfg.max_len
+
+  def decoded(split, filename):
+    """A held-out split's ids (kept whole, truncated to ``max_len``) and the
+    hook that decodes and scores it, writing ``WORKDIR/<filename>``."""
+    cols = inputs.read_columns(cfg, inputs.open_source(cfg, split), fields)
+    sources, references = cols[cfg.source_key], cols[cfg.target_key]
+    arrays = text.translation_arrays(sources, references, tok, n)
+    return (inputs.compact(arrays, tok.vocab_size),
+            bleu.translation_hook(cfg, workdir, tok, arrays, sources, references,
+                                  filename=filename))
+
+  evals, eval_hook = decoded(splits.eval, bleu.TRANSLATIONS_FILE)
   train = text.translation_arrays(train_cols[cfg.source_key],
                                   train_cols[cfg.target_key], tok, n + 1)
   fits = ~train['inputs_mask'][:, n] & ~train['targets_mask'][:, n]
@@ -40,27 +50,14 @@ def seq2seq(cfg: Config, workdir: str, fresh: bool) -> pipeline.Data:
   if not fits.any():
     raise ConfigError('max_len', f'no training pair fits in {n} tokens')
   train = {k: v[fits, :n] for k, v in train.items()}
-  evals = text.translation_arrays(eval_cols[cfg.source_key],
-                                  eval_cols[cfg.target_key], tok, n)
   task = tasks.Seq2Seq(label_smoothing=cfg.label_smoothing)
   sizes = problems.model_sizes(cfg, vocab_size=tok.vocab_size, max_len=n)
-  test_arrays = test_cols = None
-  if splits.test:
-    test_cols = inputs.read_columns(cfg, inputs.open_source(cfg, splits.test),
-                                    fields)
-    test_arrays = text.translation_arrays(
-        test_cols[cfg.source_key], test_cols[cfg.target_key], tok, n)
-  data = pipeline.Data(inputs.compact(train, tok.vocab_size),
-                       inputs.compact(evals, tok.vocab_size), task, sizes,
-                       tokenizer=tok, eval_split=splits.eval,
-                       test=(inputs.compact(test_arrays, tok.vocab_size)
-                             if splits.test else None),
+  test, test_hook = (decoded(splits.test, bleu.TEST_TRANSLATIONS_FILE)
+                     if splits.test else (None, None))
+  data = pipeline.Data(inputs.compact(train, tok.vocab_size), evals, task,
+                       sizes, tokenizer=tok, eval_split=splits.eval, test=test,
                        test_split=splits.test or '')
-  data.eval_hooks.append(bleu.translation_hook(
-      cfg, workdir, tok, evals, eval_cols[cfg.source_key],
-      eval_cols[cfg.target_key]))
-  if splits.test:
-    data.test_hooks.append(bleu.translation_hook(
-        cfg, workdir, tok, test_arrays, test_cols[cfg.source_key],
-        test_cols[cfg.target_key], filename=bleu.TEST_TRANSLATIONS_FILE))
+  data.eval_hooks.append(eval_hook)
+  if test_hook is not None:
+    data.test_hooks.append(test_hook)
   return data

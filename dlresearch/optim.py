@@ -3,7 +3,9 @@
 Order of the chain: clip by global norm -> (freeze mask) -> optimizer with
 weight decay decided by each parameter's role (``decay_role``): weight
 matrices and token/entity embedding tables decay; biases, norm scales,
-position tables and the ViT class token do not.
+position tables and the ViT class token do not. A frozen parameter's
+gradient is zero (stopped in the loss by ``tasks.FrozenBackbone``), so the
+global norm is that of the parameters that train.
 SGD/Nesterov take ``--momentum``; Adam/AdamW take ``--adam_b1``,
 ``--adam_b2`` and ``--adam_eps``.
 Per-group learning-rate factors: ``--lr_multipliers``.

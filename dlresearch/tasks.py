@@ -323,12 +323,19 @@ class FrozenBackbone:
   them; no dropout), so only the trained head can change. ``keep``: model
   state paths (``frozen_state_paths``) whose new values are dropped after
   each training step (``--freeze`` of batch-normalised layers): a frozen
-  layer's statistics stay bit-identical. Everything else is the inner task.
+  layer's statistics stay bit-identical. ``frozen``: parameter paths
+  (``'encoder/block_0/attn/key/kernel'``) that do not train; the loss sees
+  them through ``stop_gradient``, so their gradients are zeros that cost
+  nothing (XLA drops the backward products that only they need: a probe
+  does no backward pass through the backbone) and the global norm that
+  ``--grad_clip_norm`` clips by is the trained parameters' own. Everything
+  else is the inner task.
   """
 
   task: Any
   eval_mode: bool = False
   keep: frozenset = frozenset()
+  frozen: frozenset = frozenset()
 
   def model_inputs(self, batch):
     return self.task.model_inputs(batch)
@@ -342,6 +349,13 @@ class FrozenBackbone:
     return getattr(self.task, name)
 
   def __call__(self, model, variables, batch, *, train, rng=None):
+    if self.frozen:
+      flat = flax.traverse_util.flatten_dict(
+          flax.core.unfreeze(variables['params']), sep='/')
+      flat = {p: jax.lax.stop_gradient(v) if p in self.frozen else v
+              for p, v in flat.items()}
+      variables = {**variables,
+                   'params': flax.traverse_util.unflatten_dict(flat, sep='/')}
     sums, model_state = self.task(model, variables, batch,
                                   train=train and not self.eval_mode, rng=rng)
     if train and self.keep and model_state:
@@ -357,6 +371,9 @@ class FrozenBackbone:
 def freeze_backbone(task, *, probe: bool, trainable, model_state):
   """``task``, or a ``FrozenBackbone`` of it when something is frozen."""
   keep = frozen_state_paths(trainable, model_state)
-  if not probe and not keep:
+  frozen = frozenset() if trainable is None else frozenset(
+      p for p, t in flax.traverse_util.flatten_dict(
+          flax.core.unfreeze(trainable), sep='/').items() if not t)
+  if not probe and not keep and not frozen:
     return task
-  return FrozenBackbone(task, eval_mode=probe, keep=keep)
+  return FrozenBackbone(task, eval_mode=probe, keep=keep, frozen=frozen)

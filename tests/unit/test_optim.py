@@ -250,6 +250,45 @@ def test_frozen_parameters_and_their_batch_stats_do_not_move(flags):
   assert not _same(first.model_state, last.model_state)
 
 
+def test_frozen_parameters_get_no_gradient_and_no_backward_pass():
+  """The loss sees frozen parameters through stop_gradient: their gradients
+  are zeros, the global norm (what --grad_clip_norm clips by, and the
+  logged grad_norm) is the head's alone, and a probe's backward pass has no
+  product through the frozen convolution."""
+  model = _Net()
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(8, 6, 6, 2)).astype(np.float32),
+           'label': rng.integers(0, 3, 8).astype(np.int32)}
+  variables = model.init(jax.random.PRNGKey(0), batch['image'])
+  params, model_state = variables['params'], {'batch_stats': variables['batch_stats']}
+  cfg = Config(probe=True, new_head='^head/')
+  task = tasks.freeze_backbone(
+      tasks.Classification(), probe=True,
+      trainable=optim.trainable(cfg, params), model_state=model_state)
+  grad = functools.partial(train.gradients, model=model, task=task)
+  grads, _, _ = grad(params, model_state, batch, jax.random.PRNGKey(1))
+  for name in ('conv', 'bn'):
+    assert all(not np.any(g) for g in jax.tree.leaves(grads[name]))
+
+  def head_loss(head):  # the head's gradient with the body held constant
+    sums, _ = tasks.Classification()(model, {'params': {**params, 'head': head},
+                                             **model_state}, batch, train=False)
+    return sums['loss'] / sums['count']
+
+  want = jax.grad(head_loss)(params['head'])
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7),
+               grads['head'], want)
+  assert float(optax.tree.norm(grads)) == pytest.approx(
+      float(optax.tree.norm(want)), rel=1e-5)
+  convs = lambda t: str(jax.make_jaxpr(functools.partial(
+      train.gradients, model=model, task=t))(params, model_state, batch,
+                                             jax.random.PRNGKey(1))).count(
+                                                 'conv_general_dilated')
+  # Forward only (1) with the body frozen; forward and weight gradient (2)
+  # when it trains.
+  assert (convs(task), convs(tasks.Classification())) == (1, 2)
+
+
 def test_lr_multipliers_scale_each_group_update():
   params = {'body': {'kernel': jnp.ones((2, 2))}, 'head': {'kernel': jnp.ones(2)}}
   grads = jax.tree.map(jnp.ones_like, params)

@@ -1,4 +1,4 @@
-"""The optional native extension (dlresearch/kernels/_native/gemm.cc).
+"""The optional native extension (dlresearch/kernels/_native/*.cc).
 
 Everything else about the package is in pyproject.toml. The extension is an
 XLA FFI target compiled against jaxlib's FFI headers (jaxlib is a build
@@ -26,9 +26,15 @@ include = ffi_include_dir()
 if include is None:
   print('dlresearch: jaxlib FFI headers not found; building without the native '
         'GEMM extension')
+# The same sources and flags as dlresearch.kernels.native.build (not
+# imported here: it imports jax).
 ext_modules = [] if include is None else [Extension(
-    'dlresearch.kernels._gemm', sources=['dlresearch/kernels/_native/gemm.cc'],
+    'dlresearch.kernels._gemm',
+    sources=['dlresearch/kernels/_native/gemm.cc',
+             'dlresearch/kernels/_native/lstm.cc'],
+    depends=['dlresearch/kernels/_native/blas.h'],
     include_dirs=[include], language='c++', optional=True,
-    extra_compile_args=['-O2', '-g0', '-std=c++17', '-w'])]
+    extra_compile_args=['-O3', '-fno-trapping-math', '-ffp-contract=fast', '-g0',
+                        '-std=c++17', '-w'])]
 
 setup(ext_modules=ext_modules)

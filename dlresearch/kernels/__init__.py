@@ -27,12 +27,17 @@ explicit ``native`` on a mesh of several devices gives.
   that computes every float32 ``nn.Dense``/``nn.DenseGeneral`` (trailing
   contracted axes, no batch dims, no custom ``dot_general``) with ``dense``;
   ``parallel``/the train step install it when ``active()``.
+- ``lstm_forward`` / ``lstm_backward``: the LSTM's two time loops as single
+  FFI calls (``_native/lstm.cc``: per step one BLAS call per gate and one
+  vectorised pass over the gates, no XLA launch between steps); used by
+  ``models.rnn.lstm_scan``, which keeps the products over all steps
+  (input projection, weight and input gradients) on ``matmul``.
 - ``tracing_native()``: inside ``interceptor()`` and ``active()``; the
   models' own matmuls ask it at trace time: the explicit attention's
   ``q k^T`` and ``weights v`` (``models.attention``: heads folded into the
   batch axis, a key/value head's query heads stacked as rows of one GEMM)
-  and the LSTM gate matmul of ``models.rnn.lstm_scan`` (forward, and the
-  backward's recurrent, weight and input gradients) take ``matmul`` then.
+  and ``models.rnn.lstm_scan`` (the loops above, else its gate matmuls)
+  take the kernels then.
 
 ``parallel.JitStrategy`` turns it on (``use_native``) only on a one-device
 CPU mesh and then traces its steps inside ``interceptor()``
@@ -217,6 +222,46 @@ def matmul(a: jax.Array, b: jax.Array, trans_a: bool = False,
   if a.ndim == 2:
     return _gemm(a[None], b[None], bool(trans_a), bool(trans_b))[0]
   return _gemm(a, b, bool(trans_a), bool(trans_b))
+
+
+def lstm_loops() -> bool:
+  """The LSTM loop targets are loaded (``lstm_forward``/``lstm_backward``)."""
+  return loaded() and native.lstm_loaded()
+
+
+def _f32(*shape):
+  return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def lstm_forward(xp: jax.Array, c0: jax.Array, h0: jax.Array, w_h: jax.Array):
+  """The LSTM forward loop: ``(hs, cs, gates)``, each ``[T, B, .]``.
+
+  ``xp [T, B, 4H]`` is ``x W_x + b`` (gate order ``i, f, g, o``), ``w_h``
+  ``[H, 4H]``; ``gates`` are the activated gates (``lstm_backward``'s
+  input). Not differentiable itself: ``models.rnn.lstm_scan`` is the
+  ``custom_vjp`` around it. Under ``vmap`` it runs once per mapped index.
+  """
+  steps, batch, width = xp.shape
+  size = width // 4
+  call = jax.ffi.ffi_call(native.LSTM_TARGETS[0],
+                          (_f32(steps, batch, size), _f32(steps, batch, size),
+                           _f32(steps, batch, width)), vmap_method='sequential')
+  return call(xp, c0, h0, w_h)
+
+
+def lstm_backward(d_hs, cs, c0, gates, w_h, d_ct, d_ht):
+  """The LSTM backward loop: ``(dz [T, B, 4H], dc0, dh0)``.
+
+  From the output and final-carry gradients and ``lstm_forward``'s ``cs``
+  and ``gates``: the pre-activation gate gradients of every step and the
+  initial carry's gradients (the weight, bias and input gradients are
+  products of ``dz`` over all steps, left to the caller).
+  """
+  steps, batch, size = d_hs.shape
+  call = jax.ffi.ffi_call(native.LSTM_TARGETS[1],
+                          (_f32(steps, batch, 4 * size), _f32(batch, size),
+                           _f32(batch, size)), vmap_method='sequential')
+  return call(d_hs, cs, c0, gates, w_h, d_ct, d_ht)
 
 
 def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -1,13 +1,15 @@
-"""Loading the native GEMM (``_native/gemm.cc``) and registering it with XLA.
+"""Loading the native kernels (``_native/*.cc``) and registering them with XLA.
 
 The extension is built by ``pip install -e .`` (``setup.py``, optional: a
 failed build leaves it out) as ``dlresearch/kernels/_gemm*.so``; ``build()``
-compiles the same file by hand (g++, the FFI headers of jaxlib) for a source
+compiles the same files by hand (g++, the FFI headers of jaxlib) for a source
 tree that was not installed. It links no BLAS: ``load`` opens the BLAS of a
 wheel with ctypes (``scipy-openblas32``'s ``libscipy_openblas.so``, or MKL's
 ``libmkl_rt.so``) and hands the address of its ``cblas_sgemm`` to the
-extension, then registers the FFI target ``dlr_sgemm`` on the CPU platform.
-Whatever is missing makes ``load`` raise ``Unavailable`` with the reason.
+extension, then registers the FFI targets on the CPU platform: ``dlr_sgemm``
+(``gemm.cc``) and the LSTM's time loops ``dlr_lstm_fwd``/``dlr_lstm_bwd``
+(``lstm.cc``). Whatever is missing makes ``load`` raise ``Unavailable`` with
+the reason.
 """
 
 import ctypes
@@ -20,8 +22,11 @@ import sysconfig
 import jax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, '_native', 'gemm.cc')
+SOURCES = tuple(os.path.join(HERE, '_native', f) for f in ('gemm.cc', 'lstm.cc'))
+# setup.py compiles with the same flags.
+COMPILE_FLAGS = ('-O3', '-fno-trapping-math', '-ffp-contract=fast', '-std=c++17', '-w')
 TARGET = 'dlr_sgemm'
+LSTM_TARGETS = ('dlr_lstm_fwd', 'dlr_lstm_bwd')
 LIBRARIES = ('openblas', 'mkl')
 
 
@@ -36,13 +41,14 @@ def built_extension() -> str | None:
 
 
 def build(out: str, extra_flags: tuple[str, ...] = ()) -> str:
-  """Compiles ``gemm.cc`` into the shared library ``out`` (g++); returns it."""
-  cmd = [os.environ.get('CXX', 'g++'), '-O2', '-std=c++17', '-shared', '-fPIC',
-         '-w', f'-I{jax.ffi.include_dir()}', SOURCE, '-o', out, *extra_flags]
+  """Compiles the sources into the shared library ``out`` (g++); returns it."""
+  cmd = [os.environ.get('CXX', 'g++'), *COMPILE_FLAGS, '-shared', '-fPIC',
+         f'-I{jax.ffi.include_dir()}', *SOURCES, '-o', out, *extra_flags]
   try:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
   except (OSError, subprocess.CalledProcessError) as e:
-    raise Unavailable(f'building {SOURCE} failed: {getattr(e, "stderr", e)}') from e
+    raise Unavailable(f'building {", ".join(SOURCES)} failed: '
+                      f'{getattr(e, "stderr", e)}') from e
   return out
 
 
@@ -106,5 +112,17 @@ def load(library: str = 'openblas', threads: int | None = None,
     raise Unavailable(f'cannot load {path}: {e}') from e
   ext.dlr_set_sgemm(ctypes.c_void_p(sgemm))
   jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(ext.dlr_sgemm), platform='cpu')
+  if target == TARGET and all(hasattr(ext, name) for name in LSTM_TARGETS):
+    for name in LSTM_TARGETS:
+      if name not in _LOADED:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(ext, name)),
+                                    platform='cpu')
+        _LOADED[name] = (ext, blas, library)
   _LOADED[target] = (ext, blas, library)
   return target
+
+
+def lstm_loaded() -> bool:
+  """The LSTM loop targets are registered (an extension built before
+  ``lstm.cc`` existed has only the GEMM)."""
+  return all(name in _LOADED for name in LSTM_TARGETS)

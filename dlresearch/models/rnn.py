@@ -40,10 +40,13 @@ gate gradients; the weight, bias and input gradients are then one matrix
 product each over all steps. It is 1.2-1.3x flax's ``nn.RNN`` on a 2-core CPU
 (README "Speed on CPU"); parameters and results are those of the masked path
 (gradients equal to float32 rounding, tested). In a step traced with
-``--cpu_kernels=native`` (``kernels.tracing_native()``, float32) its matmuls
-run on the native GEMM: the gate product in the loop, and in the backward
-pass the recurrent product in the loop and the weight and input gradients
-(transposed operands read as stored, by the kernel's flags).
+the native kernels (``--cpu_kernels`` native, or auto for a model without
+convolutions; ``kernels.tracing_native()``, float32) both loops are one
+native call each (``kernels.lstm_forward``/``lstm_backward``: the recurrent
+product on weights packed once per call, the gates in the same pass), and
+the input projection and the weight and input gradients run on the native
+GEMM; an extension without the loop targets runs the scan with its gate
+matmuls on the GEMM.
 
 Padding: ``mask`` is a bool ``[B, T]`` array, True at real steps. A step with
 mask False leaves the carry unchanged and outputs zeros, so the final carry
@@ -161,6 +164,9 @@ def _native_lstm(x, w) -> bool:
 def _lstm_forward(x, c, h, w, b):
   """The LSTM over time-major ``x [T,B,F]``: ``(hs, cs, gates)`` (activated gates)."""
   native = _native_lstm(x, w)
+  features = x.shape[-1]
+  if native and kernels.lstm_loops():  # the whole loop in one native call
+    return kernels.lstm_forward(kernels.dense(x, w[:features]) + b, c, h, w[features:])
 
   def step(carry, x_t):
     c, h = carry
@@ -194,17 +200,8 @@ def _lstm_fwd(x, c, h, w, b):
   return (hs, (cs[-1], hs[-1])), (x, c, h, w, hs, cs, gates)
 
 
-def _lstm_bwd(res, grads):
-  x, c0, h0, w, hs, cs, gates = res
-  d_hs, (d_ct, d_ht) = grads
-  size, features = h0.shape[-1], x.shape[-1]
-  native = _native_lstm(x, w)
-  if native:  # the kernel reads W_h^T, W_x^T and xh^T as stored
-    w_h = w[features:]
-    recurrent = lambda dz: kernels.matmul(dz, w_h, trans_b=True)
-  else:
-    w_h_t = w[features:].T  # [4H, H]
-    recurrent = lambda dz: dz @ w_h_t
+def _lstm_bwd_loop(d_hs, d_ct, d_ht, c0, cs, gates, recurrent):
+  """``lstm_scan``'s backward loop in XLA: ``((dh0, dc0), dz)``."""
   c_prev = jnp.concatenate([c0[None], cs[:-1]], axis=0)
 
   def step(carry, inputs):
@@ -218,8 +215,21 @@ def _lstm_bwd(res, grads):
                           dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=-1)
     return (recurrent(dz), dc * f), dz
 
-  (dh0, dc0), dz = lax.scan(step, (d_ht, d_ct), (d_hs, cs, c_prev, gates),
-                            reverse=True)
+  return lax.scan(step, (d_ht, d_ct), (d_hs, cs, c_prev, gates), reverse=True)
+
+
+def _lstm_bwd(res, grads):
+  x, c0, h0, w, hs, cs, gates = res
+  d_hs, (d_ct, d_ht) = grads
+  size, features = h0.shape[-1], x.shape[-1]
+  native = _native_lstm(x, w)
+  w_h = w[features:]
+  if native and kernels.lstm_loops():
+    dz, dc0, dh0 = kernels.lstm_backward(d_hs, cs, c0, gates, w_h, d_ct, d_ht)
+  else:  # the kernel reads W_h^T as stored
+    recurrent = ((lambda dz: kernels.matmul(dz, w_h, trans_b=True)) if native
+                 else (lambda dz: dz @ w_h.T))
+    (dh0, dc0), dz = _lstm_bwd_loop(d_hs, d_ct, d_ht, c0, cs, gates, recurrent)
   h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
   xh = jnp.concatenate([x, h_prev], axis=-1)
   flat_dz = dz.reshape(-1, 4 * size)

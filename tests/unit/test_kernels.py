@@ -3,8 +3,8 @@
 Values and gradients against XLA's ``dot_general`` for odd sizes, both
 transposes, batch axes and zero sizes, under jit, grad, vmap and remat; the
 flax Dense interceptor on a Transformer; the explicit attention's two
-batched matmuls and ``lstm_scan``'s gate matmuls (forward and backward) on
-the kernel in a native trace, and untouched outside one; the 8-device mesh (right values,
+batched matmuls and ``lstm_scan``'s native time loops (or, without them,
+its gate matmuls) in a native trace, and untouched outside one; the 8-device mesh (right values,
 and the strategy keeps XLA's dots there); the fallback (one warning, XLA's
 results) without the extension; train runs with kernels on equal off to the
 conv option's tolerance, and resume stays bit-identical with them on.
@@ -158,20 +158,59 @@ def test_attention_matmuls_run_on_the_kernel(on, kv_heads):
   _native_equals_xla(lambda p, x: layer.apply({'params': p}, x, causal=True), params, x)
 
 
-def test_lstm_scan_matmuls_run_on_the_kernel(on):
-  layer = rnn.RNN('lstm', hidden_size=6, num_layers=2, bidirectional=True)
-  x = _arrays((3, 5, 7))[0]
-  params = layer.init(jax.random.PRNGKey(0), x)['params']
-
+def _lstm_loss(layer):
   def loss(params, x):  # mask=None: every layer and direction runs lstm_scan
     out, carries = layer.apply({'params': params}, x)
     return jnp.square(out).mean() + sum(jnp.square(v).sum() for v in jax.tree.leaves(carries))
+  return loss
 
+
+def _calls(fn, *args):
+  text = jax.jit(fn).lower(*args).as_text()
+  return {t: text.count(f'custom_call @{t}(') for t in (native.TARGET, *native.LSTM_TARGETS)}
+
+
+def test_lstm_scan_runs_its_loops_natively(on):
+  """Both time loops are one native call each; the input projection and the
+  weight and input gradients are GEMMs over all steps."""
+  assert kernels.lstm_loops()
+  layer = rnn.RNN('lstm', hidden_size=6, num_layers=2, bidirectional=True)
+  x = _arrays((3, 5, 7))[0]
+  params = layer.init(jax.random.PRNGKey(0), x)['params']
+  loss = _lstm_loss(layer)
   _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x)
-  fn = kernels.traced_with_native(jax.grad(loss, (0, 1)))
-  # forward gates, backward recurrent product (in the loops), dW, dx: 4 calls
-  # per layer and direction.
-  assert jax.jit(fn).lower(params, x).as_text().count(f'custom_call @{native.TARGET}(') == 16
+  # Per layer and direction: the projection, dW and dx GEMMs, one forward
+  # and one backward loop.
+  grad = kernels.traced_with_native(jax.grad(loss, (0, 1)))
+  assert _calls(grad, params, x) == {native.TARGET: 12, 'dlr_lstm_fwd': 4, 'dlr_lstm_bwd': 4}
+
+
+@pytest.mark.parametrize('batch,size,scale', [(16, 64, 1.0), (11, 80, 1.0), (4, 32, 30.0)])
+def test_lstm_loops_equal_xla_when_cut_into_parts_and_saturated(on, batch, size, scale):
+  """Sizes where a step is cut into parts (by hidden unit, on XLA's pool;
+  80 units: parts of 48 and 32) and pre-activations far into saturation
+  (the kernel's own exp/tanh clamp there)."""
+  layer = rnn.RNN('lstm', hidden_size=size, num_layers=1)
+  x = _arrays((batch, 7, 11))[0] * scale
+  params = layer.init(jax.random.PRNGKey(1), x)['params']
+  params = jax.tree.map(lambda p: p * scale, params)
+  loss = _lstm_loss(layer)
+  # Products over a few hundred terms and seven steps: XLA's and the
+  # kernel's exp/tanh and summation orders differ in the last bits.
+  _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x, rtol=2e-5, atol=2e-6)
+
+
+def test_lstm_without_the_loop_targets_runs_its_matmuls_on_the_kernel(on, monkeypatch):
+  """An extension built before the loops existed: the scan, its gate
+  matmuls on the GEMM (forward gates, backward recurrent product, dW, dx)."""
+  monkeypatch.setattr(kernels, 'lstm_loops', lambda: False)
+  layer = rnn.RNN('lstm', hidden_size=6, num_layers=2, bidirectional=True)
+  x = _arrays((3, 5, 7))[0]
+  params = layer.init(jax.random.PRNGKey(0), x)['params']
+  loss = _lstm_loss(layer)
+  _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x)
+  grad = kernels.traced_with_native(jax.grad(loss, (0, 1)))
+  assert _calls(grad, params, x) == {native.TARGET: 16, 'dlr_lstm_fwd': 0, 'dlr_lstm_bwd': 0}
 
 
 def test_outside_a_native_trace_models_trace_as_before(on):

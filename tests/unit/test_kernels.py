@@ -200,6 +200,20 @@ def test_lstm_loops_equal_xla_when_cut_into_parts_and_saturated(on, batch, size,
   _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x, rtol=2e-5, atol=2e-6)
 
 
+def test_lstm_loops_under_vmap_and_remat(on):
+  """vmap runs the loops once per mapped index ('sequential'); remat
+  recomputes the forward loop in the backward pass. Both equal XLA."""
+  layer = rnn.RNN('lstm', hidden_size=6, num_layers=1)
+  xs = _arrays((2, 3, 5, 7))[0]
+  params = layer.init(jax.random.PRNGKey(0), xs[0])['params']
+  loss = _lstm_loss(layer)
+  mapped = lambda p, xs: jax.vmap(lambda x: loss(p, x))(xs).sum()
+  _native_equals_xla(jax.value_and_grad(mapped, (0, 1)), params, xs)
+  # A fresh function per trace: jax.checkpoint caches its trace by function.
+  remat = lambda p, x: jax.grad(jax.checkpoint(lambda *a: loss(*a)), (0, 1))(p, x)
+  _native_equals_xla(remat, params, xs[0])
+
+
 def test_lstm_without_the_loop_targets_runs_its_matmuls_on_the_kernel(on, monkeypatch):
   """An extension built before the loops existed: the scan, its gate
   matmuls on the GEMM (forward gates, backward recurrent product, dW, dx)."""

@@ -214,6 +214,17 @@ def test_lstm_loops_under_vmap_and_remat(on):
   _native_equals_xla(remat, params, xs[0])
 
 
+def test_lstm_loops_propagate_nan_like_xla(on):
+  """A NaN input reaches the outputs and gradients (so --nan_stop sees it)."""
+  layer = rnn.RNN('lstm', hidden_size=6, num_layers=1)
+  x = _arrays((3, 5, 7))[0].at[1, 2, 3].set(jnp.nan)
+  params = layer.init(jax.random.PRNGKey(0), x)['params']
+  grad = jax.value_and_grad(_lstm_loss(layer))
+  (got, got_g), (want, want_g) = jax.jit(kernels.traced_with_native(grad))(params, x), grad(params, x)
+  assert np.isnan(got) and np.isnan(want)
+  jax.tree.map(lambda g, w: np.testing.assert_array_equal(np.isnan(g), np.isnan(w)), got_g, want_g)
+
+
 def test_lstm_without_the_loop_targets_runs_its_matmuls_on_the_kernel(on, monkeypatch):
   """An extension built before the loops existed: the scan, its gate
   matmuls on the GEMM (forward gates, backward recurrent product, dW, dx)."""

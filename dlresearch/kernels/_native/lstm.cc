@@ -61,8 +61,8 @@ constexpr int64_t kUnitAlign = 16;
 // exp, sigmoid and tanh written so that a loop over them vectorises (no
 // libm call): exp by range reduction x = n ln2 + r and a degree-7
 // polynomial for e^r (relative error ~2e-7 on [-87, 88]); tanh by the odd
-// rational approximation Eigen and XLA:CPU use (absolute error ~3e-8),
-// clamped where tanh rounds to +-1.
+// rational approximation of Eigen's float tanh (absolute error ~3e-8),
+// clamped where tanh rounds to +-1. A NaN stays NaN.
 inline float Exp(float x) {
   x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
   const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round

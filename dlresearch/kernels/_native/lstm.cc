@@ -281,6 +281,28 @@ bool Is(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> want) {
   return dims.size() == want.size() && std::equal(want.begin(), want.end(), dims.begin());
 }
 
+// One part of a loop's steps: its packed weights (k rows; `width` columns
+// per hidden unit, packed by the thread that takes the part's first step)
+// and its product, [B, ld] with ld = 32 * panels.
+struct Part {
+  Floats w, out;
+  int64_t panels = 0, ld = 0;
+};
+
+std::shared_ptr<std::vector<Part>> MakeParts(int64_t batch, int64_t h, int64_t per, int64_t k,
+                                             int64_t width) {
+  auto parts = std::make_shared<std::vector<Part>>();
+  for (int64_t u0 = 0; u0 < h; u0 += per) {
+    Part part;
+    part.panels = Panels(width * std::min(per, h - u0));
+    part.ld = part.panels * kPanel;
+    part.w = AlignedFloats(part.panels * k * kPanel);
+    part.out = AlignedFloats(batch * part.ld);
+    parts->push_back(std::move(part));
+  }
+  return parts;
+}
+
 ffi::Error LstmFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> h0,
                    ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> hs,
@@ -305,23 +327,9 @@ ffi::Error LstmFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
   loop->steps = T;
   loop->parts = NumParts(pool, B, H);
   const int64_t per = UnitsPerPart(H, loop->parts);
-  // Each part's columns of W_h (gate by gate, its units), packed by the
-  // thread that takes the part's first step; and its h_{t-1} W_h, [B, ld]
-  // with ld = 32 * panels.
-  struct Part {
-    Floats w, rec;
-    int64_t panels, ld;
-  };
-  auto parts = std::make_shared<std::vector<Part>>();
-  for (int64_t u0 = 0; u0 < H; u0 += per) {
-    const int64_t n = std::min(per, H - u0);
-    Part part;
-    part.panels = Panels(4 * n);
-    part.ld = part.panels * kPanel;
-    part.w = AlignedFloats(part.panels * H * kPanel);
-    part.rec = AlignedFloats(B * part.ld);
-    parts->push_back(std::move(part));
-  }
+  // Each part's columns of W_h (gate by gate, its units) and its
+  // h_{t-1} W_h.
+  auto parts = MakeParts(B, H, per, H, 4);
   loop->body = [=](int64_t t, int64_t p) {
     const int64_t u0 = p * per, n = std::min(per, H - u0);
     if (n <= 0) return;
@@ -335,7 +343,7 @@ ffi::Error LstmFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xp,
     }
     const float* h_prev = t == 0 ? ph0 : phs + (t - 1) * B * H;
     const float* c_prev = t == 0 ? pc0 : pcs + (t - 1) * B * H;
-    float* r = part.rec.get();
+    float* r = part.out.get();
     PanelGemm(B, H, part.panels, h_prev, H, part.w.get(), r, part.ld);
     for (int64_t b = 0; b < B; ++b) {
       const float* rb = r + b * part.ld;
@@ -384,23 +392,9 @@ ffi::Error LstmBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_hs,
   loop->steps = T + 1;  // step s is time T-1-s; the last one only gives dh0
   loop->parts = NumParts(pool, B, H);
   const int64_t per = UnitsPerPart(H, loop->parts);
-  // Each part's rows of W_h (its units) as the columns of W_h^T, packed by
-  // the thread that takes the part's first step; and its dh, [B, ld] with
-  // ld = 32 * panels.
-  struct Part {
-    Floats w, dh;
-    int64_t panels, ld;
-  };
-  auto parts = std::make_shared<std::vector<Part>>();
-  for (int64_t u0 = 0; u0 < H; u0 += per) {
-    const int64_t n = std::min(per, H - u0);
-    Part part;
-    part.panels = Panels(n);
-    part.ld = part.panels * kPanel;
-    part.w = AlignedFloats(part.panels * G * kPanel);
-    part.dh = AlignedFloats(B * part.ld);
-    parts->push_back(std::move(part));
-  }
+  // Each part's rows of W_h (its units) as the columns of W_h^T, and its
+  // dh.
+  auto parts = MakeParts(B, H, per, G, 1);
   loop->body = [=](int64_t s, int64_t p) {
     const int64_t u0 = p * per, n = std::min(per, H - u0);
     if (n <= 0) return;
@@ -411,7 +405,7 @@ ffi::Error LstmBwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> d_hs,
         for (int64_t j = 0; j < n; ++j) row[j] = pw[(u0 + j) * G + q];
       }, part.w.get());
     }
-    float* dh = part.dh.get();
+    float* dh = part.out.get();
     const int64_t ldh = part.ld;
     if (s == 0) {
       for (int64_t b = 0; b < B; ++b) {

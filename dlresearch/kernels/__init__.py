@@ -1,6 +1,6 @@
-"""Native CPU GEMM inside jitted steps, through XLA's FFI (``--cpu_kernels``).
+"""Native CPU kernels inside jitted steps, through XLA's FFI (``--cpu_kernels``).
 
-``configure('native')`` loads the extension (``_native/gemm.cc``, built by
+``configure('native')`` loads the extension (``_native/*.cc``, built by
 ``pip install -e .``) with a BLAS from its wheel (``native.load``:
 scipy-openblas32 by default, ``mkl`` when asked) and registers the FFI
 target; ``configure('xla')`` leaves XLA's own dots. If the extension or the
@@ -28,8 +28,9 @@ explicit ``native`` on a mesh of several devices gives.
   contracted axes, no batch dims, no custom ``dot_general``) with ``dense``;
   ``parallel``/the train step install it when ``active()``.
 - ``lstm_forward`` / ``lstm_backward``: the LSTM's two time loops as single
-  FFI calls (``_native/lstm.cc``: per step one BLAS call per gate and one
-  vectorised pass over the gates, no XLA launch between steps); used by
+  FFI calls (``_native/lstm.cc``: per step and thread one product with
+  weights packed once per call and one vectorised pass over the gates, no
+  XLA launch between steps); used by
   ``models.rnn.lstm_scan``, which keeps the products over all steps
   (input projection, weight and input gradients) on ``matmul``.
 - ``tracing_native()``: inside ``interceptor()`` and ``active()``; the

@@ -190,8 +190,9 @@ def _check_manual_files(name: str, data_dir: str,
   base = _base_name(name)
   if base not in OFFLINE_BUILDERS:
     return
+  # NAME/VERSION/ or, for a builder with configs, NAME/CONFIG/VERSION/.
   prepared = glob.glob(os.path.join(glob.escape(os.path.expanduser(data_dir)),
-                                    base, '*', 'dataset_info.json'))
+                                    base, '**', 'dataset_info.json'), recursive=True)
   if prepared:
     return
   if base == 'fashion_mnist_local':

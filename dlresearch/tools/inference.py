@@ -109,6 +109,9 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
   if cfg is None:
     raise FileNotFoundError(f'{workdir} has no config.json: not a dlresearch '
                             'run directory')
+  # The checkpoint first: a run without one is refused before its data is
+  # read (or, for a run recorded before model sizes were, prepared).
+  variables, found = _variables(workdir, step)
   sizes = config_lib.read_record(workdir).get('data_model_kwargs')
   tokenizer = None
   saved = text.find_saved_tokenizer(workdir)
@@ -121,7 +124,6 @@ def restore(workdir: str, step: int | str | None = None) -> Restored:
     model = train.build_model(cfg, sizes)
   except ConfigError as e:
     raise ValueError(f'{workdir}: cannot rebuild the model: {e}') from None
-  variables, found = _variables(workdir, step)
   if init_lib.adapters_only(cfg):  # --lora_save=adapters: the base from --init_from
     variables['params'] = init_lib.complete(cfg, model, variables['params'], workdir)
   return Restored(cfg, model, variables, found, workdir, tokenizer)

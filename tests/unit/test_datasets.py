@@ -433,6 +433,18 @@ def test_missing_raw_files_and_unknown_names_are_one_line(tmp_path):
   assert '\n' not in str(e.value) and 'unknown dataset' in str(e.value)
 
 
+def test_a_prepared_builder_with_configs_needs_no_raw_files(tmp_path):
+  """Once prepared (NAME/CONFIG/VERSION/dataset_info.json for a builder
+  with configs), a dataset is read without its raw files."""
+  data_dir, empty = tmp_path / 'tfds', tmp_path / 'no_raw_files'
+  with pytest.raises(datasets.DatasetNotFoundError, match='raw files of compas'):
+    datasets._check_manual_files('compas/unaware', str(data_dir), str(empty))  # pylint: disable=protected-access
+  version = data_dir / 'compas' / 'unaware' / '1.0.0'
+  version.mkdir(parents=True)
+  (version / 'dataset_info.json').write_text('{}')
+  datasets._check_manual_files('compas/unaware', str(data_dir), str(empty))  # pylint: disable=protected-access
+
+
 def test_local_preparation_is_announced_without_tfds_noise(tmp_path, capfd,
                                                             caplog):
   """No "Variant folder ... has no dataset_info.json" warning and no

@@ -10,7 +10,7 @@ run: the same results.
 ``--cpu_kernels=auto`` (the default) chooses per model, from
 the step benchmark (docs/speed.md): native for a model without a
 convolution (transformers, LSTMs, MLPs: their steps are dots, 1.08-1.19x
-faster with native), XLA's dots for one with a convolution (its time is in
+faster with the native GEMM; the LSTM LM ~1.5x with its native loops), XLA's dots for one with a convolution (its time is in
 XLA's convolutions, which no linked library beat; native/XLA 0.98 on LeNet):
 ``assemble`` passes ``'xla'`` when ``has_convolution``, else ``'auto'``, which
 the strategy takes as native where it applies, without the WARNING that an

@@ -7,11 +7,12 @@ target; ``configure('xla')`` leaves XLA's own dots. If the extension or the
 BLAS is missing, ``configure('native')`` logs one WARNING and XLA's dots
 run: the same results.
 
-``--cpu_kernels=auto`` (the default) chooses per model, from
-the step benchmark (docs/speed.md): native for a model without a
-convolution (transformers, LSTMs, MLPs: their steps are dots, 1.08-1.19x
-faster with the native GEMM; the LSTM LM ~1.5x with its native loops), XLA's dots for one with a convolution (its time is in
-XLA's convolutions, which no linked library beat; native/XLA 0.98 on LeNet):
+``--cpu_kernels=auto`` (the default) chooses per model, from the step
+benchmark (docs/speed.md): native for a model without a convolution
+(transformers, LSTMs, MLPs: their steps are dots, 1.08-1.19x faster with the
+native GEMM; the LSTM LM ~1.5x with its native loops), XLA's dots for one
+with a convolution (its time is in XLA's convolutions, which no linked
+library beat; native/XLA 0.98 on LeNet):
 ``assemble`` passes ``'xla'`` when ``has_convolution``, else ``'auto'``, which
 the strategy takes as native where it applies, without the WARNING that an
 explicit ``native`` on a mesh of several devices gives.

@@ -189,17 +189,17 @@ def test_batch_norm_is_exact_on_offset_inputs(name):
   rng = np.random.default_rng(1)
   images = (1000 + rng.normal(size=(4, 8, 8, 3))).astype(np.float32)
   model = build(3)
-  variables = model.init(jax.random.key(0), images)
+  variables = jax.jit(model.init)(jax.random.key(0), images)  # eager: op by op
   # Only the centre tap of the first conv: its output keeps the offset (about
   # 1000 with std about 0.6, no border effects) for the BatchNorm to normalise.
   shape = variables['params'][conv_name]['kernel'].shape
   kernel = np.zeros(shape, np.float32)
   kernel[1, 1] = rng.uniform(0.5, 1.5, shape[2:]) / 3
   variables['params'][conv_name]['kernel'] = jnp.asarray(kernel)
-  _, state = model.apply(
-      variables, images, train=True, mutable=['batch_stats', 'intermediates'],
+  _, state = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=['batch_stats', 'intermediates'],
       capture_intermediates=lambda m, _: m.name in (conv_name, bn_name),
-      rngs={'dropout': jax.random.key(1)})
+      rngs={'dropout': jax.random.key(1)}))(variables, images)
   conv = np.asarray(state['intermediates'][conv_name]['__call__'][0], np.float64)
   y = state['intermediates'][bn_name]['__call__'][0]
   error, floor = _offset_relative_error(y, conv, (0, 1, 2), 1e-5)

@@ -78,7 +78,7 @@ def test_mobilenet_weights_load_with_a_new_head_and_a_report(mobilenet_pth, tmp_
   cfg = Config(model='mobilenet_v2', init_from=f'torch:{mobilenet_pth}',
                new_head='^head/')
   model = train.build_model(cfg, {'num_classes': 10})
-  fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  fresh = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))  # eager: op by op
   params, model_state, report = init.initialize(
       cfg, model, fresh['params'], {'batch_stats': fresh['batch_stats']},
       str(tmp_path))

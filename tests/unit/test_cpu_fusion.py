@@ -36,7 +36,7 @@ def test_materialize_survives_xla_and_writes_its_operand_once():
 
 
 def _grads_with_and_without_materialize(monkeypatch, model, inputs, **apply_kwargs):
-  variables = model.init(jax.random.key(0), inputs)
+  variables = jax.jit(model.init)(jax.random.key(0), inputs)  # eager: op by op
 
   def loss(params):
     out = model.apply({**variables, 'params': params}, inputs, **apply_kwargs)

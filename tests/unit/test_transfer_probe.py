@@ -65,7 +65,7 @@ def test_preprocessing_is_the_presets_eval_path(splits):
 def test_features_are_the_pooled_pre_logits_in_eval_mode(splits):
   _, _, (train, _, label_key, key) = splits
   model = MobileNetV2(num_classes=10, width_mult=0.35)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   # Non-trivial running statistics, so that eval mode is visible.
   variables = jax.tree_util.tree_map_with_path(
       lambda p, v: v + 0.5 if 'mean' in jax.tree_util.keystr(p) else v,

@@ -302,7 +302,11 @@ def _dense_call(module, x):
 
 def _intercept(next_fun, args, kwargs, context):
   m = context.module
+  # Only as the innermost interceptor (next_fun is the layer's own method):
+  # an interceptor nested inside this one (LoRA's adapters, which add to the
+  # layer's output) must run, so the layer then computes with XLA's dot.
   if (context.method_name == '__call__' and isinstance(m, (nn.Dense, nn.DenseGeneral))
+      and next_fun is context.orig_method
       and not m.is_initializing() and m.has_variable('params', 'kernel')
       and tracing_native()):
     x = args[0] if args else kwargs.get('inputs')

@@ -23,7 +23,7 @@ from dlresearch import kernels, logging as log_lib, parallel, tasks, train
 from dlresearch.config import Config
 from dlresearch.data import pipeline
 from dlresearch.kernels import native
-from dlresearch.models import attention, registry, rnn
+from dlresearch.models import attention, lora, registry, rnn
 
 
 @pytest.fixture(scope='module')
@@ -236,6 +236,35 @@ def test_lstm_without_the_loop_targets_runs_its_matmuls_on_the_kernel(on, monkey
   _native_equals_xla(jax.value_and_grad(loss, (0, 1)), params, x)
   grad = kernels.traced_with_native(jax.grad(loss, (0, 1)))
   assert _calls(grad, params, x) == {native.TARGET: 16, 'dlr_lstm_fwd': 0, 'dlr_lstm_bwd': 0}
+
+
+def test_lora_adapters_act_and_train_in_a_native_trace(on):
+  """LoRA's interceptor sits inside the kernel's: the adapted layers keep
+  XLA's dot so the adapters still add to them (the kernel's interceptor
+  used to answer first and skip them: zero adapter gradients); every other
+  Dense takes the kernel. Values and gradients equal XLA's."""
+  base = registry.build('transformer_classifier', num_classes=2, vocab_size=50,
+                        num_layers=1, d_model=16, num_heads=2)
+  model = lora.LoRA(base, rank=4)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 50, (2, 8)), jnp.int32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  # Non-zero B, so that the adapters change the outputs.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, v: v + 0.1 if 'lora_b' in jax.tree_util.keystr(p) else v, variables['params'])
+
+  def loss(p, x):
+    return jnp.square(model.apply({**variables, 'params': p}, x)).sum()
+
+  grad = jax.value_and_grad(loss)
+  native_grad = kernels.traced_with_native(grad)
+  assert _uses_kernel(native_grad, params, x)
+  (got, got_g), (want, want_g) = jax.jit(native_grad)(params, x), jax.jit(grad)(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5), got_g, want_g)
+  assert float(jnp.abs(got_g['encoder']['block_0']['attn']['query']['lora_b']).max()) > 0
+  # The adapters act: with B = 0 again the loss is another.
+  assert not np.isclose(got, jax.jit(kernels.traced_with_native(loss))(variables['params'], x),
+                        rtol=1e-3)
 
 
 def test_outside_a_native_trace_models_trace_as_before(on):

@@ -17,11 +17,11 @@ seeded subset of the train split, and ``--init_from=`` trains the same
 network from scratch.
 
 Presets (measured on 2 shared CPU cores, AMD EPYC Zen 4; the whole table
-and its exact commands are in README "Transfer learning"):
+and its exact commands are in docs/transfer.md):
 
 mobilenet_fashion_mnist
   torchvision's ImageNet MobileNetV2 on Fashion-MNIST (60k/10k; --manual_dir
-  as in README "Data"), the grey 28x28 images repeated to 3 channels,
+  as in README "Running experiments"), the grey 28x28 images repeated to 3 channels,
   resized (shorter side 37, centre crop 32) and ImageNet-normalised. 32x32,
   not 224: MobileNetV2 trains at 52 images/s at 32x32 and 15 images/s at
   64x64 on these cores (measured, batch 64), and 224x224 would be ~50 times
@@ -34,7 +34,7 @@ mobilenet_fashion_mnist
   10.0%; 1,000 examples, 60 steps: 76.4 / 75.2 / 9.6%; all 60,000, 100
   steps: 78.5 / 79.7 / 47.2%. 50-160 s wall per run on a quiet machine
   (conversion, compilation and the final 10,000-image test eval included).
-  Table: README.
+  Table: docs/transfer.md.
 
 minilm_rotten_tomatoes
   sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, mean

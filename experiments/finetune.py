@@ -20,9 +20,10 @@ Presets (measured on 2 shared CPU cores, AMD EPYC Zen 4; the whole table
 and its exact commands are in docs/transfer.md):
 
 mobilenet_fashion_mnist
-  torchvision's ImageNet MobileNetV2 on Fashion-MNIST (60k/10k; --manual_dir
-  as in README "Running experiments"), the grey 28x28 images repeated to 3 channels,
-  resized (shorter side 37, centre crop 32) and ImageNet-normalised. 32x32,
+  torchvision's ImageNet MobileNetV2 on Fashion-MNIST (60k/10k;
+  --manual_dir as in README "Running experiments"), the grey 28x28 images
+  repeated to 3 channels, resized (shorter side 37, centre crop 32) and
+  ImageNet-normalised. 32x32,
   not 224: MobileNetV2 trains at 52 images/s at 32x32 and 15 images/s at
   64x64 on these cores (measured, batch 64), and 224x224 would be ~50 times
   slower than 32; 32 is the smallest size that keeps the 28x28 images whole

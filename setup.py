@@ -32,7 +32,6 @@ ext_modules = [] if include is None else [Extension(
     'dlresearch.kernels._gemm',
     sources=['dlresearch/kernels/_native/gemm.cc',
              'dlresearch/kernels/_native/lstm.cc'],
-    depends=['dlresearch/kernels/_native/blas.h'],
     include_dirs=[include], language='c++', optional=True,
     extra_compile_args=['-O3', '-fno-trapping-math', '-ffp-contract=fast', '-g0',
                         '-std=c++17', '-w'])]

@@ -20,16 +20,17 @@
 #include <memory>
 #include <thread>
 
-#include "blas.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
-using dlr::kNoTrans;
-using dlr::kRowMajor;
-using dlr::kTrans;
-using dlr::Sgemm;
 
 namespace {
+
+// cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
+// c, ldc), 32-bit integers (scipy-openblas32, MKL's LP64 interface).
+using Sgemm = void (*)(int, int, int, int, int, int, float, const float*, int,
+                       const float*, int, float, float*, int);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 Sgemm g_sgemm = nullptr;
 
@@ -160,8 +161,6 @@ ffi::Error SgemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<
 }
 
 }  // namespace
-
-dlr::Sgemm dlr::BlasSgemm() { return g_sgemm; }
 
 extern "C" void dlr_set_sgemm(void* fn) {
   g_sgemm = reinterpret_cast<Sgemm>(fn);

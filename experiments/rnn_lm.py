@@ -24,14 +24,15 @@ Presets (Adam, cosine decay, gradient clipping at 1.0):
 shakespeare_lstm
   1-layer LSTM, 256 units, embeddings 64, batch 32 x 128 characters, lr 3e-3,
   100 warmup steps, 2000 steps (8.2M characters, 1.9 epochs; sized for a
-  CPU). Measured 2026-12-07 (``python -m experiments.rnn_lm
+  CPU). Measured 2026-12-08 (``python -m experiments.rnn_lm
   --preset=shakespeare_lstm``, 2-core AMD EPYC Zen 4, 1 CPU device, idle,
-  load average below 2.1; the LSTM on the native GEMM,
+  load average below 0.6 at the start; the LSTM's loops native,
   ``--cpu_kernels=auto``): **2.43 bits per character** on the 3 held-out
-  test plays (loss 1.684 nats, perplexity 5.39, next-character accuracy
-  50.1%), 263 s wall including compilation. The periodic evals are on the
-  3 validation plays: 2.76 / 2.58 / 2.54 / 2.54 bits per character at steps
-  600 / 1200 / 1800 / 2000. The model is limited by compute, not data (the
+  test plays (loss 1.683 nats, perplexity 5.38, next-character accuracy
+  50.2%), 144 s wall including the first preparation of the dataset and
+  compilation (263 s on 2026-12-07 with the loops as XLA scans, 2.43 too).
+  The periodic evals are on the 3 validation plays: 2.75 / 2.58 / 2.55 /
+  2.54 bits per character at steps 600 / 1200 / 1800 / 2000. The model is limited by compute, not data (the
   validation loss was still falling, slowly, at the end; a larger or longer
   run should go lower). The
   ``--eval_only --sample --temperature=0.7`` command above on that workdir

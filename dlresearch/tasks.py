@@ -295,6 +295,11 @@ def valid_mask(batch, n: int) -> jax.Array:
 # Fine-tuning: a frozen backbone, batch statistics included.
 
 
+def _flat(tree) -> dict:
+  """``{'a/b/c': leaf}`` of a (frozen) nested dict."""
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
+
+
 def frozen_state_paths(trainable, model_state) -> frozenset:
   """Model-state paths (``'batch_stats/block1/dw_bn/mean'``) of frozen modules.
 
@@ -303,13 +308,12 @@ def frozen_state_paths(trainable, model_state) -> frozenset:
   """
   if trainable is None or not model_state:
     return frozenset()
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(trainable), sep='/')
+  flat = _flat(trainable)
   modules: dict[str, bool] = {}
   for path, train in flat.items():
     module = path.rsplit('/', 1)[0]
     modules[module] = modules.get(module, False) or bool(train)
-  stats = flax.traverse_util.flatten_dict(flax.core.unfreeze(model_state),
-                                          sep='/')
+  stats = _flat(model_state)
   return frozenset(p for p in stats
                    if modules.get(p.split('/', 1)[1].rsplit('/', 1)[0]) is False)
 
@@ -350,19 +354,15 @@ class FrozenBackbone:
 
   def __call__(self, model, variables, batch, *, train, rng=None):
     if self.frozen:
-      flat = flax.traverse_util.flatten_dict(
-          flax.core.unfreeze(variables['params']), sep='/')
       flat = {p: jax.lax.stop_gradient(v) if p in self.frozen else v
-              for p, v in flat.items()}
+              for p, v in _flat(variables['params']).items()}
       variables = {**variables,
                    'params': flax.traverse_util.unflatten_dict(flat, sep='/')}
     sums, model_state = self.task(model, variables, batch,
                                   train=train and not self.eval_mode, rng=rng)
     if train and self.keep and model_state:
-      new = flax.traverse_util.flatten_dict(flax.core.unfreeze(model_state),
-                                            sep='/')
-      old = flax.traverse_util.flatten_dict(
-          flax.core.unfreeze({k: variables[k] for k in model_state}), sep='/')
+      new = _flat(model_state)
+      old = _flat({k: variables[k] for k in model_state})
       new.update({p: old[p] for p in self.keep if p in new})
       model_state = flax.traverse_util.unflatten_dict(new, sep='/')
     return sums, model_state
@@ -372,8 +372,7 @@ def freeze_backbone(task, *, probe: bool, trainable, model_state):
   """``task``, or a ``FrozenBackbone`` of it when something is frozen."""
   keep = frozen_state_paths(trainable, model_state)
   frozen = frozenset() if trainable is None else frozenset(
-      p for p, t in flax.traverse_util.flatten_dict(
-          flax.core.unfreeze(trainable), sep='/').items() if not t)
+      p for p, t in _flat(trainable).items() if not t)
   if not probe and not keep and not frozen:
     return task
   return FrozenBackbone(task, eval_mode=probe, keep=keep, frozen=frozen)

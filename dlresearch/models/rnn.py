@@ -161,11 +161,16 @@ def _native_lstm(x, w) -> bool:
   return kernels.tracing_native() and x.dtype == w.dtype == jnp.float32
 
 
+def _native_loops(x, w) -> bool:
+  """``lstm_scan``'s two loops are native calls (module docstring)."""
+  return _native_lstm(x, w) and kernels.lstm_loops()
+
+
 def _lstm_forward(x, c, h, w, b):
   """The LSTM over time-major ``x [T,B,F]``: ``(hs, cs, gates)`` (activated gates)."""
   native = _native_lstm(x, w)
   features = x.shape[-1]
-  if native and kernels.lstm_loops():  # the whole loop in one native call
+  if _native_loops(x, w):  # the whole loop in one native call
     return kernels.lstm_forward(kernels.dense(x, w[:features]) + b, c, h, w[features:])
 
   def step(carry, x_t):
@@ -224,7 +229,7 @@ def _lstm_bwd(res, grads):
   size, features = h0.shape[-1], x.shape[-1]
   native = _native_lstm(x, w)
   w_h = w[features:]
-  if native and kernels.lstm_loops():
+  if _native_loops(x, w):
     dz, dc0, dh0 = kernels.lstm_backward(d_hs, cs, c0, gates, w_h, d_ct, d_ht)
   else:  # the kernel reads W_h^T as stored
     recurrent = ((lambda dz: kernels.matmul(dz, w_h, trans_b=True)) if native
